@@ -1,0 +1,20 @@
+//! WeChat Pay API v2 wire protocol: pure functions and types, no global state.
+//!
+//! * [`sign`]: canonical string, MD5 / HMAC-SHA256, constant-time verification.
+//! * [`xml`]: the flat `<xml>` codec (CDATA out, hardened in).
+//! * [`msg`]: one module per message, each a typed request/response with validation.
+//! * [`client`]: async clients for the pay API and `jscode2session`.
+
+#![forbid(unsafe_code)]
+
+pub mod fields;
+pub mod sign;
+pub mod types;
+pub mod xml;
+
+pub use fields::Fields;
+pub use sign::{ApiKey, SignError, SignType};
+pub use types::{
+    AppId, BeijingTime, Fen, FieldError, MchId, Openid, OutRefundNo, OutTradeNo, PrepayId, ProductId, TradeState,
+    TradeType, TransactionId,
+};
