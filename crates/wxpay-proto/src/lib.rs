@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod clock;
 pub mod fields;
 pub mod sign;
 pub mod types;

@@ -1,0 +1,1 @@
+//! Merchant backend (see issue 4).

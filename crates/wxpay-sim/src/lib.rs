@@ -1,0 +1,1 @@
+//! WeChat-side simulator (see issue 3).
