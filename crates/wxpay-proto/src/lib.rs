@@ -9,6 +9,7 @@
 
 pub mod clock;
 pub mod fields;
+pub mod msg;
 pub mod sign;
 pub mod types;
 pub mod xml;
