@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod clock;
 pub mod fields;
 pub mod msg;

@@ -126,21 +126,33 @@ pub fn canonical_string<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>
 
 /// Signs `fields` (ignoring any `sign` among them) and returns upper-case hex.
 pub fn sign<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>, key: &ApiKey, sign_type: SignType) -> String {
-    let mut message = canonical_string(fields);
-    message.push_str("&key=");
-    message.push_str(key.expose());
-    digest_hex(message.as_bytes(), key, sign_type)
-}
-
-fn digest_hex(message: &[u8], key: &ApiKey, sign_type: SignType) -> String {
+    let mut pairs: Vec<(&str, &str)> = fields.into_iter().filter(|(k, v)| *k != "sign" && !v.is_empty()).collect();
+    // Already sorted when it comes from `Fields` (a BTreeMap); sorting a sorted slice is cheap.
+    pairs.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     match sign_type {
-        SignType::Md5 => hex::encode_upper(Md5::digest(message)),
+        SignType::Md5 => {
+            let mut h = Md5::new();
+            feed(&pairs, key, |b| h.update(b));
+            hex::encode_upper(h.finalize())
+        }
         SignType::HmacSha256 => {
             let mut mac = Hmac::<Sha256>::new_from_slice(key.expose().as_bytes()).expect("HMAC takes any key length");
-            mac.update(message);
+            feed(&pairs, key, |b| mac.update(b));
             hex::encode_upper(mac.finalize().into_bytes())
         }
     }
+}
+
+/// Streams `k1=v1&k2=v2...&key=KEY` into a hasher without building the string.
+fn feed(pairs: &[(&str, &str)], key: &ApiKey, mut update: impl FnMut(&[u8])) {
+    for (k, v) in pairs {
+        update(k.as_bytes());
+        update(b"=");
+        update(v.as_bytes());
+        update(b"&");
+    }
+    update(b"key=");
+    update(key.expose().as_bytes());
 }
 
 /// Why a signature did not verify.
@@ -163,8 +175,12 @@ pub fn verify(fields: &Fields, key: &ApiKey, sign_type: SignType) -> Result<(), 
         return Err(SignError::BadLength(received.len()));
     }
     let expected = sign(fields.iter(), key, sign_type);
-    let received = received.to_ascii_uppercase();
-    if bool::from(expected.as_bytes().ct_eq(received.as_bytes())) {
+    // Hex digits compared case-insensitively (see the module docs), still in constant time.
+    let mut received_upper = [0u8; 64];
+    let received_upper = &mut received_upper[..received.len()];
+    received_upper.copy_from_slice(received.as_bytes());
+    received_upper.make_ascii_uppercase();
+    if bool::from(expected.as_bytes().ct_eq(received_upper)) {
         Ok(())
     } else {
         Err(SignError::Mismatch(sign_type))

@@ -107,7 +107,8 @@ mod tests {
         assert_eq!(ok.openid, "o1");
         assert!(!format!("{ok:?}").contains("5tF5"), "session_key must not appear in Debug");
         let zero: Code2SessionWire =
-            serde_json::from_str(r#"{"openid":"o1","session_key":"k","unionid":"u","errcode":0,"errmsg":"ok"}"#).unwrap();
+            serde_json::from_str(r#"{"openid":"o1","session_key":"k","unionid":"u","errcode":0,"errmsg":"ok"}"#)
+                .unwrap();
         assert_eq!(zero.into_result().unwrap().unionid.as_deref(), Some("u"));
         let err: Code2SessionWire = serde_json::from_str(r#"{"errcode":40163,"errmsg":"code been used"}"#).unwrap();
         let err = err.into_result().unwrap_err();

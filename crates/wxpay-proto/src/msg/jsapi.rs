@@ -27,7 +27,14 @@ pub struct JsapiPayParams {
 
 impl JsapiPayParams {
     /// Signs the parameters for a prepay. `sign_type` must be the one used in unifiedorder.
-    pub fn new(appid: &AppId, prepay_id: &PrepayId, sign_type: SignType, time_stamp: i64, nonce_str: String, key: &ApiKey) -> Self {
+    pub fn new(
+        appid: &AppId,
+        prepay_id: &PrepayId,
+        sign_type: SignType,
+        time_stamp: i64,
+        nonce_str: String,
+        key: &ApiKey,
+    ) -> Self {
         let mut p = JsapiPayParams {
             app_id: appid.as_str().to_owned(),
             time_stamp: time_stamp.to_string(),

@@ -127,9 +127,14 @@ pub fn business_fail(err_code: &str, err_code_des: &str) -> Fields {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResponseHead {
     /// `return_code=FAIL` (or the sandbox's `retcode`/`retmsg`): nothing signed, nothing done.
-    ProtocolFail { return_msg: String },
+    ProtocolFail {
+        return_msg: String,
+    },
     /// `return_code=SUCCESS, result_code=FAIL`.
-    BusinessFail { err_code: String, err_code_des: String },
+    BusinessFail {
+        err_code: String,
+        err_code_des: String,
+    },
     Success,
 }
 

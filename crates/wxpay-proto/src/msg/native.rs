@@ -181,14 +181,17 @@ mod tests {
     #[test]
     fn parameter_order_does_not_matter_but_tampering_does() {
         let key = ApiKey::new(KEY);
-        let reordered = "weixin://wxpay/bizpayurl?sign=62C618B41B3C5F9050AB94C0580DDA8E&product_id=1&appid=wx2421b1c4370ec43b\
+        let reordered =
+            "weixin://wxpay/bizpayurl?sign=62C618B41B3C5F9050AB94C0580DDA8E&product_id=1&appid=wx2421b1c4370ec43b\
                          &time_stamp=1415949957&mch_id=10000100&nonce_str=f6808210402125e30663234f94c87a8c";
         assert!(BizPayUrl::parse_and_verify(reordered, &key).is_ok());
         let tampered = reordered.replace("product_id=1", "product_id=2");
         assert!(matches!(BizPayUrl::parse_and_verify(&tampered, &key), Err(BizPayUrlError::Signature(_))));
         assert_eq!(BizPayUrl::parse_and_verify("https://x", &key), Err(BizPayUrlError::NotBizPayUrl));
         let no_product = "weixin://wxpay/bizpayurl?appid=a&mch_id=1&nonce_str=n&time_stamp=1&sign=X";
-        assert!(matches!(BizPayUrl::parse_and_verify(no_product, &key), Err(BizPayUrlError::Field(e)) if e.field == "product_id"));
+        assert!(
+            matches!(BizPayUrl::parse_and_verify(no_product, &key), Err(BizPayUrlError::Field(e)) if e.field == "product_id")
+        );
     }
 
     #[test]

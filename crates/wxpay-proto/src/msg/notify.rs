@@ -8,7 +8,7 @@
 use super::{opt, opt_text, Message, SUCCESS};
 use crate::fields::Fields;
 use crate::sign::{self, ApiKey, SignError, SignType};
-use crate::types::{AppId, BeijingTime, FieldError, Fen, MchId, Openid, OutTradeNo, TradeType, TransactionId};
+use crate::types::{AppId, BeijingTime, Fen, FieldError, MchId, Openid, OutTradeNo, TradeType, TransactionId};
 use crate::xml::{self, XmlError, XmlLimits};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,7 +123,11 @@ pub struct VerifiedNotification {
 }
 
 /// Parses and verifies a payment notification body.
-pub fn parse_pay_notification(body: &[u8], limits: XmlLimits, key: &ApiKey) -> Result<VerifiedNotification, NotifyError> {
+pub fn parse_pay_notification(
+    body: &[u8],
+    limits: XmlLimits,
+    key: &ApiKey,
+) -> Result<VerifiedNotification, NotifyError> {
     let fields = xml::parse_with(body, limits)?;
     if fields.get("return_code") != Some(SUCCESS) {
         return Err(NotifyError::ReturnFail(fields.get("return_msg").unwrap_or("").to_owned()));
@@ -191,8 +195,12 @@ mod tests {
         let key = ApiKey::new(KEY);
         let f = doc_example();
         assert_eq!(sign::sign(f.iter(), &key, SignType::Md5), "F2985D302C62EE76FDBF4BB7B9BB8919");
-        let with_coupon =
-            f.clone().with("coupon_fee", "10").with("coupon_count", "1").with("coupon_type", "CASH").with("coupon_id", "10000");
+        let with_coupon = f
+            .clone()
+            .with("coupon_fee", "10")
+            .with("coupon_count", "1")
+            .with("coupon_type", "CASH")
+            .with("coupon_id", "10000");
         assert_eq!(sign::sign(with_coupon.iter(), &key, SignType::Md5), "B39FB45FD6EBDDA63086D0D7C87C152A");
     }
 

@@ -2,7 +2,7 @@
 
 use super::{opt, opt_text, ApiRequest, Message};
 use crate::fields::Fields;
-use crate::types::{BeijingTime, FieldError, Fen, Openid, OutTradeNo, TradeState, TradeType, TransactionId};
+use crate::types::{BeijingTime, Fen, FieldError, Openid, OutTradeNo, TradeState, TradeType, TransactionId};
 
 /// Which order: WeChat's transaction id or the merchant's order number.
 #[derive(Debug, Clone, PartialEq, Eq)]

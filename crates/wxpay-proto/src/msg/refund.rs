@@ -12,7 +12,7 @@ use super::orderquery::OrderRef;
 use super::{opt, opt_text, ApiRequest, Message};
 use crate::fields::Fields;
 use crate::sign::ApiKey;
-use crate::types::{check_len, FieldError, Fen, OutRefundNo, OutTradeNo, TransactionId};
+use crate::types::{check_len, Fen, FieldError, OutRefundNo, OutTradeNo, TransactionId};
 use crate::xml::{self, XmlError};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,9 +218,8 @@ fn aes_key(key: &ApiKey) -> [u8; 32] {
 
 /// Decrypts `req_info` to its flat fields.
 pub fn decrypt_req_info(req_info: &str, key: &ApiKey) -> Result<Fields, RefundNotifyError> {
-    let cipher = base64::engine::general_purpose::STANDARD
-        .decode(req_info.trim())
-        .map_err(|_| RefundNotifyError::Base64)?;
+    let cipher =
+        base64::engine::general_purpose::STANDARD.decode(req_info.trim()).map_err(|_| RefundNotifyError::Base64)?;
     let plain = ecb::Decryptor::<aes::Aes256>::new(&aes_key(key).into())
         .decrypt_padded_vec_mut::<Pkcs7>(&cipher)
         .map_err(|_| RefundNotifyError::Decrypt)?;
@@ -231,7 +230,8 @@ pub fn decrypt_req_info(req_info: &str, key: &ApiKey) -> Result<Fields, RefundNo
 pub fn encrypt_req_info(fields: &Fields, key: &ApiKey) -> String {
     let inner = xml::to_xml(fields).replacen("<xml>", "<root>", 1);
     let inner = inner.strip_suffix("</xml>").map(|s| format!("{s}</root>")).unwrap_or(inner);
-    let cipher = ecb::Encryptor::<aes::Aes256>::new(&aes_key(key).into()).encrypt_padded_vec_mut::<Pkcs7>(inner.as_bytes());
+    let cipher =
+        ecb::Encryptor::<aes::Aes256>::new(&aes_key(key).into()).encrypt_padded_vec_mut::<Pkcs7>(inner.as_bytes());
     base64::engine::general_purpose::STANDARD.encode(cipher)
 }
 

@@ -3,7 +3,7 @@
 use super::refund::RefundStatus;
 use super::{opt, opt_text, ApiRequest, Message};
 use crate::fields::Fields;
-use crate::types::{FieldError, Fen, OutRefundNo, OutTradeNo, TransactionId};
+use crate::types::{Fen, FieldError, OutRefundNo, OutTradeNo, TransactionId};
 
 /// Which refunds: WeChat searches by the first present of refund_id > out_refund_no >
 /// transaction_id > out_trade_no.
@@ -54,7 +54,8 @@ impl Message for RefundQueryRequest {
                 "one of refund_id, out_refund_no, transaction_id, out_trade_no is required",
             ));
         };
-        let offset = opt(f, "offset", |v| v.parse::<u32>().map_err(|_| FieldError::new("offset", "must be an integer")))?;
+        let offset =
+            opt(f, "offset", |v| v.parse::<u32>().map_err(|_| FieldError::new("offset", "must be an integer")))?;
         Ok(RefundQueryRequest { refund, offset })
     }
 }
@@ -106,10 +107,8 @@ impl Message for RefundQueryResponse {
     }
 
     fn from_fields(f: &Fields) -> Result<Self, FieldError> {
-        let count: usize = f
-            .require("refund_count")?
-            .parse()
-            .map_err(|_| FieldError::new("refund_count", "must be an integer"))?;
+        let count: usize =
+            f.require("refund_count")?.parse().map_err(|_| FieldError::new("refund_count", "must be an integer"))?;
         if count > 50 {
             return Err(FieldError::new("refund_count", "more than 50 refunds per page"));
         }

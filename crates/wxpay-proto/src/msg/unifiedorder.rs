@@ -2,7 +2,7 @@
 
 use super::{opt, opt_text, req_text, ApiRequest, Message};
 use crate::fields::Fields;
-use crate::types::{BeijingTime, FieldError, Fen, Openid, OutTradeNo, PrepayId, ProductId, TradeType};
+use crate::types::{BeijingTime, Fen, FieldError, Openid, OutTradeNo, PrepayId, ProductId, TradeType};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnifiedOrderRequest {

@@ -1,0 +1,262 @@
+//! The pay-API client against a scripted fake WeChat (axum on 127.0.0.1:0): every failure layer
+//! maps to the right error, response signatures are checked, bodies are capped.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use axum::Router;
+use wxpay_proto::client::{ClientCert, ClientError, Layer, PayClient, PayClientConfig, SnsClient, SnsError};
+use wxpay_proto::msg::orderquery::{OrderQueryRequest, OrderRef};
+use wxpay_proto::msg::refund::RefundRequest;
+use wxpay_proto::msg::unifiedorder::UnifiedOrderRequest;
+use wxpay_proto::msg::{business_fail, protocol_fail, Merchant};
+use wxpay_proto::sign::{self, ApiKey, SignType};
+use wxpay_proto::{xml, AppId, Fen, Fields, MchId, Openid, OutRefundNo, OutTradeNo, TradeType};
+
+const KEY: &str = "192006250b4c09247ec02edce69f6a2d";
+
+fn merchant() -> Merchant {
+    Merchant {
+        appid: AppId::parse("wxd930ea5d5a258f4f").unwrap(),
+        mch_id: MchId::parse("10000100").unwrap(),
+        key: ApiKey::new(KEY),
+    }
+}
+
+type Responder = Arc<dyn Fn(Fields) -> String + Send + Sync>;
+
+/// A fake pay host: records each request's fields and answers with `respond`.
+async fn fake(respond: Responder) -> (String, Arc<Mutex<Vec<Fields>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let app = Router::new().route(
+        "/{*path}",
+        post(move |body: axum::body::Bytes| {
+            let respond = respond.clone();
+            let seen = seen2.clone();
+            async move {
+                let fields = xml::parse(&body).unwrap();
+                seen.lock().unwrap().push(fields.clone());
+                respond(fields)
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), seen)
+}
+
+fn client(base: &str, sign_type: SignType) -> PayClient {
+    let mut cfg = PayClientConfig::new(merchant());
+    cfg.base_url = base.into();
+    cfg.sign_type = sign_type;
+    cfg.timeout = Duration::from_millis(500);
+    PayClient::new(cfg).unwrap()
+}
+
+fn jsapi_order() -> UnifiedOrderRequest {
+    let mut r = UnifiedOrderRequest::new(
+        "shop-test",
+        OutTradeNo::parse("T20261127000001").unwrap(),
+        Fen::new(101),
+        "127.0.0.1",
+        "http://127.0.0.1:1/wxpay/notify",
+        TradeType::Jsapi,
+    );
+    r.openid = Some(Openid::parse("oUser1").unwrap());
+    r
+}
+
+fn seal_ok(fields: Fields, sign_type: SignType) -> String {
+    xml::to_xml(&merchant().seal_reply(fields, sign_type))
+}
+
+#[tokio::test]
+async fn request_is_signed_and_response_verified_with_the_same_algorithm() {
+    for st in [SignType::Md5, SignType::HmacSha256] {
+        let (base, seen) = fake(Arc::new(move |_req| {
+            seal_ok(
+                Fields::new().with("trade_type", "JSAPI").with("prepay_id", "wx201410272009395522657a690389285100"),
+                st,
+            )
+        }))
+        .await;
+        let resp = client(&base, st).call(&jsapi_order()).await.unwrap();
+        assert_eq!(resp.prepay_id.as_str(), "wx201410272009395522657a690389285100");
+        let req = seen.lock().unwrap()[0].clone();
+        assert_eq!(sign::verify_declared(&req, &ApiKey::new(KEY)), Ok(st));
+        assert_eq!(req.get("sign_type").is_some(), st == SignType::HmacSha256);
+        assert_eq!(req.get("openid"), Some("oUser1"));
+        assert_eq!(req.get("nonce_str").map(str::len), Some(32));
+    }
+}
+
+#[tokio::test]
+async fn each_failure_layer_is_told_apart() {
+    let (base, _) = fake(Arc::new(|_| xml::to_xml(&protocol_fail("签名错误")))).await;
+    let err = client(&base, SignType::Md5).call(&jsapi_order()).await.unwrap_err();
+    assert_eq!(err.layer(), Layer::Protocol);
+    assert!(!err.is_retryable());
+
+    let (base, _) = fake(Arc::new(|_| xml::to_xml(&protocol_fail("System Error")))).await;
+    let err = client(&base, SignType::Md5).call(&jsapi_order()).await.unwrap_err();
+    assert!(err.is_retryable(), "protocol-layer system error is retryable");
+
+    let (base, _) = fake(Arc::new(|_| seal_ok(business_fail("SYSTEMERROR", "系统超时"), SignType::Md5))).await;
+    let err = client(&base, SignType::Md5).call(&jsapi_order()).await.unwrap_err();
+    assert_eq!(err.layer(), Layer::Business);
+    assert_eq!(err.err_code(), Some("SYSTEMERROR"));
+    assert!(err.is_retryable());
+
+    let (base, _) = fake(Arc::new(|_| seal_ok(business_fail("ORDERPAID", "该订单已支付"), SignType::Md5))).await;
+    let err = client(&base, SignType::Md5).call(&jsapi_order()).await.unwrap_err();
+    assert_eq!(err, ClientError::Business { err_code: "ORDERPAID".into(), err_code_des: "该订单已支付".into() });
+    assert!(!err.is_retryable());
+}
+
+#[tokio::test]
+async fn forged_or_foreign_responses_are_refused() {
+    // Signed with another key.
+    let (base, _) = fake(Arc::new(|_| {
+        let mut f = Fields::new().with("return_code", "SUCCESS").with("result_code", "SUCCESS");
+        f.set("appid", "wxd930ea5d5a258f4f")
+            .set("mch_id", "10000100")
+            .set("trade_type", "JSAPI")
+            .set("prepay_id", "wx1");
+        sign::sign_fields(&mut f, &ApiKey::new("00000000000000000000000000000000"), SignType::Md5);
+        xml::to_xml(&f)
+    }))
+    .await;
+    let err = client(&base, SignType::Md5).call(&jsapi_order()).await.unwrap_err();
+    assert!(matches!(err, ClientError::BadSignature(_)), "{err:?}");
+
+    // Correctly signed, but for another mch_id.
+    let (base, _) = fake(Arc::new(|_| {
+        let mut f = Fields::new().with("return_code", "SUCCESS").with("result_code", "SUCCESS");
+        f.set("appid", "wxd930ea5d5a258f4f").set("mch_id", "99999").set("trade_type", "JSAPI").set("prepay_id", "wx1");
+        sign::sign_fields(&mut f, &ApiKey::new(KEY), SignType::Md5);
+        xml::to_xml(&f)
+    }))
+    .await;
+    let err = client(&base, SignType::Md5).call(&jsapi_order()).await.unwrap_err();
+    assert!(matches!(err, ClientError::WrongMerchant(ref e) if e.field == "mch_id"), "{err:?}");
+
+    // Not XML at all.
+    let (base, _) = fake(Arc::new(|_| "<html>502</html> junk".to_string())).await;
+    let err = client(&base, SignType::Md5).call(&jsapi_order()).await.unwrap_err();
+    assert!(matches!(err, ClientError::BadXml(_)), "{err:?}");
+    assert!(err.is_retryable());
+}
+
+#[tokio::test]
+async fn huge_and_slow_responses_are_bounded() {
+    let (base, _) = fake(Arc::new(|_| format!("<xml><a>{}</a></xml>", "x".repeat(300 * 1024)))).await;
+    let err = client(&base, SignType::Md5).call(&jsapi_order()).await.unwrap_err();
+    assert_eq!(err, ClientError::ResponseTooLarge(256 * 1024));
+
+    let app = Router::new().route(
+        "/pay/orderquery",
+        post(|| async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            "late"
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let q = OrderQueryRequest { order: OrderRef::OutTradeNo(OutTradeNo::parse("T1").unwrap()) };
+    let err = client(&base, SignType::Md5).call(&q).await.unwrap_err();
+    assert!(matches!(err, ClientError::Timeout(_)), "{err:?}");
+    assert!(err.is_retryable());
+}
+
+#[tokio::test]
+async fn network_errors_are_retryable_and_invalid_requests_never_sent() {
+    let err = client("http://127.0.0.1:1", SignType::Md5).call(&jsapi_order()).await.unwrap_err();
+    assert!(matches!(err, ClientError::Network(_)) && err.is_retryable(), "{err:?}");
+    let mut bad = jsapi_order();
+    bad.openid = None;
+    let err = client("http://127.0.0.1:1", SignType::Md5).call(&bad).await.unwrap_err();
+    assert!(matches!(err, ClientError::InvalidRequest(ref e) if e.field == "openid"), "{err:?}");
+}
+
+#[tokio::test]
+async fn refund_requires_the_client_certificate() {
+    let refund = RefundRequest {
+        order: OrderRef::OutTradeNo(OutTradeNo::parse("T1").unwrap()),
+        out_refund_no: OutRefundNo::parse("R1").unwrap(),
+        total_fee: Fen::new(100),
+        refund_fee: Fen::new(10),
+        refund_desc: None,
+        refund_account: None,
+        notify_url: None,
+    };
+    let err = client("http://127.0.0.1:1", SignType::Md5).call(&refund).await.unwrap_err();
+    assert!(matches!(err, ClientError::Certificate(_)), "{err:?}");
+}
+
+fn test_cert() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["10000100".into()]).unwrap().self_signed(&key).unwrap();
+    (cert.der().to_vec(), key.serialize_der(), cert.pem().into_bytes())
+}
+
+#[test]
+fn client_certificates_load_from_pkcs12_and_pem() {
+    let (cert_der, key_der, cert_pem) = test_cert();
+    let mut store = p12_keystore::KeyStore::new();
+    let chain = p12_keystore::PrivateKeyChain::new(
+        &key_der,
+        [1u8; 20],
+        vec![p12_keystore::Certificate::from_der(&cert_der).unwrap()],
+    );
+    store.add_entry("apiclient", p12_keystore::KeyStoreEntry::PrivateKeyChain(chain));
+    // WeChat's own .p12 files use the legacy 3DES/RC2 PBE; write one that way.
+    let p12 = store
+        .writer("10000100")
+        .encryption_algorithm(p12_keystore::EncryptionAlgorithm::PbeWithShaAnd3KeyTripleDesCbc)
+        .write()
+        .unwrap();
+
+    let cert = ClientCert::Pkcs12 { der: p12.clone(), password: "10000100".into() };
+    let pem = String::from_utf8(cert.to_pem().unwrap()).unwrap();
+    assert!(pem.contains("BEGIN PRIVATE KEY") && pem.contains("BEGIN CERTIFICATE"));
+    let mut cfg = PayClientConfig::new(merchant());
+    cfg.client_cert = Some(cert);
+    assert!(PayClient::new(cfg).is_ok());
+
+    let wrong = ClientCert::Pkcs12 { der: p12, password: "nope".into() };
+    assert!(matches!(wrong.to_pem(), Err(ClientError::Certificate(_))));
+    assert!(!format!("{wrong:?}").contains("nope"), "Debug must not show the password");
+
+    let key_pem = rcgen::KeyPair::try_from(key_der.as_slice()).unwrap().serialize_pem().into_bytes();
+    let mut cfg = PayClientConfig::new(merchant());
+    cfg.client_cert = Some(ClientCert::Pem { cert_pem, key_pem });
+    assert!(PayClient::new(cfg).is_ok());
+}
+
+#[tokio::test]
+async fn jscode2session_maps_success_and_errors() {
+    let app = Router::new().route(
+        "/sns/jscode2session",
+        get(|q: axum::extract::Query<std::collections::HashMap<String, String>>| async move {
+            match q.get("js_code").map(String::as_str) {
+                Some("good") if q.get("grant_type").map(String::as_str) == Some("authorization_code") => {
+                    r#"{"openid":"oA","session_key":"5tF5KuDigyB6e4m7FigHvw=="}"#.to_string()
+                }
+                Some("busy") => r#"{"errcode":-1,"errmsg":"system error"}"#.to_string(),
+                _ => r#"{"errcode":40029,"errmsg":"invalid code"}"#.to_string(),
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let sns = SnsClient::new(&base, "wxd930ea5d5a258f4f", "secret", Duration::from_secs(2)).unwrap();
+    assert_eq!(sns.code2session("good").await.unwrap().openid, "oA");
+    let err = sns.code2session("bad").await.unwrap_err();
+    assert!(matches!(err, SnsError::Api(ref e) if e.errcode == 40029) && !err.is_retryable());
+    assert!(sns.code2session("busy").await.unwrap_err().is_retryable());
+}
