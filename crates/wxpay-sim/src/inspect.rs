@@ -1,0 +1,93 @@
+//! Inspection and control under `/sim/...` (JSON): orders, notification attempts, users, faults,
+//! and a merchant's scan callback URL.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::faults::FaultConfig;
+use crate::Simulator;
+
+pub(crate) fn routes() -> Router<Arc<Simulator>> {
+    Router::new()
+        .route("/sim/healthz", get(|| async { "ok" }))
+        .route("/sim/orders/{mch_id}/{out_trade_no}", get(order))
+        .route("/sim/notifications", get(notifications))
+        .route("/sim/users/{user}", get(user))
+        .route("/sim/faults", get(get_faults).post(set_faults).delete(clear_faults))
+        .route("/sim/merchants/{mch_id}/scan_callback_url", post(set_scan_callback))
+}
+
+fn not_found(what: &str) -> Response {
+    (StatusCode::NOT_FOUND, Json(json!({ "error": format!("{what} not found") }))).into_response()
+}
+
+async fn order(
+    AxState(sim): AxState<Arc<Simulator>>,
+    Path((mch_id, out_trade_no)): Path<(String, String)>,
+) -> Response {
+    match sim.order(&mch_id, &out_trade_no) {
+        Some(o) => Json(o).into_response(),
+        None => not_found("order"),
+    }
+}
+
+async fn notifications(AxState(sim): AxState<Arc<Simulator>>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let mut list = sim.notifications(q.get("out_trade_no").map(String::as_str));
+    if let Some(kind) = q.get("kind") {
+        list.retain(|a| serde_json::to_value(a.kind).ok().and_then(|v| v.as_str().map(|s| s == kind)).unwrap_or(false));
+    }
+    Json(list).into_response()
+}
+
+async fn user(AxState(sim): AxState<Arc<Simulator>>, Path(user): Path<String>) -> Response {
+    let st = sim.lock();
+    match st.users.get(&user) {
+        Some(u) => Json(json!({ "name": user, "balance_fen": u.balance_fen, "risky": u.risky })).into_response(),
+        None => not_found("user"),
+    }
+}
+
+async fn get_faults(AxState(sim): AxState<Arc<Simulator>>) -> Response {
+    Json(sim.faults()).into_response()
+}
+
+/// Replaces the whole fault configuration.
+async fn set_faults(AxState(sim): AxState<Arc<Simulator>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<FaultConfig>(&body) {
+        Ok(f) => {
+            sim.set_faults(f.clone());
+            Json(f).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, Json(json!({ "error": e.to_string() }))).into_response(),
+    }
+}
+
+async fn clear_faults(AxState(sim): AxState<Arc<Simulator>>) -> Response {
+    sim.clear_faults();
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[derive(Deserialize)]
+struct UrlBody {
+    url: Option<String>,
+}
+
+async fn set_scan_callback(AxState(sim): AxState<Arc<Simulator>>, Path(mch_id): Path<String>, body: Bytes) -> Response {
+    let Ok(b) = serde_json::from_slice::<UrlBody>(&body) else {
+        return (StatusCode::BAD_REQUEST, Json(json!({ "error": "expected {\"url\": ...}" }))).into_response();
+    };
+    if sim.set_scan_callback_url(&mch_id, b.url) {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        not_found("merchant")
+    }
+}

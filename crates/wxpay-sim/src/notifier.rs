@@ -1,0 +1,351 @@
+//! The notifier: payment and refund notifications, WeChat's retry schedule, faults, and a record
+//! of every attempt.
+//!
+//! Notifications are queued as [`Job`]s with a due time on the injected clock. [`run_once`]
+//! delivers everything due at the clock's now (a background task calls it every few ms of real
+//! time; tests call it directly after moving a `ManualClock`). Steps are serialised by an async
+//! lock, so when `run_once` returns every delivery that was due has finished and been recorded.
+
+use chrono::{DateTime, Duration, Utc};
+use serde::{Serialize, Serializer};
+use tokio::task::JoinSet;
+use wxpay_proto::msg::notify::{build_pay_notification, reply_is_success, PayNotification};
+use wxpay_proto::msg::refund::encrypt_req_info;
+use wxpay_proto::types::{AppId, BeijingTime, Fen, MchId, Openid, OutTradeNo, TransactionId};
+use wxpay_proto::xml::to_xml;
+use wxpay_proto::Fields;
+
+use crate::state::{OrderKey, State};
+use crate::Simulator;
+
+/// WeChat's intervals between attempts (spec §8.4): first send at t=0, one retry after each.
+pub const RETRY_INTERVALS_SECS: [u64; 15] =
+    [15, 15, 30, 180, 600, 1200, 1800, 1800, 1800, 3600, 10800, 10800, 10800, 21600, 21600];
+/// The merchant must answer within 5 seconds (real time).
+pub const REPLY_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
+const EXCERPT_CHARS: usize = 512;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyKind {
+    Pay,
+    Refund,
+    /// A fault: an old pay notification sent again.
+    Replay,
+}
+
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: u64,
+    pub kind: NotifyKind,
+    pub mch_id: String,
+    pub out_trade_no: String,
+    pub out_refund_no: Option<String>,
+    pub url: String,
+    pub body: String,
+    pub due: DateTime<Utc>,
+    /// Attempts already made.
+    pub attempts_made: u32,
+    /// Follows the retry schedule (replays do not).
+    pub retry: bool,
+    pub copies: u32,
+    pub drop: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// XML with return_code SUCCESS, HTTP 2xx, within 5 s.
+    Success,
+    /// An answer, but not a success (wrong body or status).
+    Fail,
+    /// No answer within 5 s.
+    Timeout,
+    /// Could not connect / send.
+    Error,
+    /// Dropped by a fault; nothing was sent.
+    Dropped,
+}
+
+fn rfc3339<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&t.to_rfc3339())
+}
+
+/// One delivery attempt (one copy of it, when copies are faulted).
+#[derive(Debug, Clone, Serialize)]
+pub struct NotificationAttempt {
+    pub seq: u64,
+    pub kind: NotifyKind,
+    pub mch_id: String,
+    pub out_trade_no: String,
+    pub out_refund_no: Option<String>,
+    /// 1-based attempt number within the schedule.
+    pub attempt: u32,
+    /// 1-based copy number (several with the `notify_copies` fault).
+    pub copy: u32,
+    #[serde(serialize_with = "rfc3339")]
+    pub scheduled_at: DateTime<Utc>,
+    /// Simulated-clock time of the attempt.
+    #[serde(serialize_with = "rfc3339")]
+    pub time: DateTime<Utc>,
+    pub url: String,
+    pub http_status: Option<u16>,
+    /// The merchant's reply, cut to 512 characters.
+    pub reply: String,
+    pub outcome: Outcome,
+    pub error: Option<String>,
+    pub elapsed_ms: u64,
+    /// What was sent.
+    pub request_body: String,
+}
+
+fn scaled(secs: u64, scale: f64) -> Duration {
+    Duration::milliseconds((secs as f64 * 1000.0 * scale).round() as i64)
+}
+
+fn push_job(st: &mut State, mut job: Job) {
+    st.next_job_id += 1;
+    job.id = st.next_job_id;
+    st.jobs.push(job);
+}
+
+/// Corrupts a signature the way a forger would: same length, one digit changed.
+fn tamper_sign(fields: &mut Fields) {
+    if let Some(sign) = fields.get("sign").map(str::to_owned) {
+        let mut chars: Vec<char> = sign.chars().collect();
+        if let Some(c) = chars.first_mut() {
+            *c = if *c == 'A' { 'B' } else { 'A' };
+        }
+        fields.set("sign", chars.into_iter().collect::<String>());
+    }
+}
+
+/// Queues the payment notification of a just-paid order, applying the order's faults.
+pub(crate) fn schedule_pay(st: &mut State, key: &OrderKey, now: DateTime<Utc>) {
+    let Some(order) = st.orders.get(key) else { return };
+    let Some(m) = st.merchants.get(&order.mch_id) else { return };
+    let built = (|| -> Result<PayNotification, wxpay_proto::FieldError> {
+        Ok(PayNotification {
+            appid: AppId::parse(order.appid.as_str())?,
+            mch_id: MchId::parse(order.mch_id.as_str())?,
+            result_code: "SUCCESS".into(),
+            err_code: None,
+            err_code_des: None,
+            openid: Openid::parse(order.payer_openid.clone().unwrap_or_default())?,
+            is_subscribe: Some("N".into()),
+            trade_type: order.trade_type,
+            bank_type: "OTHERS".into(),
+            total_fee: Fen::new(order.total_fee),
+            settlement_total_fee: None,
+            fee_type: Some("CNY".into()),
+            cash_fee: Some(Fen::new(order.total_fee)),
+            transaction_id: TransactionId::parse(order.transaction_id.clone().unwrap_or_default())?,
+            out_trade_no: OutTradeNo::parse(order.out_trade_no.as_str())?,
+            attach: order.attach.clone(),
+            time_end: BeijingTime::from_utc(order.time_end.unwrap_or(now)),
+            device_info: order.device_info.clone(),
+        })
+    })();
+    let n = match built {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot build the pay notification");
+            return;
+        }
+    };
+    let mut fields = build_pay_notification(&n, &m.merchant.key, order.sign_type);
+    let faults = st.faults.for_order(Some(&order.out_trade_no)).clone();
+    if faults.notify_tamper_sign {
+        tamper_sign(&mut fields);
+    }
+    let body = to_xml(&fields);
+    let due = now + Duration::seconds(faults.notify_delay_secs.unwrap_or(0) as i64);
+    let job = Job {
+        id: 0,
+        kind: NotifyKind::Pay,
+        mch_id: order.mch_id.clone(),
+        out_trade_no: order.out_trade_no.clone(),
+        out_refund_no: None,
+        url: order.notify_url.clone(),
+        body,
+        due,
+        attempts_made: 0,
+        retry: true,
+        copies: faults.notify_copies.unwrap_or(1).max(1),
+        drop: faults.notify_drop,
+    };
+    if let Some(after) = faults.notify_replay_after_secs {
+        let replay = Job {
+            kind: NotifyKind::Replay,
+            due: due + Duration::seconds(after as i64),
+            retry: false,
+            copies: 1,
+            drop: false,
+            ..job.clone()
+        };
+        push_job(st, replay);
+    }
+    push_job(st, job);
+}
+
+/// Queues the refund notification (encrypted `req_info`, no outer sign) for when it settles.
+pub(crate) fn schedule_refund(st: &mut State, key: &OrderKey, out_refund_no: &str) {
+    let Some(order) = st.orders.get(key) else { return };
+    let Some(m) = st.merchants.get(&order.mch_id) else { return };
+    let Some(r) = order.refunds.iter().find(|r| r.out_refund_no == out_refund_no) else { return };
+    let Some(url) = r.notify_url.clone().or_else(|| m.refund_notify_url.clone()) else { return };
+    let mut inner = Fields::new();
+    inner
+        .set("transaction_id", order.transaction_id.clone().unwrap_or_default())
+        .set("out_trade_no", order.out_trade_no.as_str())
+        .set("refund_id", r.refund_id.as_str())
+        .set("out_refund_no", r.out_refund_no.as_str())
+        .set("total_fee", order.total_fee.to_string())
+        .set("settlement_total_fee", order.total_fee.to_string())
+        .set("refund_fee", r.refund_fee.to_string())
+        .set("settlement_refund_fee", r.refund_fee.to_string())
+        .set("refund_status", "SUCCESS")
+        .set("success_time", r.success_time())
+        .set("refund_recv_accout", "支付用户零钱")
+        .set("refund_account", "REFUND_SOURCE_UNSETTLED_FUNDS")
+        .set("refund_request_source", "API");
+    let mut outer = Fields::new();
+    outer
+        .set("return_code", "SUCCESS")
+        .set("appid", order.appid.as_str())
+        .set("mch_id", order.mch_id.as_str())
+        .set("nonce_str", wxpay_proto::types::nonce())
+        .set("req_info", encrypt_req_info(&inner, &m.merchant.key));
+    let job = Job {
+        id: 0,
+        kind: NotifyKind::Refund,
+        mch_id: order.mch_id.clone(),
+        out_trade_no: order.out_trade_no.clone(),
+        out_refund_no: Some(r.out_refund_no.clone()),
+        url,
+        body: to_xml(&outer),
+        due: r.settle_at,
+        attempts_made: 0,
+        retry: true,
+        copies: 1,
+        drop: false,
+    };
+    push_job(st, job);
+}
+
+struct CopyResult {
+    http_status: Option<u16>,
+    reply: String,
+    outcome: Outcome,
+    error: Option<String>,
+    elapsed_ms: u64,
+}
+
+async fn deliver(http: reqwest::Client, url: String, body: String) -> CopyResult {
+    let started = std::time::Instant::now();
+    let send = async {
+        let resp = http.post(&url).header(reqwest::header::CONTENT_TYPE, "text/xml").body(body).send().await?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        Ok::<_, reqwest::Error>((status, bytes))
+    };
+    let (http_status, reply, outcome, error) = match tokio::time::timeout(REPLY_BUDGET, send).await {
+        Err(_) => (None, String::new(), Outcome::Timeout, Some("no reply within 5 s".to_owned())),
+        Ok(Err(e)) => (None, String::new(), Outcome::Error, Some(e.to_string())),
+        Ok(Ok((status, bytes))) => {
+            let ok = status.is_success() && reply_is_success(&bytes);
+            let text: String = String::from_utf8_lossy(&bytes).chars().take(EXCERPT_CHARS).collect();
+            (Some(status.as_u16()), text, if ok { Outcome::Success } else { Outcome::Fail }, None)
+        }
+    };
+    CopyResult { http_status, reply, outcome, error, elapsed_ms: started.elapsed().as_millis() as u64 }
+}
+
+/// Delivers every job due at the clock's now; returns how many jobs were handled.
+pub async fn run_once(sim: &Simulator) -> usize {
+    let _step = sim.step_lock.lock().await;
+    let now = sim.now();
+    let due: Vec<Job> = {
+        let mut st = sim.lock();
+        let (mut due, rest): (Vec<Job>, Vec<Job>) =
+            std::mem::take(&mut st.jobs).into_iter().partition(|j| j.due <= now);
+        st.jobs = rest;
+        due.sort_by_key(|j| (j.due, j.id));
+        due
+    };
+    if due.is_empty() {
+        return 0;
+    }
+    let count = due.len();
+    let mut set = JoinSet::new();
+    for (idx, job) in due.iter().enumerate() {
+        if job.drop {
+            continue;
+        }
+        for copy in 1..=job.copies {
+            let fut = deliver(sim.http.clone(), job.url.clone(), job.body.clone());
+            set.spawn(async move { (idx, copy, fut.await) });
+        }
+    }
+    let mut results: Vec<Vec<(u32, CopyResult)>> = (0..due.len()).map(|_| Vec::new()).collect();
+    while let Some(joined) = set.join_next().await {
+        if let Ok((idx, copy, r)) = joined {
+            if let Some(slot) = results.get_mut(idx) {
+                slot.push((copy, r));
+            }
+        }
+    }
+
+    let scale = sim.config.time_scale;
+    let mut st = sim.lock();
+    for (job, mut copies) in due.into_iter().zip(results) {
+        copies.sort_by_key(|(c, _)| *c);
+        let attempt = job.attempts_made + 1;
+        let record = |st: &mut State, copy: u32, r: CopyResult| {
+            let seq = st.attempts.len() as u64 + 1;
+            st.attempts.push(NotificationAttempt {
+                seq,
+                kind: job.kind,
+                mch_id: job.mch_id.clone(),
+                out_trade_no: job.out_trade_no.clone(),
+                out_refund_no: job.out_refund_no.clone(),
+                attempt,
+                copy,
+                scheduled_at: job.due,
+                time: now,
+                url: job.url.clone(),
+                http_status: r.http_status,
+                reply: r.reply,
+                outcome: r.outcome,
+                error: r.error,
+                elapsed_ms: r.elapsed_ms,
+                request_body: job.body.clone(),
+            });
+        };
+        if job.drop {
+            let r = CopyResult {
+                http_status: None,
+                reply: String::new(),
+                outcome: Outcome::Dropped,
+                error: Some("dropped by fault".into()),
+                elapsed_ms: 0,
+            };
+            record(&mut st, 1, r);
+            continue;
+        }
+        let succeeded = copies.iter().any(|(_, r)| r.outcome == Outcome::Success);
+        for (copy, r) in copies {
+            record(&mut st, copy, r);
+        }
+        let made = job.attempts_made as usize;
+        if !succeeded && job.retry && made < RETRY_INTERVALS_SECS.len() {
+            let next = Job {
+                due: now + scaled(RETRY_INTERVALS_SECS[made], scale),
+                attempts_made: job.attempts_made + 1,
+                ..job
+            };
+            push_job(&mut st, next);
+        }
+    }
+    count
+}
