@@ -1,0 +1,185 @@
+//! The admin API (bearer token from config): orders, their history, shipping, product QR codes.
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use wxpay_proto::{Openid, OutTradeNo, ProductId};
+
+use super::auth::Admin;
+use super::views::AdminOrderView;
+use crate::domain::{OrderEvent, OrderStatus};
+use crate::error::AppError;
+use crate::payments;
+use crate::qr;
+use crate::state::SharedState;
+use crate::store::{ApplyOutcome, OrderFilter};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    openid: Option<String>,
+    limit: Option<u32>,
+    offset: Option<u32>,
+}
+
+pub async fn list_orders(
+    _: Admin,
+    State(state): State<SharedState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<AdminOrderView>>, AppError> {
+    let status = q
+        .status
+        .map(|s| s.parse::<OrderStatus>().map_err(|_| AppError::invalid_input(format!("status: unknown value {s:?}"))))
+        .transpose()?;
+    let openid = q.openid.map(|o| Openid::parse(o).map_err(|e| AppError::invalid_input(e.to_string()))).transpose()?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(AppError::invalid_input("limit: must be between 1 and 500"));
+    }
+    let filter = OrderFilter { status, openid, limit, offset: q.offset.unwrap_or(0) };
+    let orders = state.store.list_orders(&filter).await?;
+    Ok(Json(orders.iter().map(AdminOrderView::from).collect()))
+}
+
+fn parse_order_no(s: &str) -> Result<OutTradeNo, AppError> {
+    OutTradeNo::parse(s).map_err(|_| AppError::order_not_found())
+}
+
+/// One order with its event log, its notifications and its fulfilment events.
+pub async fn order_detail(
+    _: Admin,
+    State(state): State<SharedState>,
+    Path(order_no): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    let order_no = parse_order_no(&order_no)?;
+    let order = state.store.get_order(&order_no).await?.ok_or_else(AppError::order_not_found)?;
+    let events = state.store.order_events(&order_no).await?;
+    let notifications = state.store.notifications_for_order(&order_no).await?;
+    let outbox = state.store.outbox_for_order(&order_no).await?;
+    Ok(Json(json!({
+        "order": AdminOrderView::from(&order),
+        "events": events.iter().map(|e| json!({"kind": e.kind, "at": e.at.to_rfc3339(), "detail": e.detail})).collect::<Vec<_>>(),
+        "notifications": notifications.iter().map(|n| json!({
+            "id": n.id,
+            "kind": n.record.kind.as_str(),
+            "verified": n.record.verified,
+            "outcome": n.record.outcome,
+            "reason": n.record.reason,
+            "received_at": n.record.received_at.to_rfc3339(),
+            "raw_body": n.record.raw_body,
+        })).collect::<Vec<_>>(),
+        "outbox": outbox.iter().map(|o| json!({
+            "id": o.id,
+            "kind": o.kind,
+            "attempts": o.attempts,
+            "delivered_at": o.delivered_at.map(|t| t.to_rfc3339()),
+            "last_error": o.last_error,
+            "payload": o.payload,
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+/// Marks a paid order shipped (发货).
+pub async fn ship(
+    _: Admin,
+    State(state): State<SharedState>,
+    Path(order_no): Path<String>,
+) -> Result<Json<AdminOrderView>, AppError> {
+    let order_no = parse_order_no(&order_no)?;
+    match payments::apply(&state, &order_no, &OrderEvent::Shipped).await? {
+        ApplyOutcome::Applied(o) | ApplyOutcome::AlreadyDone(o) => Ok(Json(AdminOrderView::from(&o))),
+        ApplyOutcome::Rejected(_, reason) => Err(AppError::conflict("NOT_SHIPPABLE", reason.to_string())),
+        ApplyOutcome::NotFound => Err(AppError::order_not_found()),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QrQuery {
+    size: Option<u32>,
+    /// Use the short `weixin://wxpay/s/...` link (smaller code).
+    short: Option<bool>,
+}
+
+/// `qr.png`, `qr.svg` or `link` (the text) for one catalogue product.
+pub async fn product_qr(
+    _: Admin,
+    State(state): State<SharedState>,
+    Path((id, file)): Path<(String, String)>,
+    Query(q): Query<QrQuery>,
+) -> Result<Response, AppError> {
+    let id = ProductId::parse(id).map_err(|e| AppError::invalid_input(e.to_string()))?;
+    let product = state
+        .store
+        .get_product(&id)
+        .await?
+        .ok_or_else(|| AppError::not_found("PRODUCT_NOT_FOUND", format!("unknown product {id}")))?;
+    let link = if q.short.unwrap_or(false) {
+        state.short_links.get_or_fetch(&state, &product.id).await?
+    } else {
+        qr::long_link(&state, &product.id)
+    };
+    let size = qr::check_size(q.size)?;
+    Ok(match file.as_str() {
+        "qr.png" => ([(header::CONTENT_TYPE, "image/png")], qr::png(&link, size)?).into_response(),
+        "qr.svg" => ([(header::CONTENT_TYPE, "image/svg+xml")], qr::svg(&link, size)?).into_response(),
+        "link" | "qr.txt" => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], link).into_response(),
+        _ => return Err(AppError::not_found("NOT_FOUND", "use qr.png, qr.svg or link")),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SheetQuery {
+    /// Browsers cannot send a bearer header when opening a page to print; the token may come here.
+    token: Option<String>,
+    short: Option<bool>,
+}
+
+fn escape_html(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// A printable A4 page with every active product's name, price and QR code.
+pub async fn qr_sheet(
+    State(state): State<SharedState>,
+    headers: axum::http::HeaderMap,
+    Query(q): Query<SheetQuery>,
+) -> Result<Response, AppError> {
+    let header_token =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let token = header_token.or(q.token.as_deref()).unwrap_or("");
+    if !super::auth::is_admin_token(&state, token) {
+        return Ok((StatusCode::UNAUTHORIZED, "admin token required").into_response());
+    }
+    let mut cards = String::new();
+    for p in state.store.list_products(true).await? {
+        let link = if q.short.unwrap_or(false) {
+            state.short_links.get_or_fetch(&state, &p.id).await?
+        } else {
+            qr::long_link(&state, &p.id)
+        };
+        let svg = qr::svg(&link, 220)?;
+        cards.push_str(&format!(
+            "<div class=\"card\"><div class=\"qr\">{svg}</div><div class=\"name\">{}</div><div class=\"price\">¥{}.{:02}</div><div class=\"id\">{}</div></div>\n",
+            escape_html(&p.name),
+            p.price.get() / 100,
+            p.price.get() % 100,
+            escape_html(p.id.as_str()),
+        ));
+    }
+    let page = format!(
+        "<!doctype html><html lang=\"zh\"><head><meta charset=\"utf-8\"><title>扫码支付 QR codes</title><style>\
+         @page {{ size: A4; margin: 12mm; }} body {{ font-family: sans-serif; margin: 0; }}\
+         .grid {{ display: grid; grid-template-columns: repeat(3, 1fr); gap: 6mm; }}\
+         .card {{ border: 1px dashed #999; padding: 4mm; text-align: center; break-inside: avoid; }}\
+         .qr svg {{ width: 50mm; height: 50mm; }} .name {{ font-size: 14pt; margin-top: 2mm; }}\
+         .price {{ font-size: 16pt; font-weight: bold; }} .id {{ font-size: 8pt; color: #666; }}\
+         </style></head><body><h1>微信扫码支付 · Scan with WeChat to pay</h1><div class=\"grid\">\n{cards}</div></body></html>"
+    );
+    Ok(Html(page).into_response())
+}

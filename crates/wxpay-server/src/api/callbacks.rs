@@ -1,0 +1,238 @@
+//! WeChat's callbacks (XML in, XML out): the payment notification (支付结果通知), the Native
+//! mode-1 scan callback (扫码回调) and the refund notification.
+//!
+//! Every inbound message is verified (signature in constant time, appid/mch_id, amount) before
+//! it changes anything; whatever its fate, the raw body goes into the inbox. SUCCESS is answered
+//! only after the state change is committed.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use wxpay_proto::msg::native::{ScanCallback, ScanReply};
+use wxpay_proto::msg::notify::{parse_pay_notification, reply_fail, reply_success};
+use wxpay_proto::msg::refund::parse_refund_notification;
+use wxpay_proto::msg::{Message, SUCCESS};
+use wxpay_proto::sign;
+use wxpay_proto::xml::{self, XmlLimits};
+use wxpay_proto::TradeType;
+
+use crate::domain::{OrderEvent, PaymentSource};
+use crate::error::AppError;
+use crate::payments;
+use crate::state::{AppState, SharedState};
+use crate::store::{ApplyOutcome, InboxRecord, NotificationKind};
+
+fn xml_response(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response()
+}
+
+/// Reads the body up to the configured cap; `None` when it is larger.
+async fn read_capped(state: &AppState, body: Body) -> Option<axum::body::Bytes> {
+    axum::body::to_bytes(body, state.config.server.body_limit_bytes).await.ok()
+}
+
+fn limits(state: &AppState) -> XmlLimits {
+    XmlLimits { max_body: state.config.server.body_limit_bytes, ..XmlLimits::default() }
+}
+
+async fn record(
+    state: &AppState,
+    kind: NotificationKind,
+    out_trade_no: Option<&str>,
+    raw: &[u8],
+    verified: bool,
+    outcome: &str,
+    reason: Option<String>,
+) {
+    let record = InboxRecord {
+        kind,
+        out_trade_no: out_trade_no.map(|s| s.chars().take(64).collect()),
+        raw_body: String::from_utf8_lossy(raw).into_owned(),
+        verified,
+        outcome: outcome.to_owned(),
+        reason,
+        received_at: state.clock.now(),
+    };
+    if let Err(e) = state.store.record_notification(&record).await {
+        tracing::error!(error = %e, "could not write the notification inbox");
+    }
+    state.metrics.notification(kind.as_str(), outcome);
+}
+
+/// Refuses a message: FAIL reply, a log line, a metric, an inbox row; nothing else changes.
+async fn refuse(
+    state: &AppState,
+    kind: NotificationKind,
+    out_trade_no: Option<&str>,
+    raw: &[u8],
+    reason: &str,
+    detail: String,
+) -> Response {
+    tracing::warn!(kind = kind.as_str(), reason, %detail, "WeChat callback refused");
+    state.metrics.verification_failure(reason);
+    record(state, kind, out_trade_no, raw, false, "rejected", Some(format!("{reason}: {detail}"))).await;
+    xml_response(StatusCode::OK, reply_fail(reason))
+}
+
+pub async fn pay_notify(State(state): State<SharedState>, body: Body) -> Response {
+    let Some(raw) = read_capped(&state, body).await else {
+        state.metrics.verification_failure("too_large");
+        tracing::warn!("payment notification over the body limit refused");
+        return xml_response(StatusCode::PAYLOAD_TOO_LARGE, reply_fail("body too large"));
+    };
+    let kind = NotificationKind::Pay;
+    let verified = match parse_pay_notification(&raw, limits(&state), &state.wechat.merchant().key) {
+        Ok(v) => v,
+        Err(e) => {
+            // Best effort: the order number of a message we cannot trust, for the audit trail.
+            let hint = xml::parse(&raw).ok().and_then(|f| f.get("out_trade_no").map(str::to_owned));
+            return refuse(&state, kind, hint.as_deref(), &raw, e.reason(), e.to_string()).await;
+        }
+    };
+    let n = &verified.notification;
+    let order_no = n.out_trade_no.as_str();
+    if let Err(e) = state.wechat.merchant().check_identity(&verified.fields) {
+        return refuse(&state, kind, Some(order_no), &raw, "wrong_merchant", e.to_string()).await;
+    }
+    if n.result_code != SUCCESS {
+        // An authentic report of a failed payment: nothing to change; acknowledge it.
+        record(&state, kind, Some(order_no), &raw, true, "not_paid", n.err_code_des.clone()).await;
+        return xml_response(StatusCode::OK, reply_success());
+    }
+    let event = OrderEvent::PaymentConfirmed {
+        transaction_id: n.transaction_id.clone(),
+        amount: n.total_fee,
+        paid_at: n.time_end.to_utc(),
+        source: PaymentSource::Notification,
+    };
+    match state.store.apply_event(&n.out_trade_no, &event, state.clock.now()).await {
+        Ok(ApplyOutcome::Applied(order)) => {
+            tracing::info!(order_no, transaction_id = %n.transaction_id, review = order.needs_review, "order paid (notification)");
+            record(&state, kind, Some(order_no), &raw, true, "applied", None).await;
+            xml_response(StatusCode::OK, reply_success())
+        }
+        Ok(ApplyOutcome::AlreadyDone(_)) => {
+            record(&state, kind, Some(order_no), &raw, true, "duplicate", None).await;
+            xml_response(StatusCode::OK, reply_success())
+        }
+        Ok(ApplyOutcome::Rejected(_, reason)) => {
+            refuse(&state, kind, Some(order_no), &raw, &reason.code().to_ascii_lowercase(), reason.to_string()).await
+        }
+        Ok(ApplyOutcome::NotFound) => {
+            refuse(&state, kind, Some(order_no), &raw, "unknown_order", order_no.to_owned()).await
+        }
+        Err(e) => {
+            // Not committed: FAIL so that WeChat retries.
+            tracing::error!(order_no, error = %e, "could not record a verified payment; WeChat will retry");
+            state.metrics.notification(kind.as_str(), "error");
+            xml_response(StatusCode::SERVICE_UNAVAILABLE, reply_fail("temporarily unavailable"))
+        }
+    }
+}
+
+/// The user-facing texts of a refused scan (WeChat shows `err_code_des` on the phone).
+mod scan_text {
+    pub const UNKNOWN_PRODUCT: &str = "该商品不存在或已下架，请联系商家 (this product is not on sale)";
+    pub const BUSY: &str = "系统繁忙，请稍后再扫码 (the shop is busy, please scan again in a moment)";
+    pub const CLOSED: &str = "订单已失效，请重新扫码 (this order is no longer payable, please scan again)";
+}
+
+pub async fn native_scan(State(state): State<SharedState>, body: Body) -> Response {
+    let kind = NotificationKind::Scan;
+    let Some(raw) = read_capped(&state, body).await else {
+        state.metrics.verification_failure("too_large");
+        return xml_response(StatusCode::PAYLOAD_TOO_LARGE, reply_fail("body too large"));
+    };
+    let fields = match xml::parse_with(&raw, limits(&state)) {
+        Ok(f) => f,
+        Err(e) => return refuse(&state, kind, None, &raw, "bad_xml", e.to_string()).await,
+    };
+    let merchant = state.wechat.merchant();
+    if let Err(e) = sign::verify_declared(&fields, &merchant.key) {
+        return refuse(&state, kind, None, &raw, "bad_signature", e.to_string()).await;
+    }
+    if let Err(e) = merchant.check_identity(&fields) {
+        return refuse(&state, kind, None, &raw, "wrong_merchant", e.to_string()).await;
+    }
+    let callback = match ScanCallback::from_fields(&fields) {
+        Ok(c) => c,
+        Err(e) => return refuse(&state, kind, None, &raw, "bad_field", e.to_string()).await,
+    };
+    let reply = match scan_to_prepay(&state, &callback).await {
+        Ok((order_no, prepay_id)) => {
+            record(&state, kind, Some(order_no.as_str()), &raw, true, "prepay", None).await;
+            ScanReply::Prepay { prepay_id }
+        }
+        Err((text, why)) => {
+            tracing::warn!(product_id = %callback.product_id, %why, "scan refused");
+            record(&state, kind, None, &raw, true, "refused", Some(why)).await;
+            ScanReply::Refused { err_code_des: text.to_owned() }
+        }
+    };
+    let fields = reply.to_signed_fields(&merchant.appid, &merchant.mch_id, &merchant.key);
+    xml_response(StatusCode::OK, xml::to_xml(&fields))
+}
+
+/// Scan -> order (reusing a still-payable one of the same user and product) -> NATIVE prepay.
+/// Errors carry the text the user sees and the reason for the log.
+async fn scan_to_prepay(
+    state: &AppState,
+    callback: &ScanCallback,
+) -> Result<(wxpay_proto::OutTradeNo, wxpay_proto::PrepayId), (&'static str, String)> {
+    let now = state.clock.now();
+    let product = state.store.get_product(&callback.product_id).await.map_err(|e| (scan_text::BUSY, e.to_string()))?;
+    match product {
+        Some(p) if p.active => {}
+        _ => return Err((scan_text::UNKNOWN_PRODUCT, format!("unknown or inactive product {}", callback.product_id))),
+    }
+    let existing = state
+        .store
+        .find_payable_native_order(&callback.openid, &callback.product_id, now)
+        .await
+        .map_err(|e| (scan_text::BUSY, e.to_string()))?;
+    let order = match existing {
+        Some(order) if order.expires_at - now >= payments::MIN_PAYABLE_WINDOW => order,
+        _ => payments::create_order(state, &callback.openid, TradeType::Native, &[(callback.product_id.clone(), 1)])
+            .await
+            .map_err(|e| (scan_text::BUSY, e.to_string()))?,
+    };
+    let budget = Duration::from_millis(state.config.wechat.scan_unifiedorder_timeout_ms);
+    match payments::ensure_prepay(state, &order, &state.config.server.server_ip, Some(budget)).await {
+        Ok(prepay) => Ok((order.order_no, prepay)),
+        Err(AppError { code: "ORDER_PAID" | "ORDER_CLOSED" | "ORDER_EXPIRED", message, .. }) => {
+            Err((scan_text::CLOSED, message))
+        }
+        Err(e) => Err((scan_text::BUSY, e.to_string())),
+    }
+}
+
+/// Refund results: decrypted, recorded and acknowledged. (Refunds are started from the admin
+/// side; the order's refund states are not driven from here yet.)
+pub async fn refund_notify(State(state): State<SharedState>, body: Body) -> Response {
+    let kind = NotificationKind::Refund;
+    let Some(raw) = read_capped(&state, body).await else {
+        return xml_response(StatusCode::PAYLOAD_TOO_LARGE, reply_fail("body too large"));
+    };
+    match parse_refund_notification(&raw, limits(&state), &state.wechat.merchant().key) {
+        Ok(n) if n.mch_id == state.wechat.merchant().mch_id.as_str() => {
+            let order_no = n.info.out_trade_no.to_string();
+            tracing::info!(%order_no, out_refund_no = %n.info.out_refund_no, status = n.info.refund_status.as_str(), "refund result");
+            record(
+                &state,
+                kind,
+                Some(&order_no),
+                &raw,
+                true,
+                "recorded",
+                Some(n.info.refund_status.as_str().to_owned()),
+            )
+            .await;
+            xml_response(StatusCode::OK, reply_success())
+        }
+        Ok(n) => refuse(&state, kind, None, &raw, "wrong_merchant", format!("mch_id {}", n.mch_id)).await,
+        Err(e) => refuse(&state, kind, None, &raw, "bad_refund_notification", e.to_string()).await,
+    }
+}

@@ -1,0 +1,177 @@
+//! The mini-program API (JSON): login, catalogue, orders, pay, cancel.
+
+use std::time::Duration;
+
+use axum::extract::{FromRequest, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use wxpay_proto::client::SnsError;
+use wxpay_proto::msg::code2session::errcode;
+use wxpay_proto::msg::jsapi::JsapiPayParams;
+use wxpay_proto::{Openid, ProductId, TradeType};
+
+use super::auth::CurrentUser;
+use super::views::{OrderView, ProductView};
+use crate::cache::SessionKey;
+use crate::domain::CloseReason;
+use crate::error::AppError;
+use crate::payments;
+use crate::state::SharedState;
+
+/// JSON body whose rejections use our error format and name the problem.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => Err(AppError::new(rejection.status(), "INVALID_INPUT", rejection.body_text())),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    code: String,
+}
+
+/// `wx.login` code -> jscode2session -> openid in the database, session_key in the cache, and
+/// our own opaque token for the mini-program. The session_key never leaves the server.
+pub async fn login(
+    State(state): State<SharedState>,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> Result<Json<Value>, AppError> {
+    let code = req.code.trim();
+    if code.is_empty() || code.len() > 128 || !code.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(AppError::invalid_input("code: must be the code from wx.login"));
+    }
+    let session = state.wechat.code2session(code).await.map_err(login_error)?;
+    let openid = Openid::parse(session.openid.as_str())
+        .map_err(|e| AppError::new(StatusCode::BAD_GATEWAY, "WECHAT_ERROR", format!("jscode2session: {e}")))?;
+    state.store.upsert_user(&openid, session.unionid.as_deref(), state.clock.now()).await?;
+    let ttl = Duration::from_secs(state.config.server.session_ttl_secs);
+    state.cache.put_session_key(&openid, SessionKey::new(session.session_key.expose()), ttl).await?;
+    let token = state.cache.create_token(&openid, ttl).await?;
+    tracing::info!(%openid, "mini-program login");
+    Ok(Json(json!({ "token": token.as_str(), "expires_in": ttl.as_secs() })))
+}
+
+fn login_error(e: SnsError) -> AppError {
+    match &e {
+        SnsError::Api(api) => match api.errcode {
+            errcode::INVALID_CODE | errcode::CODE_BEEN_USED => AppError::bad_request(
+                "INVALID_CODE",
+                format!("the login code is invalid, expired or already used; call wx.login again ({})", api.errcode),
+            ),
+            errcode::FREQUENCY_LIMIT => {
+                AppError::new(StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED", "too many logins; try again in a minute")
+            }
+            errcode::CODE_BLOCKED => {
+                AppError::new(StatusCode::FORBIDDEN, "LOGIN_BLOCKED", "WeChat blocked this login (risky user)")
+            }
+            errcode::INVALID_APPID | errcode::INVALID_SECRET => {
+                tracing::error!(error = %e, "jscode2session refused our credentials: check wechat.appid / wechat.app_secret");
+                AppError::new(StatusCode::BAD_GATEWAY, "WECHAT_CONFIG", "the server's WeChat credentials are wrong")
+            }
+            _ => AppError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "WECHAT_UNAVAILABLE",
+                format!("login failed, try again: {e}"),
+            ),
+        },
+        _ => AppError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "WECHAT_UNAVAILABLE",
+            format!("login failed, try again: {e}"),
+        ),
+    }
+}
+
+pub async fn products(State(state): State<SharedState>) -> Result<Json<Vec<ProductView>>, AppError> {
+    let products = state.store.list_products(true).await?;
+    Ok(Json(products.iter().map(ProductView::from).collect()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOrderRequest {
+    items: Vec<ItemRequest>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItemRequest {
+    product_id: String,
+    quantity: u32,
+}
+
+pub async fn create_order(
+    State(state): State<SharedState>,
+    CurrentUser(openid): CurrentUser,
+    ApiJson(req): ApiJson<CreateOrderRequest>,
+) -> Result<(StatusCode, Json<OrderView>), AppError> {
+    let mut lines = Vec::with_capacity(req.items.len());
+    for (i, item) in req.items.iter().enumerate() {
+        let id = ProductId::parse(item.product_id.as_str())
+            .map_err(|e| AppError::invalid_input(format!("items[{i}].product_id: {}", e.problem)))?;
+        lines.push((id, item.quantity));
+    }
+    let order = payments::create_order(&state, &openid, TradeType::Jsapi, &lines).await?;
+    Ok((StatusCode::CREATED, Json(OrderView::from(&order))))
+}
+
+pub async fn list_orders(
+    State(state): State<SharedState>,
+    CurrentUser(openid): CurrentUser,
+) -> Result<Json<Vec<OrderView>>, AppError> {
+    let orders = state.store.list_user_orders(&openid, 100).await?;
+    Ok(Json(orders.iter().map(OrderView::from).collect()))
+}
+
+pub async fn get_order(
+    State(state): State<SharedState>,
+    CurrentUser(openid): CurrentUser,
+    Path(order_no): Path<String>,
+) -> Result<Json<OrderView>, AppError> {
+    let order = payments::get_order(&state, &openid, &order_no).await?;
+    Ok(Json(OrderView::from(&order)))
+}
+
+/// The client's IP for `spbill_create_ip`: the first forwarded address when behind a proxy.
+fn client_ip(headers: &HeaderMap, fallback: &str) -> String {
+    headers
+        .get("x-forwarded-for")
+        .or_else(|| headers.get("x-real-ip"))
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(str::trim)
+        .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
+        .unwrap_or(fallback)
+        .to_owned()
+}
+
+pub async fn pay(
+    State(state): State<SharedState>,
+    CurrentUser(openid): CurrentUser,
+    Path(order_no): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<JsapiPayParams>, AppError> {
+    let ip = client_ip(&headers, &state.config.server.server_ip);
+    Ok(Json(payments::pay_params(&state, &openid, &order_no, &ip).await?))
+}
+
+pub async fn cancel(
+    State(state): State<SharedState>,
+    CurrentUser(openid): CurrentUser,
+    Path(order_no): Path<String>,
+) -> Result<Json<OrderView>, AppError> {
+    let order = payments::load_own(&state, &openid, &order_no).await?;
+    let order = payments::close(&state, &order, CloseReason::UserCancelled).await?;
+    Ok(Json(OrderView::from(&order)))
+}

@@ -1,0 +1,95 @@
+//! JSON shapes of the API. Field names are part of the interface (see API.md).
+
+use serde::Serialize;
+
+use crate::domain::{Order, Product};
+
+#[derive(Serialize)]
+pub struct ProductView {
+    pub id: String,
+    pub name: String,
+    pub price_fen: u64,
+    pub active: bool,
+}
+
+impl From<&Product> for ProductView {
+    fn from(p: &Product) -> Self {
+        ProductView { id: p.id.to_string(), name: p.name.clone(), price_fen: p.price.get(), active: p.active }
+    }
+}
+
+#[derive(Serialize)]
+pub struct ItemView {
+    pub product_id: String,
+    pub name: String,
+    pub unit_price_fen: u64,
+    pub quantity: u32,
+}
+
+/// An order as its owner sees it.
+#[derive(Serialize)]
+pub struct OrderView {
+    pub order_no: String,
+    pub status: &'static str,
+    pub fulfilment: &'static str,
+    pub amount_fen: u64,
+    pub trade_type: &'static str,
+    pub items: Vec<ItemView>,
+    pub created_at: String,
+    pub expires_at: String,
+    pub paid_at: Option<String>,
+    pub closed_at: Option<String>,
+    pub transaction_id: Option<String>,
+}
+
+impl From<&Order> for OrderView {
+    fn from(o: &Order) -> Self {
+        OrderView {
+            order_no: o.order_no.to_string(),
+            status: o.status.as_str(),
+            fulfilment: o.fulfilment.as_str(),
+            amount_fen: o.amount.get(),
+            trade_type: o.trade_type.as_str(),
+            items: o
+                .items
+                .iter()
+                .map(|i| ItemView {
+                    product_id: i.product_id.to_string(),
+                    name: i.name.clone(),
+                    unit_price_fen: i.unit_price.get(),
+                    quantity: i.quantity,
+                })
+                .collect(),
+            created_at: o.created_at.to_rfc3339(),
+            expires_at: o.expires_at.to_rfc3339(),
+            paid_at: o.paid_at.map(|t| t.to_rfc3339()),
+            closed_at: o.closed_at.map(|t| t.to_rfc3339()),
+            transaction_id: o.transaction_id.as_ref().map(|t| t.to_string()),
+        }
+    }
+}
+
+/// An order as the admin sees it: everything, including the review flag.
+#[derive(Serialize)]
+pub struct AdminOrderView {
+    #[serde(flatten)]
+    pub order: OrderView,
+    pub openid: String,
+    pub prepay_id: Option<String>,
+    pub needs_review: bool,
+    pub review_reason: Option<String>,
+    pub version: i64,
+}
+
+impl From<&Order> for AdminOrderView {
+    fn from(o: &Order) -> Self {
+        AdminOrderView {
+            order: OrderView::from(o),
+            openid: o.openid.to_string(),
+            prepay_id: o.prepay_id.as_ref().map(|p| p.to_string()),
+            needs_review: o.needs_review,
+            review_reason: o.review_reason.clone(),
+            version: o.version,
+        }
+    }
+}

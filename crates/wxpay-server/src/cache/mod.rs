@@ -1,0 +1,94 @@
+//! The session cache: WeChat session keys, our login tokens, and short named locks.
+//!
+//! Memory is the single-instance default; a shared implementation (Redis) comes later and must
+//! pass the same [`contract`] cases.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::RngCore;
+use wxpay_proto::Openid;
+
+#[doc(hidden)]
+pub mod contract;
+pub mod memory;
+
+pub use memory::MemoryCache;
+
+/// The `session_key` from jscode2session. A secret: never logged, never returned to clients,
+/// so `Debug` is redacted and there is no `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionKey(String);
+
+impl SessionKey {
+    pub fn new(key: impl Into<String>) -> Self {
+        SessionKey(key.into())
+    }
+    /// The secret itself, for the few places that must use it (e.g. decrypting user data).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionKey(<redacted>)")
+    }
+}
+
+/// An opaque bearer token we hand out at login: 32 random bytes as 64 lowercase hex characters.
+/// It is a credential too, so `Debug` is redacted.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SessionToken(String);
+
+impl SessionToken {
+    /// A fresh token from the OS-seeded thread RNG (a CSPRNG).
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut bytes);
+        SessionToken(hex::encode(bytes))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl fmt::Debug for SessionToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionToken(<redacted>)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The cache service could not be reached or answered an error.
+    #[error("session cache unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub type CacheResult<T> = Result<T, CacheError>;
+
+#[async_trait]
+pub trait SessionCache: Send + Sync {
+    /// Stores (replacing) the user's session key for `ttl`.
+    async fn put_session_key(&self, openid: &Openid, key: SessionKey, ttl: Duration) -> CacheResult<()>;
+    async fn get_session_key(&self, openid: &Openid) -> CacheResult<Option<SessionKey>>;
+
+    /// Issues a new login token for `openid`, valid for `ttl`.
+    async fn create_token(&self, openid: &Openid, ttl: Duration) -> CacheResult<SessionToken>;
+    /// The user a token belongs to, if it exists and has not expired.
+    async fn resolve_token(&self, token: &str) -> CacheResult<Option<Openid>>;
+    /// Forgets a token (logout). True if it existed.
+    async fn revoke_token(&self, token: &str) -> CacheResult<bool>;
+
+    /// Takes the lock `name` for `owner_token` for `ttl`. True when `owner_token` now holds it:
+    /// freshly taken, taken over after the previous holder's ttl ran out, or renewed (the same
+    /// owner calling again extends the ttl). False while someone else holds it.
+    async fn try_lock(&self, name: &str, owner_token: &str, ttl: Duration) -> CacheResult<bool>;
+    /// Releases the lock only if `owner_token` holds it (compare-and-delete). True if released.
+    async fn unlock(&self, name: &str, owner_token: &str) -> CacheResult<bool>;
+}

@@ -1,0 +1,414 @@
+//! The order state machine: [`decide`] is the one pure function that says what an event does to
+//! an order. The store applies its answer atomically (compare-and-set + event log + outbox).
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use wxpay_proto::{Fen, PrepayId, TransactionId};
+
+use super::{Fulfilment, Order, OrderStatus};
+
+/// Where a payment confirmation came from. Both are trusted only after verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentSource {
+    /// A verified payment result notification.
+    Notification,
+    /// An `orderquery` answer with trade_state SUCCESS.
+    Query,
+}
+
+impl PaymentSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentSource::Notification => "notification",
+            PaymentSource::Query => "query",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    UserCancelled,
+    /// The order passed `expires_at` (the caller has made sure WeChat did not take money).
+    Expired,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::UserCancelled => "user_cancelled",
+            CloseReason::Expired => "expired",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderEvent {
+    PrepayIssued { prepay_id: PrepayId, prepay_expires_at: DateTime<Utc> },
+    PaymentConfirmed { transaction_id: TransactionId, amount: Fen, paid_at: DateTime<Utc>, source: PaymentSource },
+    CloseRequested { reason: CloseReason },
+    Shipped,
+}
+
+impl OrderEvent {
+    pub fn name(&self) -> &'static str {
+        match self {
+            OrderEvent::PrepayIssued { .. } => "prepay_issued",
+            OrderEvent::PaymentConfirmed { .. } => "payment_confirmed",
+            OrderEvent::CloseRequested { .. } => "close_requested",
+            OrderEvent::Shipped => "shipped",
+        }
+    }
+
+    /// The event as JSON for the append-only event log.
+    pub fn detail(&self) -> serde_json::Value {
+        match self {
+            OrderEvent::PrepayIssued { prepay_id, prepay_expires_at } => {
+                json!({ "prepay_id": prepay_id.as_str(), "prepay_expires_at": prepay_expires_at.to_rfc3339() })
+            }
+            OrderEvent::PaymentConfirmed { transaction_id, amount, paid_at, source } => json!({
+                "transaction_id": transaction_id.as_str(),
+                "amount_fen": amount.get(),
+                "paid_at": paid_at.to_rfc3339(),
+                "source": source.as_str(),
+            }),
+            OrderEvent::CloseRequested { reason } => json!({ "reason": reason.as_str() }),
+            OrderEvent::Shipped => json!({}),
+        }
+    }
+}
+
+/// Why an event was refused. Nothing about the order changes, except that
+/// [`RejectReason::review_reason`] says when a human must be told.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RejectReason {
+    #[error("amount mismatch: order is {expected} fen, payment says {got} fen")]
+    AmountMismatch { expected: Fen, got: Fen },
+    #[error("order already paid by transaction {existing}, got a different transaction {got}")]
+    ConflictingTransaction { existing: TransactionId, got: TransactionId },
+    #[error("cannot {event} an order in status {status}")]
+    WrongState { status: OrderStatus, event: &'static str },
+    #[error("order expired at {expires_at}")]
+    Expired { expires_at: DateTime<Utc> },
+    #[error("order does not expire before {expires_at}")]
+    NotExpired { expires_at: DateTime<Utc> },
+}
+
+impl RejectReason {
+    /// A stable machine-readable code (logs, metrics, API errors).
+    pub fn code(&self) -> &'static str {
+        match self {
+            RejectReason::AmountMismatch { .. } => "AMOUNT_MISMATCH",
+            RejectReason::ConflictingTransaction { .. } => "CONFLICTING_TRANSACTION",
+            RejectReason::WrongState { .. } => "WRONG_STATE",
+            RejectReason::Expired { .. } => "ORDER_EXPIRED",
+            RejectReason::NotExpired { .. } => "NOT_EXPIRED",
+        }
+    }
+
+    /// `Some(reason)` when the rejection means money may be wrong and the order must be flagged
+    /// for review (a second payment for a paid order: the customer may have paid twice).
+    pub fn review_reason(&self) -> Option<String> {
+        match self {
+            RejectReason::ConflictingTransaction { .. } => Some(format!("second payment: {self}")),
+            _ => None,
+        }
+    }
+}
+
+/// The decision for one event: what the store must write, if anything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Write `order` (same version as read; the store bumps it) and log `event_kind`.
+    Apply {
+        order: Box<Order>,
+        event_kind: &'static str,
+        /// Insert the `order.paid` outbox row (fulfilment) in the same transaction.
+        emit_paid_event: bool,
+    },
+    /// A duplicate of something already applied: nothing to write, answer success.
+    AlreadyDone,
+    Reject(RejectReason),
+}
+
+pub const REVIEW_PAID_AFTER_CLOSE: &str = "paid after close: money was taken";
+
+/// Decides what `event` does to `order` at `now`. Pure: the same inputs give the same answer.
+pub fn decide(order: &Order, event: &OrderEvent, now: DateTime<Utc>) -> Decision {
+    use OrderStatus::*;
+    let wrong_state = || Decision::Reject(RejectReason::WrongState { status: order.status, event: event.name() });
+    match event {
+        OrderEvent::PrepayIssued { prepay_id, prepay_expires_at } => match order.status {
+            Paying if order.prepay_id.as_ref() == Some(prepay_id) => Decision::AlreadyDone,
+            Created | Paying if now >= order.expires_at => {
+                Decision::Reject(RejectReason::Expired { expires_at: order.expires_at })
+            }
+            Created | Paying => {
+                let mut next = order.clone();
+                next.status = Paying;
+                next.prepay_id = Some(prepay_id.clone());
+                next.prepay_expires_at = Some(*prepay_expires_at);
+                apply(next, "order.prepay_issued", false)
+            }
+            Paid | Closed | Refunding | Refunded => wrong_state(),
+        },
+        OrderEvent::PaymentConfirmed { transaction_id, amount, paid_at, .. } => {
+            // The amount is checked first and in every state: a mismatch never changes anything.
+            if *amount != order.amount {
+                return Decision::Reject(RejectReason::AmountMismatch { expected: order.amount, got: *amount });
+            }
+            match order.status {
+                Paid | Refunding | Refunded => match &order.transaction_id {
+                    Some(existing) if existing == transaction_id => Decision::AlreadyDone,
+                    Some(existing) => Decision::Reject(RejectReason::ConflictingTransaction {
+                        existing: existing.clone(),
+                        got: transaction_id.clone(),
+                    }),
+                    // A paid order always has a transaction id; treat a missing one as a conflict
+                    // rather than silently overwriting history.
+                    None => wrong_state(),
+                },
+                Created | Paying | Closed => {
+                    let mut next = order.clone();
+                    next.status = Paid;
+                    next.fulfilment = Fulfilment::Pending;
+                    next.transaction_id = Some(transaction_id.clone());
+                    next.paid_at = Some(*paid_at);
+                    let after_close = order.status == Closed;
+                    if after_close {
+                        // Money was taken for an order we had given up on (the user may have
+                        // cancelled): a human decides between shipping and refunding, so no
+                        // automatic fulfilment.
+                        next.needs_review = true;
+                        next.review_reason = Some(REVIEW_PAID_AFTER_CLOSE.to_owned());
+                    }
+                    apply(next, "order.paid", !after_close)
+                }
+            }
+        }
+        OrderEvent::CloseRequested { reason } => match order.status {
+            Closed => Decision::AlreadyDone,
+            Created | Paying => {
+                if *reason == CloseReason::Expired && now < order.expires_at {
+                    return Decision::Reject(RejectReason::NotExpired { expires_at: order.expires_at });
+                }
+                let mut next = order.clone();
+                next.status = Closed;
+                next.closed_at = Some(now);
+                apply(next, "order.closed", false)
+            }
+            Paid | Refunding | Refunded => wrong_state(),
+        },
+        OrderEvent::Shipped => match (order.status, order.fulfilment) {
+            (_, Fulfilment::Shipped) => Decision::AlreadyDone,
+            (Paid, Fulfilment::Pending) => {
+                let mut next = order.clone();
+                next.fulfilment = Fulfilment::Shipped;
+                apply(next, "order.shipped", false)
+            }
+            _ => wrong_state(),
+        },
+    }
+}
+
+fn apply(order: Order, event_kind: &'static str, emit_paid_event: bool) -> Decision {
+    Decision::Apply { order: Box::new(order), event_kind, emit_paid_event }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::OrderItem;
+    use chrono::{Duration, TimeZone};
+    use proptest::prelude::*;
+    use wxpay_proto::{Openid, OutTradeNo, ProductId, TradeType};
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2024, 5, 1, 8, 0, 0).unwrap()
+    }
+
+    fn order() -> Order {
+        let item = OrderItem {
+            product_id: ProductId::parse("p1").unwrap(),
+            name: "P1".into(),
+            unit_price: Fen::new(100),
+            quantity: 2,
+        };
+        Order::new(
+            OutTradeNo::parse("WX1").unwrap(),
+            Openid::parse("o1").unwrap(),
+            TradeType::Jsapi,
+            vec![item],
+            Fen::new(200),
+            t0(),
+            t0() + Duration::minutes(30),
+        )
+    }
+
+    fn paid(txid: &str, amount: u64) -> OrderEvent {
+        OrderEvent::PaymentConfirmed {
+            transaction_id: TransactionId::parse(txid).unwrap(),
+            amount: Fen::new(amount),
+            paid_at: t0() + Duration::minutes(1),
+            source: PaymentSource::Notification,
+        }
+    }
+
+    fn applied(d: Decision) -> (Order, &'static str, bool) {
+        match d {
+            Decision::Apply { order, event_kind, emit_paid_event } => (*order, event_kind, emit_paid_event),
+            other => panic!("expected Apply, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn payment_of_pending_order_pays_and_emits() {
+        let (o, kind, emit) = applied(decide(&order(), &paid("T1", 200), t0()));
+        assert_eq!(o.status, OrderStatus::Paid);
+        assert_eq!(o.fulfilment, Fulfilment::Pending);
+        assert_eq!(o.transaction_id.as_ref().map(|t| t.as_str()), Some("T1"));
+        assert_eq!(kind, "order.paid");
+        assert!(emit);
+        assert!(!o.needs_review);
+        // Same transaction again: duplicate. Another transaction: rejected and flagged.
+        assert_eq!(decide(&o, &paid("T1", 200), t0()), Decision::AlreadyDone);
+        match decide(&o, &paid("T2", 200), t0()) {
+            Decision::Reject(r @ RejectReason::ConflictingTransaction { .. }) => assert!(r.review_reason().is_some()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn amount_mismatch_is_rejected_in_every_state() {
+        let mut o = order();
+        for status in OrderStatus::ALL {
+            o.status = status;
+            assert_eq!(
+                decide(&o, &paid("T1", 199), t0()),
+                Decision::Reject(RejectReason::AmountMismatch { expected: Fen::new(200), got: Fen::new(199) })
+            );
+        }
+    }
+
+    #[test]
+    fn payment_after_close_is_paid_but_flagged_without_fulfilment() {
+        let (closed, _, _) =
+            applied(decide(&order(), &OrderEvent::CloseRequested { reason: CloseReason::UserCancelled }, t0()));
+        assert_eq!(closed.status, OrderStatus::Closed);
+        assert_eq!(closed.closed_at, Some(t0()));
+        let (o, kind, emit) = applied(decide(&closed, &paid("T1", 200), t0()));
+        assert_eq!(o.status, OrderStatus::Paid);
+        assert!(o.needs_review);
+        assert_eq!(o.review_reason.as_deref(), Some(REVIEW_PAID_AFTER_CLOSE));
+        assert_eq!(kind, "order.paid");
+        assert!(!emit);
+    }
+
+    #[test]
+    fn close_rules() {
+        let close = |reason| OrderEvent::CloseRequested { reason };
+        // Not expired yet: the reconciler may not close it for expiry, the user may cancel.
+        assert!(matches!(
+            decide(&order(), &close(CloseReason::Expired), t0()),
+            Decision::Reject(RejectReason::NotExpired { .. })
+        ));
+        let (o, _, _) = applied(decide(&order(), &close(CloseReason::Expired), t0() + Duration::minutes(30)));
+        assert_eq!(o.status, OrderStatus::Closed);
+        assert_eq!(decide(&o, &close(CloseReason::UserCancelled), t0()), Decision::AlreadyDone);
+        let (p, _, _) = applied(decide(&order(), &paid("T1", 200), t0()));
+        assert!(matches!(
+            decide(&p, &close(CloseReason::UserCancelled), t0()),
+            Decision::Reject(RejectReason::WrongState { status: OrderStatus::Paid, .. })
+        ));
+    }
+
+    #[test]
+    fn prepay_and_shipping_rules() {
+        let prepay = |id: &str| OrderEvent::PrepayIssued {
+            prepay_id: PrepayId::parse(id).unwrap(),
+            prepay_expires_at: t0() + Duration::hours(2),
+        };
+        let (o, kind, _) = applied(decide(&order(), &prepay("wx1"), t0()));
+        assert_eq!((o.status, kind), (OrderStatus::Paying, "order.prepay_issued"));
+        assert_eq!(decide(&o, &prepay("wx1"), t0()), Decision::AlreadyDone);
+        // A new prepay id replaces the old one (e.g. the old one expired).
+        let (o2, _, _) = applied(decide(&o, &prepay("wx2"), t0()));
+        assert_eq!(o2.prepay_id.as_ref().map(|p| p.as_str()), Some("wx2"));
+        assert!(matches!(
+            decide(&order(), &prepay("wx1"), t0() + Duration::minutes(30)),
+            Decision::Reject(RejectReason::Expired { .. })
+        ));
+        assert!(matches!(
+            decide(&order(), &OrderEvent::Shipped, t0()),
+            Decision::Reject(RejectReason::WrongState { .. })
+        ));
+        let (p, _, _) = applied(decide(&o, &paid("T1", 200), t0()));
+        let (s, kind, _) = applied(decide(&p, &OrderEvent::Shipped, t0()));
+        assert_eq!((s.fulfilment, kind), (Fulfilment::Shipped, "order.shipped"));
+        assert_eq!(decide(&s, &OrderEvent::Shipped, t0()), Decision::AlreadyDone);
+        assert!(matches!(decide(&p, &prepay("wx3"), t0()), Decision::Reject(RejectReason::WrongState { .. })));
+    }
+
+    /// One step of a generated history: an event, and how far the clock moves before it.
+    fn arb_step() -> impl Strategy<Value = (i64, OrderEvent)> {
+        let event = prop_oneof![
+            (0..3u8).prop_map(|i| OrderEvent::PrepayIssued {
+                prepay_id: PrepayId::parse(format!("wx{i}")).unwrap(),
+                prepay_expires_at: t0() + Duration::hours(2),
+            }),
+            (0..2u8, prop_oneof![Just(200u64), 0..400u64], any::<bool>()).prop_map(|(tx, amount, by_query)| {
+                OrderEvent::PaymentConfirmed {
+                    transaction_id: TransactionId::parse(format!("T{tx}")).unwrap(),
+                    amount: Fen::new(amount),
+                    paid_at: t0(),
+                    source: if by_query { PaymentSource::Query } else { PaymentSource::Notification },
+                }
+            }),
+            prop_oneof![Just(CloseReason::UserCancelled), Just(CloseReason::Expired)]
+                .prop_map(|reason| OrderEvent::CloseRequested { reason }),
+            Just(OrderEvent::Shipped),
+        ];
+        (0..20i64, event)
+    }
+
+    proptest! {
+        #[test]
+        fn state_machine_invariants(steps in proptest::collection::vec(arb_step(), 0..25)) {
+            let mut o = order();
+            let mut now = t0();
+            let mut paid_events = 0;
+            for (minutes, event) in steps {
+                now += Duration::minutes(minutes);
+                let before = o.clone();
+                let decision = decide(&o, &event, now);
+                if let OrderEvent::PaymentConfirmed { amount, .. } = &event {
+                    if *amount != o.amount {
+                        let is_mismatch = matches!(decision, Decision::Reject(RejectReason::AmountMismatch { .. }));
+                        prop_assert!(is_mismatch);
+                    }
+                }
+                if let Decision::Apply { order: next, emit_paid_event, .. } = decision {
+                    o = *next;
+                    if emit_paid_event {
+                        paid_events += 1;
+                    }
+                    // The same payment twice in a row never changes anything the second time.
+                    if matches!(event, OrderEvent::PaymentConfirmed { .. }) {
+                        prop_assert_eq!(decide(&o, &event, now), Decision::AlreadyDone);
+                    }
+                }
+                // Identity and money never change; paid orders stay paid.
+                prop_assert_eq!(&o.order_no, &before.order_no);
+                prop_assert_eq!(o.amount, before.amount);
+                if before.status.is_paid() {
+                    prop_assert!(o.status.is_paid());
+                    prop_assert_eq!(&o.transaction_id, &before.transaction_id);
+                }
+                if o.status.is_paid() {
+                    prop_assert!(o.transaction_id.is_some() && o.fulfilment != Fulfilment::None);
+                }
+            }
+            // Fulfilment is requested at most once per order, whatever the history.
+            prop_assert!(paid_events <= 1);
+        }
+    }
+}

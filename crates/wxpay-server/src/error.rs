@@ -1,0 +1,112 @@
+//! The one error type of the HTTP API, mapped to a status and a JSON body
+//! `{"code": "STABLE_CODE", "message": "human text"}` in one place.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use wxpay_proto::client::ClientError;
+
+use crate::cache::CacheError;
+use crate::store::StoreError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl AppError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        AppError { status, code, message: message.into() }
+    }
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    pub fn invalid_input(message: impl Into<String>) -> Self {
+        Self::bad_request("INVALID_INPUT", message)
+    }
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "log in first: Authorization: Bearer <token from /api/mp/login>",
+        )
+    }
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", message)
+    }
+    pub fn order_not_found() -> Self {
+        Self::not_found("ORDER_NOT_FOUND", "no such order")
+    }
+
+    /// A failed WeChat API call: temporary (503, try again) or not (502).
+    pub fn wechat(e: &ClientError) -> Self {
+        if e.is_retryable() {
+            Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "WECHAT_UNAVAILABLE",
+                format!("WeChat Pay is not answering, try again: {e}"),
+            )
+        } else {
+            Self::new(StatusCode::BAD_GATEWAY, "WECHAT_ERROR", format!("WeChat Pay refused the request: {e}"))
+        }
+    }
+}
+
+impl std::fmt::Display for AppError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
+    }
+}
+
+impl std::error::Error for AppError {}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => Self::not_found("NOT_FOUND", what),
+            StoreError::Conflict(what) => Self::conflict("CONFLICT", what),
+            StoreError::Corrupt(what) => {
+                tracing::error!(%what, "corrupt data in the store");
+                Self::internal("stored data could not be read")
+            }
+            StoreError::Database(err) => {
+                tracing::error!(error = %err, "database unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "DATABASE_UNAVAILABLE",
+                    "the database is not available, try again",
+                )
+            }
+        }
+    }
+}
+
+impl From<CacheError> for AppError {
+    fn from(e: CacheError) -> Self {
+        tracing::error!(error = %e, "session cache unavailable");
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "CACHE_UNAVAILABLE", "the session cache is not available, try again")
+    }
+}
+
+#[derive(serde::Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::warn!(code = self.code, message = %self.message, "request failed");
+        }
+        (self.status, Json(ErrorBody { code: self.code, message: &self.message })).into_response()
+    }
+}

@@ -1,0 +1,619 @@
+//! The behaviour every [`Store`] must have, as test cases that run against any implementation.
+//!
+//! A backend's tests provide a [`StoreHarness`] (a fresh, empty database that can be opened more
+//! than once) and expand [`crate::store_contract_tests!`] with it, which makes one `#[tokio::test]`
+//! per case. Cases panic on failure, like any test.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use wxpay_proto::{Fen, Openid, OutTradeNo, PrepayId, ProductId, TradeType, TransactionId};
+
+use super::{ApplyOutcome, InboxRecord, NotificationKind, OrderFilter, Store};
+use crate::domain::{
+    price_order, CloseReason, Fulfilment, Order, OrderEvent, OrderStatus, PaymentSource, Product, RejectReason,
+    REVIEW_PAID_AFTER_CLOSE,
+};
+
+/// A fresh database for one test case.
+#[async_trait]
+pub trait StoreHarness: Send + Sync {
+    /// Opens the harness's database, migrated. Calling it again (after dropping the first
+    /// store) must reopen the same data: that is how the restart case works.
+    async fn open(&self) -> Arc<dyn Store>;
+}
+
+/// Expands to one `#[tokio::test]` per contract case. `$harness` is an expression evaluating to a
+/// future of a [`StoreHarness`], evaluated afresh for each test.
+#[macro_export]
+macro_rules! store_contract_tests {
+    ($harness:expr) => {
+        $crate::store_contract_tests!(@cases $harness;
+            users_upsert_is_idempotent,
+            products_upsert_list_get,
+            orders_create_get_and_list_own,
+            create_order_twice_conflicts,
+            admin_list_filters_and_pages,
+            finds_payable_native_order_for_exactly_that_product,
+            apply_event_happy_path,
+            duplicate_payment_is_already_done,
+            concurrent_payments_apply_exactly_once,
+            amount_mismatch_is_rejected_and_changes_nothing,
+            second_transaction_is_rejected_and_flagged,
+            payment_after_close_is_flagged_for_review,
+            cancel_and_expiry_close,
+            apply_event_on_unknown_order_is_not_found,
+            leases_keep_two_reconcilers_apart,
+            outbox_claim_deliver_and_fail,
+            poll_throttle_is_atomic,
+            notification_inbox_keeps_everything,
+            counts_orders_by_status,
+            data_survives_restart
+        );
+    };
+    (@cases $harness:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                let harness = $harness.await;
+                $crate::store::contract::$case(&harness).await;
+            }
+        )*
+    };
+}
+
+/// The fixed start of every case (whole seconds, so millisecond storage round-trips exactly).
+pub fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2024, 5, 1, 8, 0, 0).single().unwrap_or_else(Utc::now)
+}
+
+fn pid(s: &str) -> ProductId {
+    ProductId::parse(s).expect("valid product id")
+}
+
+fn openid(s: &str) -> Openid {
+    Openid::parse(s).expect("valid openid")
+}
+
+fn txid(s: &str) -> TransactionId {
+    TransactionId::parse(s).expect("valid transaction id")
+}
+
+fn catalogue() -> Vec<Product> {
+    vec![
+        Product { id: pid("apple"), name: "Apple".into(), price: Fen::new(150), active: true },
+        Product { id: pid("pear"), name: "Pear".into(), price: Fen::new(99), active: true },
+        Product { id: pid("retired"), name: "Old".into(), price: Fen::new(10), active: false },
+    ]
+}
+
+/// Builds an order numbered `no` for `who` from `(product, quantity)` lines of [`catalogue`].
+pub fn make_order(no: &str, who: &str, trade_type: TradeType, lines: &[(&str, u32)], at: DateTime<Utc>) -> Order {
+    let cat = catalogue();
+    let requested: Vec<_> = lines.iter().map(|(p, q)| (pid(p), *q)).collect();
+    let (items, amount) =
+        price_order(|id| cat.iter().find(|p| &p.id == id).cloned(), &requested).expect("valid test order");
+    Order::new(
+        OutTradeNo::parse(no).expect("valid order no"),
+        openid(who),
+        trade_type,
+        items,
+        amount,
+        at,
+        at + Duration::minutes(30),
+    )
+}
+
+/// Seeds the catalogue and one JSAPI order `WXSEED1` (2 apples + 1 pear = 399 fen) at [`t0`].
+pub async fn seed_order(store: &dyn Store) -> Order {
+    for p in catalogue() {
+        store.upsert_product(&p).await.expect("upsert product");
+    }
+    let order = make_order("WXSEED1", "user-a", TradeType::Jsapi, &[("apple", 2), ("pear", 1)], t0());
+    store.create_order(&order).await.expect("create order");
+    order
+}
+
+fn payment(tx: &str, amount: Fen) -> OrderEvent {
+    OrderEvent::PaymentConfirmed {
+        transaction_id: txid(tx),
+        amount,
+        paid_at: t0() + Duration::minutes(2),
+        source: PaymentSource::Notification,
+    }
+}
+
+fn prepay(id: &str) -> OrderEvent {
+    OrderEvent::PrepayIssued {
+        prepay_id: PrepayId::parse(id).expect("valid prepay id"),
+        prepay_expires_at: t0() + Duration::hours(2),
+    }
+}
+
+async fn must_get(store: &dyn Store, no: &OutTradeNo) -> Order {
+    store.get_order(no).await.expect("get order").expect("order exists")
+}
+
+fn applied(outcome: ApplyOutcome) -> Order {
+    match outcome {
+        ApplyOutcome::Applied(o) => o,
+        other => panic!("expected Applied, got {other:?}"),
+    }
+}
+
+async fn event_kinds(store: &dyn Store, no: &OutTradeNo) -> Vec<String> {
+    store.order_events(no).await.expect("order events").into_iter().map(|e| e.kind).collect()
+}
+
+pub async fn users_upsert_is_idempotent(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    let who = openid("o-user-1");
+    assert_eq!(store.get_user(&who).await.unwrap(), None);
+    let first = store.upsert_user(&who, None, t0()).await.unwrap();
+    assert_eq!((first.unionid.as_deref(), first.created_at), (None, t0()));
+    // A later login keeps created_at, learns the unionid, and never forgets it again.
+    let second = store.upsert_user(&who, Some("u-1"), t0() + Duration::hours(1)).await.unwrap();
+    assert_eq!((second.unionid.as_deref(), second.created_at), (Some("u-1"), t0()));
+    let third = store.upsert_user(&who, None, t0() + Duration::hours(2)).await.unwrap();
+    assert_eq!(third, second);
+    assert_eq!(store.get_user(&who).await.unwrap(), Some(second));
+}
+
+pub async fn products_upsert_list_get(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    for p in catalogue() {
+        store.upsert_product(&p).await.unwrap();
+    }
+    let active: Vec<_> = store.list_products(true).await.unwrap().into_iter().map(|p| p.id).collect();
+    assert_eq!(active, vec![pid("apple"), pid("pear")]);
+    assert_eq!(store.list_products(false).await.unwrap().len(), 3);
+    let mut apple = store.get_product(&pid("apple")).await.unwrap().expect("apple");
+    assert_eq!(apple.price, Fen::new(150));
+    apple.price = Fen::new(175);
+    apple.active = false;
+    store.upsert_product(&apple).await.unwrap();
+    assert_eq!(store.get_product(&pid("apple")).await.unwrap(), Some(apple));
+    assert_eq!(store.list_products(true).await.unwrap().len(), 1);
+    assert_eq!(store.get_product(&pid("nothing")).await.unwrap(), None);
+}
+
+pub async fn orders_create_get_and_list_own(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    let order = seed_order(&*store).await;
+    let got = must_get(&*store, &order.order_no).await;
+    assert_eq!(got, order);
+    assert_eq!(got.amount, Fen::new(399));
+    assert_eq!(got.items.len(), 2);
+    assert_eq!(got.items[1].product_id, pid("pear"));
+
+    let later = make_order("WXSEED2", "user-a", TradeType::Jsapi, &[("pear", 3)], t0() + Duration::minutes(1));
+    let other = make_order("WXOTHER", "user-b", TradeType::Jsapi, &[("apple", 1)], t0());
+    store.create_order(&later).await.unwrap();
+    store.create_order(&other).await.unwrap();
+
+    let mine: Vec<_> = store.list_user_orders(&openid("user-a"), 10).await.unwrap();
+    let nos: Vec<_> = mine.iter().map(|o| o.order_no.as_str()).collect();
+    assert_eq!(nos, vec!["WXSEED2", "WXSEED1"], "own orders only, newest first");
+    assert_eq!(mine[0].items, later.items);
+    assert_eq!(store.list_user_orders(&openid("user-a"), 1).await.unwrap().len(), 1);
+    assert_eq!(event_kinds(&*store, &order.order_no).await, vec!["order.created"]);
+    assert_eq!(store.get_order(&OutTradeNo::parse("WXNONE").unwrap()).await.unwrap(), None);
+}
+
+pub async fn create_order_twice_conflicts(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    let order = seed_order(&*store).await;
+    let err = store.create_order(&order).await.unwrap_err();
+    assert!(matches!(err, super::StoreError::Conflict(_)), "{err:?}");
+    // The failed attempt left nothing behind (no duplicate items or events).
+    assert_eq!(must_get(&*store, &order.order_no).await.items.len(), 2);
+    assert_eq!(event_kinds(&*store, &order.order_no).await.len(), 1);
+}
+
+pub async fn admin_list_filters_and_pages(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    seed_order(&*store).await;
+    for i in 0..4 {
+        let who = if i % 2 == 0 { "user-a" } else { "user-b" };
+        let o = make_order(&format!("WXL{i}"), who, TradeType::Jsapi, &[("apple", 1)], t0() + Duration::minutes(i + 1));
+        store.create_order(&o).await.unwrap();
+    }
+    let paid_no = OutTradeNo::parse("WXL3").unwrap();
+    applied(store.apply_event(&paid_no, &payment("TXL3", Fen::new(150)), t0()).await.unwrap());
+
+    let all = store.list_orders(&OrderFilter { limit: 100, ..OrderFilter::default() }).await.unwrap();
+    assert_eq!(all.len(), 5);
+    assert_eq!(all[0].order_no, paid_no);
+    let page = store.list_orders(&OrderFilter { limit: 2, offset: 1, ..OrderFilter::default() }).await.unwrap();
+    let nos: Vec<_> = page.iter().map(|o| o.order_no.as_str()).collect();
+    assert_eq!(nos, vec!["WXL2", "WXL1"]);
+    let paid =
+        store.list_orders(&OrderFilter { status: Some(OrderStatus::Paid), ..OrderFilter::default() }).await.unwrap();
+    assert_eq!(paid.len(), 1);
+    assert_eq!(paid[0].status, OrderStatus::Paid);
+    let b = store
+        .list_orders(&OrderFilter {
+            openid: Some(openid("user-b")),
+            status: Some(OrderStatus::Created),
+            ..OrderFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(b.iter().map(|o| o.order_no.as_str()).collect::<Vec<_>>(), vec!["WXL1"]);
+}
+
+pub async fn finds_payable_native_order_for_exactly_that_product(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    seed_order(&*store).await;
+    let who = openid("user-n");
+    let older = make_order("WXN1", "user-n", TradeType::Native, &[("apple", 1)], t0());
+    let newer = make_order("WXN2", "user-n", TradeType::Native, &[("apple", 1)], t0() + Duration::minutes(1));
+    let two_lines = make_order("WXN3", "user-n", TradeType::Native, &[("apple", 1), ("pear", 1)], t0());
+    let jsapi = make_order("WXN4", "user-n", TradeType::Jsapi, &[("pear", 1)], t0() + Duration::minutes(2));
+    for o in [&older, &newer, &two_lines, &jsapi] {
+        store.create_order(o).await.unwrap();
+    }
+    let now = t0() + Duration::minutes(5);
+    let found = store.find_payable_native_order(&who, &pid("apple"), now).await.unwrap();
+    assert_eq!(found.map(|o| o.order_no), Some(newer.order_no.clone()));
+    // Only JSAPI or multi-line orders contain a pear: none qualifies.
+    assert_eq!(store.find_payable_native_order(&who, &pid("pear"), now).await.unwrap(), None);
+    assert_eq!(store.find_payable_native_order(&openid("user-x"), &pid("apple"), now).await.unwrap(), None);
+    // Closed orders and expired ones are not payable.
+    let cancel = OrderEvent::CloseRequested { reason: CloseReason::UserCancelled };
+    applied(store.apply_event(&newer.order_no, &cancel, now).await.unwrap());
+    let found = store.find_payable_native_order(&who, &pid("apple"), now).await.unwrap();
+    assert_eq!(found.map(|o| o.order_no), Some(older.order_no.clone()));
+    let after_expiry = older.expires_at;
+    assert_eq!(store.find_payable_native_order(&who, &pid("apple"), after_expiry).await.unwrap(), None);
+}
+
+pub async fn apply_event_happy_path(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    let order = seed_order(&*store).await;
+    let no = &order.order_no;
+    let now = t0() + Duration::minutes(1);
+
+    let paying = applied(store.apply_event(no, &prepay("wx-prepay-1"), now).await.unwrap());
+    assert_eq!(paying.status, OrderStatus::Paying);
+    assert_eq!(paying.version, order.version + 1);
+    assert_eq!(must_get(&*store, no).await, paying);
+    assert_eq!(paying.live_prepay(now).map(|p| p.as_str()), Some("wx-prepay-1"));
+
+    let paid = applied(store.apply_event(no, &payment("TX-1", order.amount), now).await.unwrap());
+    assert_eq!((paid.status, paid.fulfilment), (OrderStatus::Paid, Fulfilment::Pending));
+    assert_eq!(paid.transaction_id, Some(txid("TX-1")));
+    assert_eq!(paid.paid_at, Some(t0() + Duration::minutes(2)));
+    assert_eq!(must_get(&*store, no).await, paid);
+
+    let outbox = store.outbox_for_order(no).await.unwrap();
+    assert_eq!(outbox.len(), 1);
+    let ev = &outbox[0];
+    assert_eq!(ev.kind, "order.paid");
+    assert_eq!(ev.payload["order_no"], no.as_str());
+    assert_eq!(ev.payload["amount_fen"], 399);
+    assert_eq!(ev.payload["openid"], "user-a");
+    assert_eq!(ev.payload["transaction_id"], "TX-1");
+    assert_eq!(ev.payload["items"][0]["product_id"], "apple");
+    assert_eq!(ev.payload["items"][0]["quantity"], 2);
+    assert!(ev.payload["paid_at"].is_string());
+    assert_eq!(ev.delivered_at, None);
+
+    let shipped = applied(store.apply_event(no, &OrderEvent::Shipped, now).await.unwrap());
+    assert_eq!(shipped.fulfilment, Fulfilment::Shipped);
+    assert_eq!(shipped.version, order.version + 3);
+    assert_eq!(
+        event_kinds(&*store, no).await,
+        vec!["order.created", "order.prepay_issued", "order.paid", "order.shipped"]
+    );
+    let events = store.order_events(no).await.unwrap();
+    assert_eq!(events[2].detail["transaction_id"], "TX-1");
+    assert_eq!(events[2].detail["source"], "notification");
+    assert_eq!(events[2].at, now);
+}
+
+pub async fn duplicate_payment_is_already_done(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    let order = seed_order(&*store).await;
+    let no = &order.order_no;
+    let paid = applied(store.apply_event(no, &payment("TX-1", order.amount), t0()).await.unwrap());
+    // The same payment again (a retried notification, or the query answer) changes nothing.
+    let mut by_query = payment("TX-1", order.amount);
+    if let OrderEvent::PaymentConfirmed { source, .. } = &mut by_query {
+        *source = PaymentSource::Query;
+    }
+    for event in [payment("TX-1", order.amount), by_query] {
+        match store.apply_event(no, &event, t0() + Duration::minutes(1)).await.unwrap() {
+            ApplyOutcome::AlreadyDone(o) => assert_eq!(o, paid),
+            other => panic!("expected AlreadyDone, got {other:?}"),
+        }
+    }
+    assert_eq!(must_get(&*store, no).await.version, paid.version);
+    assert_eq!(store.outbox_for_order(no).await.unwrap().len(), 1);
+    assert_eq!(event_kinds(&*store, no).await, vec!["order.created", "order.paid"]);
+}
+
+pub async fn concurrent_payments_apply_exactly_once(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    let order = seed_order(&*store).await;
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let store = Arc::clone(&store);
+        let no = order.order_no.clone();
+        let event = payment("TX-RACE", order.amount);
+        tasks.push(tokio::spawn(async move { store.apply_event(&no, &event, t0()).await }));
+    }
+    let (mut applied_n, mut done_n) = (0, 0);
+    for t in tasks {
+        match t.await.expect("task panicked").expect("apply_event failed") {
+            ApplyOutcome::Applied(_) => applied_n += 1,
+            ApplyOutcome::AlreadyDone(o) => {
+                assert_eq!(o.status, OrderStatus::Paid);
+                done_n += 1;
+            }
+            other => panic!("unexpected outcome {other:?}"),
+        }
+    }
+    assert_eq!((applied_n, done_n), (1, 9));
+    let kinds = event_kinds(&*store, &order.order_no).await;
+    assert_eq!(kinds.iter().filter(|k| *k == "order.paid").count(), 1);
+    assert_eq!(store.outbox_for_order(&order.order_no).await.unwrap().len(), 1);
+    assert_eq!(must_get(&*store, &order.order_no).await.version, order.version + 1);
+}
+
+pub async fn amount_mismatch_is_rejected_and_changes_nothing(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    let order = seed_order(&*store).await;
+    let no = &order.order_no;
+    match store.apply_event(no, &payment("TX-1", Fen::new(1)), t0()).await.unwrap() {
+        ApplyOutcome::Rejected(o, RejectReason::AmountMismatch { expected, got }) => {
+            assert_eq!((expected, got), (Fen::new(399), Fen::new(1)));
+            assert_eq!(o, order);
+        }
+        other => panic!("expected Rejected(AmountMismatch), got {other:?}"),
+    }
+    assert_eq!(must_get(&*store, no).await, order);
+    assert!(store.outbox_for_order(no).await.unwrap().is_empty());
+    assert_eq!(event_kinds(&*store, no).await, vec!["order.created"]);
+}
+
+pub async fn second_transaction_is_rejected_and_flagged(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    let order = seed_order(&*store).await;
+    let no = &order.order_no;
+    let paid = applied(store.apply_event(no, &payment("TX-1", order.amount), t0()).await.unwrap());
+    let flagged = match store.apply_event(no, &payment("TX-2", order.amount), t0()).await.unwrap() {
+        ApplyOutcome::Rejected(o, RejectReason::ConflictingTransaction { existing, got }) => {
+            assert_eq!((existing, got), (txid("TX-1"), txid("TX-2")));
+            o
+        }
+        other => panic!("expected Rejected(ConflictingTransaction), got {other:?}"),
+    };
+    assert!(flagged.needs_review);
+    assert!(flagged.review_reason.as_deref().unwrap_or_default().contains("TX-2"));
+    assert_eq!((flagged.status, flagged.transaction_id.clone()), (OrderStatus::Paid, paid.transaction_id.clone()));
+    assert_eq!(must_get(&*store, no).await, flagged);
+    // Seen again: still flagged once, no second log row, still one fulfilment.
+    store.apply_event(no, &payment("TX-2", order.amount), t0()).await.unwrap();
+    assert_eq!(event_kinds(&*store, no).await, vec!["order.created", "order.paid", "order.flagged"]);
+    assert_eq!(store.outbox_for_order(no).await.unwrap().len(), 1);
+}
+
+pub async fn payment_after_close_is_flagged_for_review(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    let order = seed_order(&*store).await;
+    let no = &order.order_no;
+    let cancel = OrderEvent::CloseRequested { reason: CloseReason::UserCancelled };
+    let closed = applied(store.apply_event(no, &cancel, t0()).await.unwrap());
+    assert_eq!(closed.status, OrderStatus::Closed);
+    let paid = applied(store.apply_event(no, &payment("TX-LATE", order.amount), t0()).await.unwrap());
+    assert_eq!(paid.status, OrderStatus::Paid);
+    assert!(paid.needs_review);
+    assert_eq!(paid.review_reason.as_deref(), Some(REVIEW_PAID_AFTER_CLOSE));
+    assert_eq!(must_get(&*store, no).await, paid);
+    // A human decides between shipping and refunding: no automatic fulfilment.
+    assert!(store.outbox_for_order(no).await.unwrap().is_empty());
+}
+
+pub async fn cancel_and_expiry_close(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    let order = seed_order(&*store).await;
+    let no = &order.order_no;
+    let expire = OrderEvent::CloseRequested { reason: CloseReason::Expired };
+    match store.apply_event(no, &expire, t0()).await.unwrap() {
+        ApplyOutcome::Rejected(_, RejectReason::NotExpired { .. }) => {}
+        other => panic!("expected NotExpired, got {other:?}"),
+    }
+    let closed = applied(store.apply_event(no, &expire, order.expires_at).await.unwrap());
+    assert_eq!((closed.status, closed.closed_at), (OrderStatus::Closed, Some(order.expires_at)));
+    let cancel = OrderEvent::CloseRequested { reason: CloseReason::UserCancelled };
+    assert!(matches!(store.apply_event(no, &cancel, order.expires_at).await.unwrap(), ApplyOutcome::AlreadyDone(_)));
+
+    // A paid order cannot be cancelled.
+    let other = make_order("WXPAIDC", "user-a", TradeType::Jsapi, &[("pear", 1)], t0());
+    store.create_order(&other).await.unwrap();
+    applied(store.apply_event(&other.order_no, &payment("TX-C", other.amount), t0()).await.unwrap());
+    match store.apply_event(&other.order_no, &cancel, t0()).await.unwrap() {
+        ApplyOutcome::Rejected(o, RejectReason::WrongState { status: OrderStatus::Paid, .. }) => {
+            assert_eq!(o.status, OrderStatus::Paid)
+        }
+        other => panic!("expected WrongState, got {other:?}"),
+    }
+}
+
+pub async fn apply_event_on_unknown_order_is_not_found(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    let no = OutTradeNo::parse("WXMISSING").unwrap();
+    assert_eq!(store.apply_event(&no, &payment("TX-1", Fen::new(1)), t0()).await.unwrap(), ApplyOutcome::NotFound);
+}
+
+pub async fn leases_keep_two_reconcilers_apart(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    let order = seed_order(&*store).await;
+    let no = &order.order_no;
+    let lease = Duration::seconds(30);
+    // A Created order without prepay is not due until it expires.
+    assert!(store.claim_due_orders(t0(), "a", lease, 10).await.unwrap().is_empty());
+    applied(store.apply_event(no, &prepay("wx-1"), t0()).await.unwrap());
+    // First query is scheduled 10 s after the prepay.
+    assert!(store.claim_due_orders(t0() + Duration::seconds(9), "a", lease, 10).await.unwrap().is_empty());
+    let due = store.claim_due_orders(t0() + Duration::seconds(10), "a", lease, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!((&due[0].order.order_no, due[0].query_attempts), (no, 0));
+    assert_eq!(due[0].order.status, OrderStatus::Paying);
+    // Nobody else (nor "a" again) gets it while the lease holds.
+    assert!(store.claim_due_orders(t0() + Duration::seconds(11), "b", lease, 10).await.unwrap().is_empty());
+    assert!(store.claim_due_orders(t0() + Duration::seconds(39), "a", lease, 10).await.unwrap().is_empty());
+    // Lease expired: "b" takes over, and "a" can no longer reschedule.
+    let due = store.claim_due_orders(t0() + Duration::seconds(40), "b", lease, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert!(!store.reschedule_query(no, "a", t0() + Duration::minutes(5), 1).await.unwrap());
+    assert!(store.reschedule_query(no, "b", t0() + Duration::minutes(2), 1).await.unwrap());
+    assert!(store.claim_due_orders(t0() + Duration::seconds(100), "c", lease, 10).await.unwrap().is_empty());
+    let due = store.claim_due_orders(t0() + Duration::minutes(2), "c", lease, 10).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].query_attempts, 1);
+    assert!(!store.release_lease(no, "b").await.unwrap());
+    assert!(store.release_lease(no, "c").await.unwrap());
+    // Released: claimable again at once.
+    assert_eq!(store.claim_due_orders(t0() + Duration::minutes(2), "d", lease, 10).await.unwrap().len(), 1);
+    assert!(store.release_lease(no, "d").await.unwrap());
+
+    // Expired unpaid orders are due even without a query schedule; paid ones never are.
+    let stale = make_order("WXSTALE", "user-a", TradeType::Jsapi, &[("pear", 1)], t0());
+    let paid = make_order("WXPAIDL", "user-a", TradeType::Jsapi, &[("pear", 1)], t0());
+    store.create_order(&stale).await.unwrap();
+    store.create_order(&paid).await.unwrap();
+    applied(store.apply_event(&paid.order_no, &payment("TX-L", paid.amount), t0()).await.unwrap());
+    let due = store.claim_due_orders(t0() + Duration::hours(1), "e", lease, 10).await.unwrap();
+    let mut nos: Vec<_> = due.iter().map(|d| d.order.order_no.as_str().to_owned()).collect();
+    nos.sort();
+    assert_eq!(nos, vec!["WXSEED1", "WXSTALE"]);
+    // The limit is honoured.
+    for d in &due {
+        store.release_lease(&d.order.order_no, "e").await.unwrap();
+    }
+    assert_eq!(store.claim_due_orders(t0() + Duration::hours(1), "f", lease, 1).await.unwrap().len(), 1);
+}
+
+pub async fn outbox_claim_deliver_and_fail(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    let order = seed_order(&*store).await;
+    let no = &order.order_no;
+    applied(store.apply_event(no, &payment("TX-1", order.amount), t0()).await.unwrap());
+    let lease = Duration::seconds(30);
+    let claimed = store.claim_outbox(t0(), "w1", lease, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let id = claimed[0].id;
+    assert_eq!((claimed[0].attempts, claimed[0].order_no.clone()), (0, no.clone()));
+    assert!(store.claim_outbox(t0() + Duration::seconds(1), "w2", lease, 10).await.unwrap().is_empty());
+
+    store.outbox_failed(id, t0() + Duration::minutes(1), "connection refused").await.unwrap();
+    let after_fail = store.outbox_for_order(no).await.unwrap();
+    assert_eq!(after_fail[0].attempts, 1);
+    assert_eq!(after_fail[0].last_error.as_deref(), Some("connection refused"));
+    assert!(store.claim_outbox(t0() + Duration::seconds(59), "w2", lease, 10).await.unwrap().is_empty());
+    let again = store.claim_outbox(t0() + Duration::minutes(1), "w2", lease, 10).await.unwrap();
+    assert_eq!(again.iter().map(|e| (e.id, e.attempts)).collect::<Vec<_>>(), vec![(id, 1)]);
+
+    // A crashed worker's lease runs out and the event is delivered by another (at least once).
+    let retaken = store.claim_outbox(t0() + Duration::minutes(2), "w3", lease, 10).await.unwrap();
+    assert_eq!(retaken.len(), 1);
+    store.outbox_delivered(id, t0() + Duration::minutes(2)).await.unwrap();
+    assert!(store.claim_outbox(t0() + Duration::days(1), "w4", lease, 10).await.unwrap().is_empty());
+    let done = store.outbox_for_order(no).await.unwrap();
+    assert_eq!(done[0].delivered_at, Some(t0() + Duration::minutes(2)));
+    assert!(store.outbox_delivered(id + 1000, t0()).await.is_err());
+}
+
+pub async fn poll_throttle_is_atomic(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    let order = seed_order(&*store).await;
+    let no = &order.order_no;
+    let gap = Duration::seconds(5);
+    assert!(store.try_mark_queried(no, t0(), gap).await.unwrap());
+    assert!(!store.try_mark_queried(no, t0() + Duration::seconds(4), gap).await.unwrap());
+    assert!(store.try_mark_queried(no, t0() + Duration::seconds(5), gap).await.unwrap());
+    // Ten pollers at the same instant: exactly one may query WeChat.
+    let at = t0() + Duration::minutes(1);
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let store = Arc::clone(&store);
+        let no = no.clone();
+        tasks.push(tokio::spawn(async move { store.try_mark_queried(&no, at, gap).await }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        if t.await.expect("task panicked").expect("try_mark_queried failed") {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1);
+    assert!(!store.try_mark_queried(&OutTradeNo::parse("WXNONE").unwrap(), at, gap).await.unwrap());
+}
+
+pub async fn notification_inbox_keeps_everything(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    let order = seed_order(&*store).await;
+    let ok = InboxRecord {
+        kind: NotificationKind::Pay,
+        out_trade_no: Some(order.order_no.as_str().to_owned()),
+        raw_body: "<xml><return_code>SUCCESS</return_code></xml>".into(),
+        verified: true,
+        outcome: "applied".into(),
+        reason: None,
+        received_at: t0(),
+    };
+    let forged = InboxRecord {
+        verified: false,
+        outcome: "bad_signature".into(),
+        reason: Some("sign mismatch".into()),
+        received_at: t0() + Duration::seconds(1),
+        ..ok.clone()
+    };
+    let unknown = InboxRecord { out_trade_no: Some("not a valid no!".into()), ..ok.clone() };
+    let id1 = store.record_notification(&ok).await.unwrap();
+    let id2 = store.record_notification(&forged).await.unwrap();
+    store.record_notification(&unknown).await.unwrap();
+    assert!(id2 > id1);
+    let got = store.notifications_for_order(&order.order_no).await.unwrap();
+    assert_eq!(got.iter().map(|n| n.id).collect::<Vec<_>>(), vec![id1, id2]);
+    assert_eq!(got[0].record, ok);
+    assert_eq!(got[1].record, forged);
+}
+
+pub async fn counts_orders_by_status(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    let order = seed_order(&*store).await;
+    for i in 0..3 {
+        store
+            .create_order(&make_order(&format!("WXC{i}"), "user-c", TradeType::Jsapi, &[("pear", 1)], t0()))
+            .await
+            .unwrap();
+    }
+    applied(store.apply_event(&order.order_no, &payment("TX-1", order.amount), t0()).await.unwrap());
+    let counts = store.count_orders_by_status().await.unwrap();
+    assert_eq!(counts.len(), OrderStatus::ALL.len());
+    let of = |s| counts.iter().find(|(st, _)| *st == s).map(|(_, n)| *n);
+    assert_eq!(of(OrderStatus::Created), Some(3));
+    assert_eq!(of(OrderStatus::Paid), Some(1));
+    assert_eq!(of(OrderStatus::Closed), Some(0));
+}
+
+pub async fn data_survives_restart(h: &dyn StoreHarness) {
+    let paid = {
+        let store = h.open().await;
+        let order = seed_order(&*store).await;
+        store.upsert_user(&openid("user-a"), Some("u-a"), t0()).await.unwrap();
+        applied(store.apply_event(&order.order_no, &payment("TX-1", order.amount), t0()).await.unwrap())
+    };
+    let store = h.open().await;
+    assert_eq!(must_get(&*store, &paid.order_no).await, paid);
+    assert_eq!(store.get_user(&openid("user-a")).await.unwrap().and_then(|u| u.unionid).as_deref(), Some("u-a"));
+    assert_eq!(store.list_products(false).await.unwrap().len(), 3);
+    assert_eq!(store.outbox_for_order(&paid.order_no).await.unwrap().len(), 1);
+    // The duplicate after a restart is still recognised.
+    let again = store.apply_event(&paid.order_no, &payment("TX-1", paid.amount), t0()).await.unwrap();
+    assert!(matches!(again, ApplyOutcome::AlreadyDone(_)));
+}

@@ -1,0 +1,283 @@
+//! Persistence as a trait of domain operations (not generic CRUD), so that every backend
+//! (SQLite now, PostgreSQL later) has to provide the same atomic guarantees, proven by the same
+//! [`contract`] suite.
+//!
+//! Times are stored with millisecond precision.
+
+use std::fmt;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Duration, Utc};
+use wxpay_proto::{Openid, OutTradeNo, ProductId};
+
+use crate::domain::{Order, OrderEvent, OrderStatus, Product, RejectReason, User};
+
+#[doc(hidden)]
+pub mod contract;
+pub mod sqlite;
+
+pub use sqlite::{SqliteOptions, SqliteStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A uniqueness or compare-and-set conflict (e.g. the order number already exists).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A stored value no longer parses into a domain type.
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    #[error("database error: {0}")]
+    Database(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What [`Store::apply_event`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// The event changed the order; here is the order as committed.
+    Applied(Order),
+    /// A duplicate: the order already reflects the event. Safe to answer success.
+    AlreadyDone(Order),
+    /// Refused; the order is unchanged except for a review flag where the reason calls for one.
+    Rejected(Order, RejectReason),
+    NotFound,
+}
+
+/// Filter for the admin order list. Newest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderFilter {
+    pub status: Option<OrderStatus>,
+    pub openid: Option<Openid>,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+impl Default for OrderFilter {
+    fn default() -> Self {
+        OrderFilter { status: None, openid: None, limit: 50, offset: 0 }
+    }
+}
+
+/// One row of the append-only order event log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrderEventRecord {
+    pub id: i64,
+    pub order_no: OutTradeNo,
+    /// e.g. `order.created`, `order.paid`, `order.flagged`.
+    pub kind: String,
+    pub detail: serde_json::Value,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NotificationKind {
+    Pay,
+    Refund,
+    Scan,
+}
+
+impl NotificationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotificationKind::Pay => "pay",
+            NotificationKind::Refund => "refund",
+            NotificationKind::Scan => "scan",
+        }
+    }
+}
+
+impl FromStr for NotificationKind {
+    type Err = StoreError;
+    fn from_str(s: &str) -> StoreResult<Self> {
+        match s {
+            "pay" => Ok(NotificationKind::Pay),
+            "refund" => Ok(NotificationKind::Refund),
+            "scan" => Ok(NotificationKind::Scan),
+            _ => Err(StoreError::Corrupt(format!("unknown notification kind {s:?}"))),
+        }
+    }
+}
+
+impl fmt::Display for NotificationKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An inbound WeChat callback as received, kept whatever its fate (audit and replay).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxRecord {
+    pub kind: NotificationKind,
+    /// Raw text, because an unverified message may carry an invalid order number.
+    pub out_trade_no: Option<String>,
+    pub raw_body: String,
+    pub verified: bool,
+    /// What we did, e.g. `applied`, `duplicate`, `rejected`, `bad_signature`.
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub received_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredNotification {
+    pub id: i64,
+    pub record: InboxRecord,
+}
+
+/// A pending order claimed by a reconciler, with its query bookkeeping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueOrder {
+    pub order: Order,
+    pub query_attempts: u32,
+    pub next_query_at: Option<DateTime<Utc>>,
+    pub lease_until: DateTime<Utc>,
+}
+
+/// A fulfilment event waiting to be (or already) delivered, at least once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEvent {
+    pub id: i64,
+    pub order_no: OutTradeNo,
+    pub kind: String,
+    pub payload: serde_json::Value,
+    pub attempts: u32,
+    pub created_at: DateTime<Utc>,
+    pub next_attempt_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+/// Delay before the reconciler first asks WeChat about an order that got a prepay id.
+pub const FIRST_QUERY_DELAY_SECS: i64 = 10;
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Creates or upgrades the schema. Idempotent.
+    async fn migrate(&self) -> StoreResult<()>;
+
+    /// Inserts the user or updates its unionid (when given); `created_at` is kept from the first call.
+    async fn upsert_user(&self, openid: &Openid, unionid: Option<&str>, now: DateTime<Utc>) -> StoreResult<User>;
+    async fn get_user(&self, openid: &Openid) -> StoreResult<Option<User>>;
+
+    async fn upsert_product(&self, product: &Product) -> StoreResult<()>;
+    /// Sorted by id.
+    async fn list_products(&self, active_only: bool) -> StoreResult<Vec<Product>>;
+    async fn get_product(&self, id: &ProductId) -> StoreResult<Option<Product>>;
+
+    /// Inserts a new order with its items and logs `order.created`.
+    /// [`StoreError::Conflict`] when the order number exists.
+    async fn create_order(&self, order: &Order) -> StoreResult<()>;
+    async fn get_order(&self, order_no: &OutTradeNo) -> StoreResult<Option<Order>>;
+    /// Newest first.
+    async fn list_user_orders(&self, openid: &Openid, limit: u32) -> StoreResult<Vec<Order>>;
+    async fn list_orders(&self, filter: &OrderFilter) -> StoreResult<Vec<Order>>;
+    /// The newest NATIVE order of `openid` that is still payable and whose only line is
+    /// `product_id`, so that scanning the same QR code twice reuses the order.
+    async fn find_payable_native_order(
+        &self,
+        openid: &Openid,
+        product_id: &ProductId,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Option<Order>>;
+
+    /// Runs [`crate::domain::decide`] on the stored order and writes its decision atomically:
+    /// compare-and-set on `version`, one event-log row, and (for a fulfilment-worthy payment) one
+    /// `order.paid` outbox row unique per order. Safe under concurrent calls.
+    /// `PrepayIssued` also schedules the first reconciler query at `now + 10s`.
+    async fn apply_event(
+        &self,
+        order_no: &OutTradeNo,
+        event: &OrderEvent,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ApplyOutcome>;
+    /// The order's event log, oldest first.
+    async fn order_events(&self, order_no: &OutTradeNo) -> StoreResult<Vec<OrderEventRecord>>;
+
+    async fn record_notification(&self, record: &InboxRecord) -> StoreResult<i64>;
+    /// Oldest first.
+    async fn notifications_for_order(&self, order_no: &OutTradeNo) -> StoreResult<Vec<StoredNotification>>;
+
+    /// Leases up to `limit` pending (CREATED/PAYING) orders that are due for a query
+    /// (`next_query_at <= now`) or past `expires_at`, skipping those leased by anyone until
+    /// their lease ends.
+    async fn claim_due_orders(
+        &self,
+        now: DateTime<Utc>,
+        owner: &str,
+        lease: Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<DueOrder>>;
+    /// Sets the next query time and attempt count and releases the lease. False when `owner` no
+    /// longer holds the lease (nothing changed).
+    async fn reschedule_query(
+        &self,
+        order_no: &OutTradeNo,
+        owner: &str,
+        next_query_at: DateTime<Utc>,
+        attempts: u32,
+    ) -> StoreResult<bool>;
+    /// Releases the lease without rescheduling. False when `owner` does not hold it.
+    async fn release_lease(&self, order_no: &OutTradeNo, owner: &str) -> StoreResult<bool>;
+
+    /// Throttles on-demand `orderquery` from client polls: true (and records `now`) only if the
+    /// order was never queried or last queried at least `min_interval` ago. Atomic.
+    async fn try_mark_queried(
+        &self,
+        order_no: &OutTradeNo,
+        now: DateTime<Utc>,
+        min_interval: Duration,
+    ) -> StoreResult<bool>;
+
+    /// Leases up to `limit` undelivered outbox events whose `next_attempt_at <= now`.
+    async fn claim_outbox(
+        &self,
+        now: DateTime<Utc>,
+        owner: &str,
+        lease: Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<OutboxEvent>>;
+    async fn outbox_delivered(&self, id: i64, now: DateTime<Utc>) -> StoreResult<()>;
+    /// Counts a failed attempt, keeps the error and schedules the next one (releasing the lease).
+    async fn outbox_failed(&self, id: i64, next_attempt_at: DateTime<Utc>, error: &str) -> StoreResult<()>;
+    async fn outbox_for_order(&self, order_no: &OutTradeNo) -> StoreResult<Vec<OutboxEvent>>;
+
+    /// Every status with its count (statuses with no orders included as 0).
+    async fn count_orders_by_status(&self) -> StoreResult<Vec<(OrderStatus, i64)>>;
+}
+
+/// The payload of the `order.paid` outbox event: what fulfilment needs, without a second read.
+pub fn paid_event_payload(order: &Order) -> serde_json::Value {
+    serde_json::json!({
+        "order_no": order.order_no.as_str(),
+        "openid": order.openid.as_str(),
+        "amount_fen": order.amount.get(),
+        "transaction_id": order.transaction_id.as_ref().map(|t| t.as_str()),
+        "paid_at": order.paid_at.map(|t| t.to_rfc3339()),
+        "items": order.items.iter().map(|i| serde_json::json!({
+            "product_id": i.product_id.as_str(),
+            "name": i.name,
+            "unit_price_fen": i.unit_price.get(),
+            "quantity": i.quantity,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(d.message().to_owned()),
+            sqlx::Error::RowNotFound => StoreError::NotFound("row".to_owned()),
+            _ => StoreError::Database(Box::new(e)),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Database(Box::new(e))
+    }
+}

@@ -1,0 +1,236 @@
+//! The end-to-end harness: the real simulator and the real server, in-process on port 0, sharing
+//! one manual clock, with a temporary SQLite file. Tests act as the mini-program (HTTP to our
+//! API) and as the user's phone (HTTP to the simulator's phone API).
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::routing::post;
+use chrono::Duration as ChronoDuration;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use wxpay_proto::clock::ManualClock;
+use wxpay_server::app::{build_state, serve, RunningServer};
+use wxpay_server::config::Config;
+use wxpay_sim::{FaultConfig, FaultSet, SimConfig, SimHandle};
+
+pub const APPID: &str = "wxd930ea5d5a258f4f";
+pub const MCH_ID: &str = "10000100";
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+pub struct TestEnv {
+    pub sim: SimHandle,
+    pub server: Option<RunningServer>,
+    pub clock: ManualClock,
+    pub http: reqwest::Client,
+    pub config: Config,
+    pub dir: TempDir,
+}
+
+/// Waits (really, in small steps) until `check` gives `Some`, or panics after `secs`.
+pub async fn wait_for<T, F, Fut>(what: &str, secs: u64, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+impl TestEnv {
+    pub async fn start() -> TestEnv {
+        Self::start_with(|_, _| {}).await
+    }
+
+    /// Starts both sides; `tweak` may change either config first.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config, &mut SimConfig)) -> TestEnv {
+        let clock = ManualClock::starting_now();
+        let dir = tempfile::tempdir().unwrap();
+        let server_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server_url = format!("http://{}", server_listener.local_addr().unwrap());
+
+        let mut sim_config = SimConfig { notifier_tick_ms: 5, seed: Some(7), ..SimConfig::default() };
+        let mut config = Config::default();
+        config.database.url = format!("sqlite://{}", dir.path().join("wxpay.db").display());
+        config.server.public_url = server_url.clone();
+        config.server.admin_token = wxpay_server::config::Secret(ADMIN_TOKEN.into());
+        config.workers.enabled = false;
+        tweak(&mut config, &mut sim_config);
+
+        let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim = wxpay_sim::serve(sim_config, sim_listener, Arc::new(clock.clone())).await.unwrap();
+        sim.set_scan_callback_url(MCH_ID, Some(format!("{server_url}/wxpay/native/scan")));
+        config.wechat.pay_base_url = sim.base_url();
+        config.wechat.sns_base_url = sim.base_url();
+
+        let state = build_state(config.clone(), Arc::new(clock.clone())).await.unwrap();
+        let server = serve(state, server_listener).await.unwrap();
+        TestEnv { sim, server: Some(server), clock, http: reqwest::Client::new(), config, dir }
+    }
+
+    pub fn server(&self) -> &RunningServer {
+        self.server.as_ref().expect("server running")
+    }
+
+    pub fn state(&self) -> &wxpay_server::state::AppState {
+        &self.server().state
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.server().base_url(), path)
+    }
+
+    /// Stops the server and starts a new one on the same database (a restart).
+    pub async fn restart(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+        let listener = tokio::net::TcpListener::bind(self.server_addr_hint()).await.unwrap();
+        let state = build_state(self.config.clone(), Arc::new(self.clock.clone())).await.unwrap();
+        self.server = Some(serve(state, listener).await.unwrap());
+    }
+
+    fn server_addr_hint(&self) -> String {
+        self.config.server.public_url.trim_start_matches("http://").to_owned()
+    }
+
+    pub fn advance(&self, secs: i64) {
+        self.clock.advance(ChronoDuration::seconds(secs));
+    }
+
+    pub fn set_faults_for(&self, out_trade_no: &str, set: FaultSet) {
+        let mut faults = FaultConfig::default();
+        faults.orders.insert(out_trade_no.to_owned(), set);
+        self.sim.set_faults(faults);
+    }
+
+    /// `wx.login` on the phone, then our login endpoint. Returns the bearer token.
+    pub async fn login(&self, user: &str) -> String {
+        let code = self.phone_code(user).await;
+        let resp = self.post_json("/api/mp/login", None, json!({ "code": code })).await;
+        assert_eq!(resp.0, 200, "login failed: {}", resp.1);
+        resp.1["token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn phone_code(&self, user: &str) -> String {
+        let v: Value = self
+            .http
+            .post(format!("{}/sim/phone/login", self.sim.base_url()))
+            .json(&json!({ "appid": APPID, "user": user }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["code"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn post_json(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut req = self.http.post(self.url(path)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get_json(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = self.http.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates an order of `items` (product id, quantity); returns the order JSON.
+    pub async fn create_order(&self, token: &str, items: &[(&str, u32)]) -> Value {
+        let items: Vec<Value> = items.iter().map(|(p, q)| json!({ "product_id": p, "quantity": q })).collect();
+        let (status, body) = self.post_json("/api/orders", Some(token), json!({ "items": items })).await;
+        assert_eq!(status, 201, "create order: {body}");
+        body
+    }
+
+    pub async fn pay_params(&self, token: &str, order_no: &str) -> (u16, Value) {
+        self.post_json(&format!("/api/orders/{order_no}/pay"), Some(token), json!({})).await
+    }
+
+    /// `wx.requestPayment` on the phone with the parameters our server gave.
+    pub async fn phone_pay(&self, user: &str, params: &Value, action: &str) -> Value {
+        let mut body = params.clone();
+        body["user"] = json!(user);
+        body["appid"] = json!(APPID);
+        body["action"] = json!(action);
+        self.http
+            .post(format!("{}/sim/phone/pay", self.sim.base_url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn order(&self, token: &str, order_no: &str) -> (u16, Value) {
+        self.get_json(&format!("/api/orders/{order_no}"), Some(token)).await
+    }
+
+    pub async fn admin_get(&self, path: &str) -> (u16, Value) {
+        self.get_json(path, Some(ADMIN_TOKEN)).await
+    }
+
+    /// Login, order one cola, get pay params: the common start of a flow.
+    pub async fn ordered_and_prepaid(&self, user: &str) -> (String, String, Value) {
+        let token = self.login(user).await;
+        let order = self.create_order(&token, &[("cola", 2)]).await;
+        let order_no = order["order_no"].as_str().unwrap().to_owned();
+        let (status, params) = self.pay_params(&token, &order_no).await;
+        assert_eq!(status, 200, "pay: {params}");
+        (token, order_no, params)
+    }
+
+    /// Notification attempts the simulator made for an order.
+    pub fn attempts(&self, order_no: &str) -> usize {
+        self.sim.notifications(Some(order_no)).len()
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+        self.sim.shutdown().await;
+    }
+}
+
+/// A webhook receiver on port 0 that records every delivery (and answers 200).
+pub async fn webhook_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let got2 = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |body: axum::body::Bytes| {
+            let got = got2.clone();
+            async move {
+                got.lock().unwrap().push(serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, got)
+}
