@@ -1,11 +1,15 @@
 //! The `wxpay` command.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 mod debug;
+mod demo;
+mod qr;
+mod run;
 
 #[derive(Parser)]
 #[command(name = "wxpay", version, about = "Self-hosted WeChat Pay v2 merchant backend, simulator and tools")]
@@ -14,8 +18,32 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+pub enum QrFormat {
+    Text,
+    Png,
+    Svg,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// The merchant backend. With no config: sandbox mode (SQLite at ./data/wxpay.db, in-memory
+    /// cache, the WeChat simulator embedded on 127.0.0.1:8090, a demo catalogue).
+    Serve {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// The WeChat-side simulator alone.
+    Sim {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Default 127.0.0.1:8090.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Runs both flows end to end (mini-program and Native mode 1) against an in-process
+    /// simulator and server; exits 0 only if both orders end PAID and fulfilled.
+    Demo,
     /// Print the v2 signature of NAME=VALUE fields (canonical string on stderr).
     Sign {
         /// The merchant API key (API密钥, 32 characters).
@@ -35,6 +63,21 @@ enum Command {
         /// Read the message from this file instead of stdin.
         file: Option<PathBuf>,
     },
+    /// The Native mode-1 link, or its QR image, for a catalogue product.
+    Qr {
+        #[arg(long)]
+        product: String,
+        #[arg(long, value_enum, default_value = "text")]
+        format: QrFormat,
+        /// Write here instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Image size in pixels (PNG/SVG).
+        #[arg(long)]
+        size: Option<u32>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -42,5 +85,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Sign { key, sign_type, fields } => debug::sign(&key, &sign_type, &fields),
         Command::Verify { key, file } => debug::verify(&key, file.as_deref()),
+        Command::Serve { config } => run::block_on(run::serve(config)),
+        Command::Sim { config, listen } => run::block_on(run::sim(config, listen)),
+        Command::Demo => run::block_on(demo::run()),
+        Command::Qr { product, format, out, size, config } => {
+            run::block_on(qr::run(config, product, format, out, size))
+        }
     }
 }

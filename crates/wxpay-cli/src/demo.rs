@@ -1,0 +1,241 @@
+//! `wxpay demo`: the simulator and the server in-process on free ports, both flows run as a user
+//! would (mini-program payment, then a Native mode-1 scan), each step printed. Exits 0 only if
+//! both orders end PAID and fulfilled (the `order.paid` event reached the webhook and the order
+//! was shipped).
+
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use axum::routing::post;
+use serde_json::{json, Value};
+use wxpay_proto::clock::SystemClock;
+use wxpay_server::config::{Config, Secret};
+
+const ADMIN: &str = "demo-admin-token";
+
+struct Demo {
+    http: reqwest::Client,
+    server: String,
+    sim: String,
+    appid: String,
+    hooks: Arc<Mutex<Vec<Value>>>,
+    step: usize,
+}
+
+impl Demo {
+    fn say(&mut self, what: &str) {
+        self.step += 1;
+        println!("[{:>2}] {what}", self.step);
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        url: String,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.with_context(|| url.clone())?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
+
+    async fn post(&self, url: String, token: Option<&str>, body: Value) -> anyhow::Result<Value> {
+        let (status, v) = self.call(reqwest::Method::POST, url.clone(), token, Some(body)).await?;
+        if !(200..300).contains(&status) {
+            bail!("POST {url} answered {status}: {v}");
+        }
+        Ok(v)
+    }
+
+    async fn get(&self, url: String, token: Option<&str>) -> anyhow::Result<Value> {
+        let (status, v) = self.call(reqwest::Method::GET, url.clone(), token, None).await?;
+        if !(200..300).contains(&status) {
+            bail!("GET {url} answered {status}: {v}");
+        }
+        Ok(v)
+    }
+
+    /// Polls `check` until it returns Some, for at most 15 s.
+    async fn until<T>(
+        &self,
+        what: &str,
+        mut check: impl AsyncFnMut() -> anyhow::Result<Option<T>>,
+    ) -> anyhow::Result<T> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(v) = check().await? {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!("timed out waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn hook_for(&self, order_no: &str) -> Option<Value> {
+        self.hooks.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|h| h["order_no"] == order_no).cloned()
+    }
+
+    /// Waits for PAID, for the webhook, ships, and checks SHIPPED.
+    async fn fulfil(&mut self, order_no: &str) -> anyhow::Result<()> {
+        let admin_url = format!("{}/admin/api/orders/{order_no}", self.server);
+        let order = self
+            .until("the order to be PAID", async || {
+                let v = self.get(admin_url.clone(), Some(ADMIN)).await?;
+                Ok((v["order"]["status"] == "PAID").then_some(v))
+            })
+            .await?;
+        self.say(&format!(
+            "payment notification verified: order PAID (transaction {})",
+            order["order"]["transaction_id"].as_str().unwrap_or("?")
+        ));
+        let hook = self.until("the order.paid webhook", async || Ok(self.hook_for(order_no))).await?;
+        self.say(&format!(
+            "fulfilment event {} delivered to the merchant webhook",
+            hook["kind"].as_str().unwrap_or("?")
+        ));
+        let shipped = self.post(format!("{admin_url}/ship"), Some(ADMIN), json!({})).await?;
+        if shipped["fulfilment"] != "SHIPPED" {
+            bail!("ship did not mark the order shipped: {shipped}");
+        }
+        self.say("admin marked the order shipped (发货): fulfilment SHIPPED");
+        Ok(())
+    }
+
+    async fn miniprogram(&mut self) -> anyhow::Result<String> {
+        println!("\n== Mini-program payment (小程序支付)");
+        let code = self
+            .post(format!("{}/sim/phone/login", self.sim), None, json!({"appid": self.appid, "user": "alice"}))
+            .await?;
+        let code = code["code"].as_str().ok_or_else(|| anyhow!("no code from wx.login"))?.to_owned();
+        self.say(&format!("wx.login on alice's phone -> code {code}"));
+        let login = self.post(format!("{}/api/mp/login", self.server), None, json!({"code": code})).await?;
+        let token = login["token"].as_str().ok_or_else(|| anyhow!("no token: {login}"))?.to_owned();
+        self.say("POST /api/mp/login -> jscode2session -> openid stored, session_key cached, token issued");
+        let products = self.get(format!("{}/api/products", self.server), None).await?;
+        self.say(&format!("GET /api/products -> {} products", products.as_array().map_or(0, Vec::len)));
+        let order = self
+            .post(
+                format!("{}/api/orders", self.server),
+                Some(&token),
+                json!({"items": [{"product_id": "coffee", "quantity": 2}]}),
+            )
+            .await?;
+        let order_no = order["order_no"].as_str().ok_or_else(|| anyhow!("no order_no: {order}"))?.to_owned();
+        self.say(&format!("POST /api/orders -> {order_no}, amount {} fen computed by the server", order["amount_fen"]));
+        let params = self.post(format!("{}/api/orders/{order_no}/pay", self.server), Some(&token), json!({})).await?;
+        self.say(&format!(
+            "POST /api/orders/{order_no}/pay -> unifiedorder JSAPI, {} signed with paySign",
+            params["package"].as_str().unwrap_or("?")
+        ));
+        let mut pay = params.clone();
+        pay["user"] = json!("alice");
+        pay["appid"] = json!(self.appid);
+        pay["action"] = json!("pay");
+        let paid = self.post(format!("{}/sim/phone/pay", self.sim), None, pay).await?;
+        if paid["errMsg"] != "requestPayment:ok" {
+            bail!("wx.requestPayment failed: {paid}");
+        }
+        self.say("wx.requestPayment on the phone -> requestPayment:ok (not proof of payment yet)");
+        let order_url = format!("{}/api/orders/{order_no}", self.server);
+        self.until("the client poll to see PAID", async || {
+            let v = self.get(order_url.clone(), Some(&token)).await?;
+            Ok((v["status"] == "PAID").then_some(()))
+        })
+        .await?;
+        self.say("GET /api/orders/{no} (client poll) -> PAID");
+        self.fulfil(&order_no).await?;
+        Ok(order_no)
+    }
+
+    async fn native(&mut self) -> anyhow::Result<String> {
+        println!("\n== Native QR payment, mode 1 (扫码支付模式一)");
+        let link = self
+            .call(reqwest::Method::GET, format!("{}/admin/api/products/cola/link", self.server), Some(ADMIN), None)
+            .await?;
+        let link = link.1.as_str().ok_or_else(|| anyhow!("no link"))?.to_owned();
+        self.say(&format!("signed product link for the vending machine: {link}"));
+        let scan = self
+            .post(format!("{}/sim/phone/scan", self.sim), None, json!({"user": "bob", "url": link, "action": "pay"}))
+            .await?;
+        let order_no = scan["out_trade_no"].as_str().ok_or_else(|| anyhow!("scan did not pay: {scan}"))?.to_owned();
+        self.say(&format!("bob scans the QR: scan callback -> order {order_no} -> unifiedorder NATIVE -> signed prepay reply -> bob pays"));
+        self.fulfil(&order_no).await?;
+        Ok(order_no)
+    }
+}
+
+async fn webhook() -> anyhow::Result<(String, Arc<Mutex<Vec<Value>>>)> {
+    let hooks = Arc::new(Mutex::new(Vec::new()));
+    let sink = hooks.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                    sink.lock().unwrap_or_else(|p| p.into_inner()).push(v);
+                }
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((url, hooks))
+}
+
+pub async fn run() -> anyhow::Result<ExitCode> {
+    let dir = tempfile::tempdir()?;
+    let (hook_url, hooks) = webhook().await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let server_url = format!("http://{}", listener.local_addr()?);
+    let mut config = Config::default();
+    config.server.public_url = server_url.clone();
+    config.server.admin_token = Secret(ADMIN.into());
+    config.database.url = format!("sqlite://{}", dir.path().join("demo.db").display());
+    config.webhook.url = Some(hook_url);
+    config.workers.tick_ms = 100;
+    let sim = wxpay_sim::start(crate::run::embedded_sim_config(&config), Arc::new(SystemClock), "127.0.0.1:0".parse()?)
+        .await?;
+    config.wechat.pay_base_url = sim.base_url();
+    config.wechat.sns_base_url = sim.base_url();
+    let appid = config.wechat.appid.clone();
+    let state = wxpay_server::app::build_state(config, Arc::new(SystemClock)).await?;
+    let server = wxpay_server::app::serve(state, listener).await?;
+    println!("simulator on {}, server on {}", sim.base_url(), server.base_url());
+
+    let mut demo =
+        Demo { http: reqwest::Client::new(), server: server_url, sim: sim.base_url(), appid, hooks, step: 0 };
+    let mini = demo.miniprogram().await;
+    let native = demo.native().await;
+    server.shutdown().await;
+    sim.shutdown().await;
+    println!();
+    let mut ok = true;
+    for (name, result) in [("mini-program", &mini), ("native mode 1", &native)] {
+        match result {
+            Ok(order_no) => println!("OK    {name}: order {order_no} PAID and fulfilled"),
+            Err(e) => {
+                ok = false;
+                println!("FAIL  {name}: {e:#}");
+            }
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
