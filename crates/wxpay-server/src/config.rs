@@ -46,7 +46,7 @@ impl fmt::Debug for Secret {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
@@ -149,21 +149,6 @@ pub struct WorkersConfig {
     /// Run the reconciler and outbox workers in this process.
     pub enabled: bool,
     pub tick_ms: u64,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            wechat: WechatConfig::default(),
-            database: DatabaseConfig::default(),
-            cache: CacheConfig::default(),
-            simulator: SimulatorConfig::default(),
-            webhook: WebhookConfig::default(),
-            orders: OrdersConfig::default(),
-            workers: WorkersConfig::default(),
-        }
-    }
 }
 
 impl Default for ServerConfig {
@@ -293,7 +278,7 @@ impl Config {
                 "must not carry a query string (WeChat forbids it in notify_url)",
             ));
         }
-        if !(self.simulator.time_scale > 0.0) {
+        if self.simulator.time_scale.is_nan() || self.simulator.time_scale <= 0.0 {
             return Err(invalid("simulator.time_scale", "must be greater than 0"));
         }
         if !matches!(self.database.sqlite_synchronous.to_ascii_uppercase().as_str(), "FULL" | "NORMAL" | "EXTRA") {
@@ -339,6 +324,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API fixes the error type
     fn file_then_env_overrides() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("wxpay.toml", "[orders]\nttl_secs = 900\n[database]\nurl = \"sqlite://x.db\"\n")?;
