@@ -173,15 +173,15 @@ pub fn decide(order: &Order, event: &OrderEvent, now: DateTime<Utc>) -> Decision
                     next.fulfilment = Fulfilment::Pending;
                     next.transaction_id = Some(transaction_id.clone());
                     next.paid_at = Some(*paid_at);
-                    let after_close = order.status == Closed;
-                    if after_close {
+                    if order.status == Closed {
                         // Money was taken for an order we had given up on (the user may have
-                        // cancelled): a human decides between shipping and refunding, so no
-                        // automatic fulfilment.
+                        // cancelled). Still exactly one `order.paid` event, but flagged: its
+                        // payload carries `needs_review` so fulfilment can hold it for a human
+                        // to choose between shipping and refunding.
                         next.needs_review = true;
                         next.review_reason = Some(REVIEW_PAID_AFTER_CLOSE.to_owned());
                     }
-                    apply(next, "order.paid", !after_close)
+                    apply(next, "order.paid", true)
                 }
             }
         }
@@ -290,7 +290,7 @@ mod tests {
     }
 
     #[test]
-    fn payment_after_close_is_paid_but_flagged_without_fulfilment() {
+    fn payment_after_close_is_paid_flagged_and_still_emits_one_paid_event() {
         let (closed, _, _) =
             applied(decide(&order(), &OrderEvent::CloseRequested { reason: CloseReason::UserCancelled }, t0()));
         assert_eq!(closed.status, OrderStatus::Closed);
@@ -300,7 +300,7 @@ mod tests {
         assert!(o.needs_review);
         assert_eq!(o.review_reason.as_deref(), Some(REVIEW_PAID_AFTER_CLOSE));
         assert_eq!(kind, "order.paid");
-        assert!(!emit);
+        assert!(emit);
     }
 
     #[test]

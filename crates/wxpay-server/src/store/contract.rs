@@ -412,8 +412,10 @@ pub async fn payment_after_close_is_flagged_for_review(h: &dyn StoreHarness) {
     assert!(paid.needs_review);
     assert_eq!(paid.review_reason.as_deref(), Some(REVIEW_PAID_AFTER_CLOSE));
     assert_eq!(must_get(&*store, no).await, paid);
-    // A human decides between shipping and refunding: no automatic fulfilment.
-    assert!(store.outbox_for_order(no).await.unwrap().is_empty());
+    // Exactly one fulfilment event, flagged so that a human decides between shipping and refunding.
+    let outbox = store.outbox_for_order(no).await.unwrap();
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(outbox[0].payload["needs_review"], true);
 }
 
 pub async fn cancel_and_expiry_close(h: &dyn StoreHarness) {

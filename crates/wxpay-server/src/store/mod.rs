@@ -257,6 +257,9 @@ pub fn paid_event_payload(order: &Order) -> serde_json::Value {
         "amount_fen": order.amount.get(),
         "transaction_id": order.transaction_id.as_ref().map(|t| t.as_str()),
         "paid_at": order.paid_at.map(|t| t.to_rfc3339()),
+        "trade_type": order.trade_type.as_str(),
+        "needs_review": order.needs_review,
+        "review_reason": order.review_reason,
         "items": order.items.iter().map(|i| serde_json::json!({
             "product_id": i.product_id.as_str(),
             "name": i.name,
