@@ -118,17 +118,20 @@ pub async fn product_qr(
         .get_product(&id)
         .await?
         .ok_or_else(|| AppError::not_found("PRODUCT_NOT_FOUND", format!("unknown product {id}")))?;
+    // Validate the request before asking WeChat for a short link.
+    let size = qr::check_size(q.size)?;
+    if !matches!(file.as_str(), "qr.png" | "qr.svg" | "link" | "qr.txt") {
+        return Err(AppError::not_found("NOT_FOUND", "use qr.png, qr.svg or link"));
+    }
     let link = if q.short.unwrap_or(false) {
         state.short_links.get_or_fetch(&state, &product.id).await?
     } else {
         qr::long_link(&state, &product.id)
     };
-    let size = qr::check_size(q.size)?;
     Ok(match file.as_str() {
         "qr.png" => ([(header::CONTENT_TYPE, "image/png")], qr::png(&link, size)?).into_response(),
         "qr.svg" => ([(header::CONTENT_TYPE, "image/svg+xml")], qr::svg(&link, size)?).into_response(),
-        "link" | "qr.txt" => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], link).into_response(),
-        _ => return Err(AppError::not_found("NOT_FOUND", "use qr.png, qr.svg or link")),
+        _ => ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], link).into_response(),
     })
 }
 
