@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use wxpay_proto::clock::Clock;
 use wxpay_proto::{Fen, ProductId};
 
-use crate::cache::{MemoryCache, SessionCache};
+use crate::cache::{MemoryCache, RedisCache, SessionCache};
 use crate::config::Config;
 use crate::domain::Product;
 use crate::metrics::Metrics;
@@ -54,10 +54,19 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     Ok(Arc::new(store))
 }
 
-pub fn open_cache(config: &Config) -> Result<Arc<dyn SessionCache>, StartError> {
-    match config.cache.url.as_str() {
+/// Opens the cache named by `cache.url`: `memory://` (one instance) or `redis://` (shared by
+/// several instances; sessions survive restarts).
+pub async fn open_cache(config: &Config) -> Result<Arc<dyn SessionCache>, StartError> {
+    let url = config.cache.url.as_str();
+    match url {
         "" | "memory://" | "memory" => Ok(Arc::new(MemoryCache::new())),
-        other => Err(StartError::Config(format!("cache.url: unsupported {other:?} (memory:// for now)"))),
+        _ if url.starts_with("redis://") => {
+            let cache = RedisCache::connect(url, crate::cache::redis::DEFAULT_PREFIX)
+                .await
+                .map_err(|e| StartError::Config(format!("cache.url: {e}")))?;
+            Ok(Arc::new(cache))
+        }
+        other => Err(StartError::Config(format!("cache.url: unsupported {other:?} (memory:// or redis://)"))),
     }
 }
 
@@ -90,7 +99,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<Shared
     config.validate().map_err(|e| StartError::Config(e.to_string()))?;
     let metrics = Arc::new(Metrics::default());
     let store = open_store(&config).await?;
-    let cache = open_cache(&config)?;
+    let cache = open_cache(&config).await?;
     let wechat = WeChat::from_config(&config, Arc::clone(&metrics))?;
     if config.orders.seed_demo_catalogue {
         for product in demo_catalogue() {

@@ -230,6 +230,13 @@ pub async fn get_order(state: &AppState, openid: &Openid, order_no: &str) -> Res
     }
 }
 
+/// WeChat's refusal to close an order in its first 5 minutes (`SYSTEMERROR`,
+/// "订单生成后不能马上调用关单接口，最短调用时间间隔为5分钟").
+fn is_too_early_to_close(e: &ClientError) -> bool {
+    matches!(e, ClientError::Business { err_code: code, err_code_des }
+        if code == err_code::SYSTEMERROR && err_code_des.contains("最短调用时间间隔"))
+}
+
 /// Closes an order at WeChat first (so that it can no longer take money), then locally.
 /// A payment that lands anyway is recorded (PAID, flagged for review), never ignored.
 pub async fn close(state: &AppState, order: &Order, reason: CloseReason) -> Result<Order, AppError> {
@@ -256,10 +263,15 @@ pub async fn close(state: &AppState, order: &Order, reason: CloseReason) -> Resu
             }
             Err(ClientError::Business { err_code: code, .. })
                 if code == err_code::ORDERCLOSED || code == err_code::ORDERNOTEXIST => {}
-            Err(e) if e.is_retryable() => return Err(AppError::wechat(&e)),
-            // WeChat refuses closing in an order's first minutes. Close here anyway: the user
+            // WeChat refuses closing in an order's first 5 minutes. Close here anyway: the user
             // asked to stop, and if they still pay, the notification marks the order PAID and
-            // flags it for review, so no money is lost.
+            // flags it for review, so no money is lost. The refusal comes as SYSTEMERROR, which
+            // is otherwise retryable: recognise it by its text before the transient case.
+            Err(e) if is_too_early_to_close(&e) => {
+                tracing::warn!(order_no = %order.order_no, error = %e, "closeorder refused within 5 minutes; closing locally")
+            }
+            Err(e) if e.is_retryable() => return Err(AppError::wechat(&e)),
+            // Any other refusal: close here too, for the same reason.
             Err(e) => tracing::warn!(order_no = %order.order_no, error = %e, "closeorder refused; closing locally"),
         }
     }

@@ -30,7 +30,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
         match Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(ApiJson(v)),
-            Err(rejection) => Err(AppError::new(rejection.status(), "INVALID_INPUT", rejection.body_text())),
+            Err(rejection) => {
+                // Well-formed JSON of the wrong shape (a missing field, a wrong type) is bad input
+                // like any other: 400, not axum's 422.
+                let status = match rejection.status() {
+                    StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+                    s => s,
+                };
+                Err(AppError::new(status, "INVALID_INPUT", rejection.body_text()))
+            }
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The session cache: WeChat session keys, our login tokens, and short named locks.
 //!
-//! Memory is the single-instance default; a shared implementation (Redis) comes later and must
-//! pass the same [`contract`] cases.
+//! Memory is the single-instance default; [`RedisCache`] is the shared one for several server
+//! instances. Both pass the same [`contract`] cases.
 
 use std::fmt;
 use std::time::Duration;
@@ -13,7 +13,9 @@ use wxpay_proto::Openid;
 #[doc(hidden)]
 pub mod contract;
 pub mod memory;
+pub mod redis;
 
+pub use self::redis::RedisCache;
 pub use memory::MemoryCache;
 
 /// The `session_key` from jscode2session. A secret: never logged, never returned to clients,

@@ -13,6 +13,8 @@ use chrono::Duration as ChronoDuration;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 use wxpay_proto::clock::ManualClock;
+use wxpay_proto::msg::notify::{build_pay_notification, PayNotification};
+use wxpay_proto::{ApiKey, AppId, BeijingTime, Fen, MchId, Openid, OutTradeNo, SignType, TradeType, TransactionId};
 use wxpay_server::app::{build_state, serve, RunningServer};
 use wxpay_server::config::Config;
 use wxpay_sim::{FaultConfig, FaultSet, SimConfig, SimHandle};
@@ -20,6 +22,8 @@ use wxpay_sim::{FaultConfig, FaultSet, SimConfig, SimHandle};
 pub const APPID: &str = "wxd930ea5d5a258f4f";
 pub const MCH_ID: &str = "10000100";
 pub const ADMIN_TOKEN: &str = "test-admin-token";
+/// The sandbox merchant's API key (the official docs' example value).
+pub const SANDBOX_KEY: &str = "192006250b4c09247ec02edce69f6a2d";
 
 pub struct TestEnv {
     pub sim: SimHandle,
@@ -202,6 +206,50 @@ impl TestEnv {
         (token, order_no, params)
     }
 
+    /// The admin view of one order (order, events, notifications, outbox); asserts 200.
+    pub async fn admin_detail(&self, order_no: &str) -> Value {
+        let (status, body) = self.admin_get(&format!("/admin/api/orders/{order_no}")).await;
+        assert_eq!(status, 200, "admin detail of {order_no}: {body}");
+        body
+    }
+
+    /// The simulator's `trade_state` of one of our orders (`None`: WeChat never heard of it).
+    pub fn sim_state(&self, order_no: &str) -> Option<String> {
+        self.sim.order(MCH_ID, order_no).map(|o| o.trade_state)
+    }
+
+    /// POSTs raw bytes; returns the status and the body as text.
+    pub async fn post_raw(&self, path: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, String) {
+        let resp = self.http.post(self.url(path)).header("content-type", content_type).body(body).send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    /// GET as text (any content type), with an optional bearer token.
+    pub async fn get_text(&self, path: &str, token: Option<&str>) -> (u16, String) {
+        let mut req = self.http.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let (status, text) = self.get_text("/metrics", None).await;
+        assert_eq!(status, 200, "{text}");
+        text
+    }
+
+    /// Waits until the simulator recorded at least `n` notification attempts for the order.
+    pub async fn wait_attempts(&self, order_no: &str, n: usize) -> Vec<wxpay_sim::NotificationAttempt> {
+        wait_for(&format!("{n} notification attempts for {order_no}"), 5, || async {
+            let got = self.sim.notifications(Some(order_no));
+            (got.len() >= n).then_some(got)
+        })
+        .await
+    }
+
     /// Notification attempts the simulator made for an order.
     pub fn attempts(&self, order_no: &str) -> usize {
         self.sim.notifications(Some(order_no)).len()
@@ -233,4 +281,40 @@ pub async fn webhook_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (url, got)
+}
+
+/// How many `kind` entries the admin detail's event log has.
+pub fn event_count(detail: &Value, kind: &str) -> usize {
+    detail["events"].as_array().unwrap().iter().filter(|e| e["kind"] == kind).count()
+}
+
+/// The inbox rows (admin detail `notifications`) with this outcome.
+pub fn inbox_with_outcome<'a>(detail: &'a Value, outcome: &str) -> Vec<&'a Value> {
+    detail["notifications"].as_array().unwrap().iter().filter(|n| n["outcome"] == outcome).collect()
+}
+
+/// A successful payment notification for an order as WeChat would send it, signed with `key`
+/// (MD5), as the XML body.
+pub fn signed_pay_notification(order_no: &str, openid: &str, total_fee: u64, key: &str) -> String {
+    let n = PayNotification {
+        appid: AppId::parse(APPID).unwrap(),
+        mch_id: MchId::parse(MCH_ID).unwrap(),
+        result_code: "SUCCESS".into(),
+        err_code: None,
+        err_code_des: None,
+        openid: Openid::parse(openid).unwrap(),
+        is_subscribe: Some("N".into()),
+        trade_type: TradeType::Jsapi,
+        bank_type: "OTHERS".into(),
+        total_fee: Fen::new(total_fee),
+        settlement_total_fee: None,
+        fee_type: Some("CNY".into()),
+        cash_fee: Some(Fen::new(total_fee)),
+        transaction_id: TransactionId::parse("4200000000202401010000000001").unwrap(),
+        out_trade_no: OutTradeNo::parse(order_no).unwrap(),
+        attach: None,
+        time_end: BeijingTime::from_utc(chrono::Utc::now()),
+        device_info: None,
+    };
+    wxpay_proto::xml::to_xml(&build_pay_notification(&n, &ApiKey::new(key), SignType::Md5))
 }
