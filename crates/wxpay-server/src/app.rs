@@ -61,7 +61,7 @@ pub async fn open_cache(config: &Config) -> Result<Arc<dyn SessionCache>, StartE
     match url {
         "" | "memory://" | "memory" => Ok(Arc::new(MemoryCache::new())),
         _ if url.starts_with("redis://") => {
-            let cache = RedisCache::connect(url, crate::cache::redis::DEFAULT_PREFIX)
+            let cache = RedisCache::connect(url, &config.cache.prefix)
                 .await
                 .map_err(|e| StartError::Config(format!("cache.url: {e}")))?;
             Ok(Arc::new(cache))

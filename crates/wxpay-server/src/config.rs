@@ -111,6 +111,8 @@ pub struct DatabaseConfig {
 pub struct CacheConfig {
     /// `memory://` or `redis://...`.
     pub url: String,
+    /// Key prefix in Redis (several deployments or test runs can share one Redis).
+    pub prefix: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -192,7 +194,7 @@ impl Default for DatabaseConfig {
 
 impl Default for CacheConfig {
     fn default() -> Self {
-        CacheConfig { url: "memory://".into() }
+        CacheConfig { url: "memory://".into(), prefix: "wxpay:".into() }
     }
 }
 

@@ -65,6 +65,13 @@ impl TestEnv {
         let mut sim_config = SimConfig { notifier_tick_ms: 5, seed: Some(7), ..SimConfig::default() };
         let mut config = Config::default();
         config.database.url = format!("sqlite://{}", dir.path().join("wxpay.db").display());
+        // CI's second pass runs the same suite on Redis: a prefix of its own per test, and short
+        // TTLs so that nothing a test leaves behind outlives it by long.
+        if let Some(redis) = std::env::var("REDIS_URL").ok().filter(|u| u.starts_with("redis://")) {
+            config.cache.url = redis;
+            config.cache.prefix = format!("wxpay-test:{}:", rand_suffix());
+            config.server.session_ttl_secs = 600;
+        }
         config.server.public_url = server_url.clone();
         config.server.admin_token = wxpay_server::config::Secret(ADMIN_TOKEN.into());
         config.workers.enabled = false;
@@ -317,4 +324,11 @@ pub fn signed_pay_notification(order_no: &str, openid: &str, total_fee: u64, key
         device_info: None,
     };
     wxpay_proto::xml::to_xml(&build_pay_notification(&n, &ApiKey::new(key), SignType::Md5))
+}
+
+/// A random suffix to keep test resources (Redis prefixes, databases) apart.
+pub fn rand_suffix() -> String {
+    use rand::Rng;
+    let n: u64 = rand::thread_rng().gen();
+    format!("{n:016x}")
 }
