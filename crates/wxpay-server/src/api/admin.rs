@@ -167,6 +167,11 @@ pub async fn qr_sheet(
             qr::long_link(&state, &p.id)
         };
         let svg = qr::svg(&link, 220)?;
+        // Inline SVG inside HTML takes no XML declaration.
+        let svg = match svg.strip_prefix("<?xml") {
+            Some(rest) => rest.split_once("?>").map_or(svg.as_str(), |(_, body)| body.trim_start()).to_owned(),
+            None => svg,
+        };
         cards.push_str(&format!(
             "<div class=\"card\"><div class=\"qr\">{svg}</div><div class=\"name\">{}</div><div class=\"price\">¥{}.{:02}</div><div class=\"id\">{}</div></div>\n",
             escape_html(&p.name),
