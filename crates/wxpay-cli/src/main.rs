@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod bench;
 mod debug;
 mod demo;
 mod qr;
@@ -78,6 +79,9 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Load generator: runs virtual users through whole flows (mini-program, Native, a storm of
+    /// duplicate notifications) and checks that every payment was applied exactly once.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -91,5 +95,6 @@ fn main() -> ExitCode {
         Command::Qr { product, format, out, size, config } => {
             run::block_on(qr::run(config, product, format, out, size))
         }
+        Command::Bench(args) => run::block_on(bench::run(args)),
     }
 }

@@ -19,7 +19,7 @@ use crate::domain::Product;
 use crate::metrics::Metrics;
 use crate::qr::ShortLinkCache;
 use crate::state::{AppState, SharedState};
-use crate::store::{SqliteOptions, SqliteStore, Store};
+use crate::store::{PostgresStore, SqliteOptions, SqliteStore, Store};
 use crate::wechat::WeChat;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +38,9 @@ pub enum StartError {
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     let url = config.database.url.as_str();
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(StartError::Config("database.url: PostgreSQL support is not built yet (see issue 7)".into()));
+        let store = PostgresStore::connect(url).await?;
+        store.migrate().await?;
+        return Ok(Arc::new(store));
     }
     let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
     if let Some(dir) = Path::new(path.split('?').next().unwrap_or(path)).parent().filter(|d| !d.as_os_str().is_empty())

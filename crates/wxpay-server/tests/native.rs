@@ -93,6 +93,18 @@ fn metric(text: &str, series: &str) -> f64 {
 
 /// Rows of our notification inbox for scan callbacks: (verified, outcome, reason).
 async fn scan_inbox(env: &TestEnv) -> Vec<(bool, String, Option<String>)> {
+    if env.fresh_db.is_some() {
+        // PostgreSQL keeps the inbox's free text as bytes (raw bodies may hold NUL).
+        let pool = sqlx::PgPool::connect(&env.config.database.url).await.unwrap();
+        let rows: Vec<(bool, String, Option<String>)> = sqlx::query_as(
+            "SELECT verified, outcome, convert_from(reason, 'UTF8') FROM notification_inbox WHERE kind = 'scan' ORDER BY id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        return rows;
+    }
     let db = env.dir.path().join("wxpay.db");
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display())).await.unwrap();
     let rows: Vec<(i64, String, Option<String>)> =

@@ -1,5 +1,5 @@
 //! Persistence as a trait of domain operations (not generic CRUD), so that every backend
-//! (SQLite now, PostgreSQL later) has to provide the same atomic guarantees, proven by the same
+//! (SQLite, PostgreSQL) has to provide the same atomic guarantees, proven by the same
 //! [`contract`] suite.
 //!
 //! Times are stored with millisecond precision.
@@ -15,8 +15,10 @@ use crate::domain::{Order, OrderEvent, OrderStatus, Product, RejectReason, User}
 
 #[doc(hidden)]
 pub mod contract;
+pub mod postgres;
 pub mod sqlite;
 
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 
 #[derive(Debug, thiserror::Error)]

@@ -32,6 +32,7 @@ pub struct TestEnv {
     pub http: reqwest::Client,
     pub config: Config,
     pub dir: TempDir,
+    pub fresh_db: Option<wxpay_server::store::postgres::testing::FreshDatabase>,
 }
 
 /// Waits (really, in small steps) until `check` gives `Some`, or panics after `secs`.
@@ -65,7 +66,17 @@ impl TestEnv {
         let mut sim_config = SimConfig { notifier_tick_ms: 5, seed: Some(7), ..SimConfig::default() };
         let mut config = Config::default();
         config.database.url = format!("sqlite://{}", dir.path().join("wxpay.db").display());
-        // CI's second pass runs the same suite on Redis: a prefix of its own per test, and short
+        // CI's second pass runs the same suite on PostgreSQL (a fresh database per test, dropped
+        // with the env) ...
+        let fresh_db = match std::env::var("DATABASE_URL").ok().filter(|u| u.starts_with("postgres")) {
+            Some(base) => {
+                let db = wxpay_server::store::postgres::testing::FreshDatabase::create(&base).await.unwrap();
+                config.database.url = db.url.clone();
+                Some(db)
+            }
+            None => None,
+        };
+        // ... and on Redis: a prefix of its own per test, and short
         // TTLs so that nothing a test leaves behind outlives it by long.
         if let Some(redis) = std::env::var("REDIS_URL").ok().filter(|u| u.starts_with("redis://")) {
             config.cache.url = redis;
@@ -85,7 +96,7 @@ impl TestEnv {
 
         let state = build_state(config.clone(), Arc::new(clock.clone())).await.unwrap();
         let server = serve(state, server_listener).await.unwrap();
-        TestEnv { sim, server: Some(server), clock, http: reqwest::Client::new(), config, dir }
+        TestEnv { sim, server: Some(server), clock, http: reqwest::Client::new(), config, dir, fresh_db }
     }
 
     pub fn server(&self) -> &RunningServer {

@@ -1,0 +1,179 @@
+//! The correctness check after a run: for every order the run touched, the simulator's truth and
+//! ours agree. Paid at WeChat (or, for notify-storm, notified as paid with a valid signature) =>
+//! PAID here, with the expected transaction, and exactly one `order.paid` outbox event, delivered.
+//! Not paid at WeChat => not PAID here and no `order.paid` event.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::Target;
+
+/// What one order should look like on our side.
+#[derive(Debug, Clone)]
+pub enum Expect {
+    /// Ask the simulator whether it was paid.
+    AsSimSays(String),
+    /// Paid by this transaction (we sent the notification ourselves).
+    PaidBy { order_no: String, transaction_id: String },
+}
+
+impl Expect {
+    fn order_no(&self) -> &str {
+        match self {
+            Expect::AsSimSays(o) => o,
+            Expect::PaidBy { order_no, .. } => order_no,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub ok: bool,
+    pub checked: usize,
+    pub paid: usize,
+    pub mismatches: Vec<String>,
+    pub drain_secs: f64,
+}
+
+impl Verdict {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "ok": self.ok,
+            "checked": self.checked,
+            "paid": self.paid,
+            "mismatches": self.mismatches.len(),
+            "examples": self.mismatches.iter().take(10).collect::<Vec<_>>(),
+            "check_secs": (self.drain_secs * 100.0).round() / 100.0,
+        })
+    }
+}
+
+/// `Ok(paid)` when the order is consistent, else what is wrong.
+async fn check_one(t: &Target, e: &Expect) -> Result<bool, String> {
+    let order_no = e.order_no();
+    let (sim_paid, want_tx) = match e {
+        Expect::PaidBy { transaction_id, .. } => (true, Some(transaction_id.clone())),
+        Expect::AsSimSays(_) => {
+            let resp = t
+                .http
+                .get(format!("{}/sim/orders/{}/{order_no}", t.sim, t.mch_id))
+                .send()
+                .await
+                .map_err(|e| format!("{order_no}: simulator unreachable: {e}"))?;
+            if resp.status().as_u16() == 404 {
+                (false, None)
+            } else {
+                let v: Value = resp.json().await.map_err(|e| format!("{order_no}: simulator answer: {e}"))?;
+                let paid = v["trade_state"] == "SUCCESS";
+                (paid, v["transaction_id"].as_str().filter(|_| paid).map(str::to_owned))
+            }
+        }
+    };
+    let resp = t
+        .http
+        .get(format!("{}/admin/api/orders/{order_no}", t.server))
+        .bearer_auth(&t.admin_token)
+        .send()
+        .await
+        .map_err(|e| format!("{order_no}: server unreachable: {e}"))?;
+    let status = resp.status().as_u16();
+    if status == 404 {
+        return if sim_paid { Err(format!("{order_no}: paid at WeChat, unknown here")) } else { Ok(false) };
+    }
+    if status != 200 {
+        return Err(format!("{order_no}: admin API answered HTTP {status}"));
+    }
+    let v: Value = resp.json().await.map_err(|e| format!("{order_no}: admin answer: {e}"))?;
+    let ours = v["order"]["status"].as_str().unwrap_or("?").to_owned();
+    let events: Vec<&Value> =
+        v["outbox"].as_array().map(|a| a.iter().filter(|o| o["kind"] == "order.paid").collect()).unwrap_or_default();
+    let delivered = events.iter().filter(|o| !o["delivered_at"].is_null()).count();
+    if sim_paid {
+        if ours != "PAID" {
+            return Err(format!("{order_no}: paid at WeChat, {ours} here"));
+        }
+        if let Some(tx) = want_tx {
+            if v["order"]["transaction_id"].as_str() != Some(tx.as_str()) {
+                return Err(format!("{order_no}: transaction {} here, {tx} at WeChat", v["order"]["transaction_id"]));
+            }
+        }
+        if events.len() != 1 || delivered != 1 {
+            return Err(format!(
+                "{order_no}: {} order.paid outbox events, {delivered} delivered (want 1, 1)",
+                events.len()
+            ));
+        }
+        Ok(true)
+    } else {
+        if ours == "PAID" || !events.is_empty() {
+            return Err(format!("{order_no}: not paid at WeChat, {ours} here with {} order.paid events", events.len()));
+        }
+        Ok(false)
+    }
+}
+
+/// Checks every order, re-checking the inconsistent ones for up to 30 s (notifications and
+/// outbox deliveries still in flight settle).
+pub async fn run(t: &Arc<Target>, expectations: Vec<Expect>) -> Verdict {
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(30);
+    let mut todo = expectations;
+    let checked = todo.len();
+    let mut paid = 0;
+    loop {
+        if let Some(state) = &t.state {
+            // Deliver what the outbox worker has not got to yet (as another worker would).
+            for _ in 0..100_000 {
+                match wxpay_server::worker::outbox::deliver_once(state).await {
+                    Ok(r) if r.delivered + r.failed > 0 => continue,
+                    _ => break,
+                }
+            }
+        }
+        let (now_paid, wrong) = check_all(t, &todo).await;
+        paid += now_paid;
+        if wrong.is_empty() || Instant::now() > deadline {
+            let mismatches: Vec<String> = wrong.into_iter().map(|(_, why)| why).collect();
+            return Verdict {
+                ok: mismatches.is_empty(),
+                checked,
+                paid,
+                mismatches,
+                drain_secs: start.elapsed().as_secs_f64(),
+            };
+        }
+        todo = wrong.into_iter().map(|(e, _)| e).collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// (consistent and paid, inconsistent with why).
+async fn check_all(t: &Arc<Target>, todo: &[Expect]) -> (usize, Vec<(Expect, String)>) {
+    let todo = Arc::new(todo.to_vec());
+    let next = Arc::new(AtomicUsize::new(0));
+    let wrong = Arc::new(Mutex::new(Vec::new()));
+    let paid = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let (t, todo, next, wrong, paid) = (t.clone(), todo.clone(), next.clone(), wrong.clone(), paid.clone());
+        tasks.spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(e) = todo.get(i) else { break };
+                match check_one(&t, e).await {
+                    Ok(true) => {
+                        paid.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(false) => {}
+                    Err(why) => wrong.lock().unwrap_or_else(|p| p.into_inner()).push((e.clone(), why)),
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let wrong = std::mem::take(&mut *wrong.lock().unwrap_or_else(|p| p.into_inner()));
+    (paid.load(Ordering::Relaxed), wrong)
+}

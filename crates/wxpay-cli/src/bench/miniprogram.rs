@@ -1,0 +1,62 @@
+//! The mini-program flow, as a phone and its mini-program would drive it: wx.login, our login,
+//! create an order, get the payment parameters (unifiedorder), wx.requestPayment on the phone,
+//! then poll our order until the simulator's notification has made it PAID.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::check::Expect;
+use super::stats::Recorder;
+use super::{fail, Flow, FlowError, Target};
+
+/// How long a flow waits for PAID after the phone paid.
+const PAID_WITHIN: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+pub struct Miniprogram {
+    orders: Mutex<Vec<String>>,
+}
+
+impl Miniprogram {
+    pub fn expectations(&self) -> Vec<Expect> {
+        self.orders.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().map(Expect::AsSimSays).collect()
+    }
+}
+
+/// Polls `GET /api/orders/{no}` until PAID (each poll is an `api.poll` sample).
+pub async fn poll_until_paid(t: &Target, rec: &mut Recorder, token: &str, order_no: &str) -> Result<(), FlowError> {
+    let started = Instant::now();
+    let url = format!("{}/api/orders/{order_no}", t.server);
+    loop {
+        let v = t.json(rec, "api.poll", t.get(url.clone(), Some(token))).await?;
+        if v["status"] == "PAID" {
+            rec.since("wait.paid", started);
+            return Ok(());
+        }
+        if started.elapsed() > PAID_WITHIN {
+            return Err(fail("wait.paid", format!("still {} after 30 s", v["status"])));
+        }
+        tokio::time::sleep(t.poll).await;
+    }
+}
+
+impl Flow for Miniprogram {
+    async fn run(&self, t: &Target, vu: usize, seq: u64, rec: &mut Recorder) -> Result<(), FlowError> {
+        // A new user per flow: jscode2session is rate-limited per user, as on WeChat.
+        let user = format!("mp-{vu}-{seq}");
+        let token = t.login(rec, &user).await?;
+        let (order_no, _, params) = t.pending_order(rec, &token).await?;
+        self.orders.lock().unwrap_or_else(|p| p.into_inner()).push(order_no.clone());
+        let mut pay = params;
+        pay["user"] = json!(user);
+        pay["appid"] = json!(t.appid);
+        pay["action"] = json!("pay");
+        let paid = t.json(rec, "sim.phone.pay", t.post(format!("{}/sim/phone/pay", t.sim), None, &pay)).await?;
+        if paid["errMsg"] != "requestPayment:ok" {
+            return Err(fail("sim.phone.pay", paid["errMsg"].as_str().unwrap_or("no errMsg")));
+        }
+        poll_until_paid(t, rec, &token, &order_no).await
+    }
+}

@@ -1,0 +1,578 @@
+//! `wxpay bench`: a load generator. It starts the simulator and the server in-process (SQLite in
+//! a temp dir, or `--database-url`), or targets running ones (`--server URL --sim URL`), and runs
+//! virtual users through whole flows:
+//!
+//! * `miniprogram`: wx.login, our login, create order, pay (unifiedorder), the phone pays, the
+//!   simulator notifies us, the client polls until PAID;
+//! * `native`: a Native mode-1 scan (scan callback, unifiedorder, payment), then the notification;
+//! * `notify-storm`: pending orders are prepared, then each gets 2 or 3 copies of its signed
+//!   payment notification concurrently;
+//! * `ref-axum`, `ref-sqlite`: reference ceilings of the machine (a trivial axum handler with the
+//!   same load generator; durable SQLite commits with our settings).
+//!
+//! Every run is bounded (`--count` and/or `--duration`). The report has completed flows per
+//! second, per-step latency percentiles, errors by kind, and a correctness check (every order the
+//! simulator saw paid is PAID on our side with exactly one delivered `order.paid` outbox event;
+//! nothing else is PAID). A failed check makes the exit code 1.
+
+use std::future::Future;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::ValueEnum;
+use serde_json::{json, Value};
+use wxpay_proto::clock::SystemClock;
+use wxpay_server::config::{sandbox, Config, Secret};
+
+mod check;
+mod miniprogram;
+mod native;
+mod notify_storm;
+mod reference;
+pub mod stats;
+
+use stats::{Live, Recorder};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Mini-program payment end to end.
+    Miniprogram,
+    /// Native mode-1 scan and pay.
+    Native,
+    /// Signed notifications (2-3 copies each, concurrently) against pending orders.
+    NotifyStorm,
+    /// Reference: a trivial axum handler, one GET per flow.
+    RefAxum,
+    /// Reference: one durable SQLite commit per flow (WAL, synchronous=FULL, 8 connections).
+    RefSqlite,
+}
+
+impl Scenario {
+    pub fn name(self) -> String {
+        self.to_possible_value().map(|v| v.get_name().to_owned()).unwrap_or_default()
+    }
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    #[arg(long, value_enum)]
+    pub scenario: Scenario,
+    /// Virtual users: flows in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Stop after this many flows (notify-storm: this many pending orders). With neither
+    /// --count nor --duration: 1000.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Stop starting flows after this many seconds (at most 3600).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Target a running merchant backend instead of starting one (needs --sim and --admin-token).
+    #[arg(long, requires = "sim")]
+    pub server: Option<String>,
+    /// The simulator the target server talks to.
+    #[arg(long, requires = "server")]
+    pub sim: Option<String>,
+    /// Admin token of the target server (for the correctness check and the Native link).
+    #[arg(long, env = "WXPAY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Store of the in-process server (default: SQLite in a fresh temp dir).
+    #[arg(long)]
+    pub database_url: Option<String>,
+    /// Client poll interval while waiting for PAID, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    pub poll_ms: u64,
+    /// Print the report as JSON on stdout (the progress line still goes to stderr).
+    #[arg(long)]
+    pub json: bool,
+    /// No progress line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Where the flows go, and what they need to know.
+pub struct Target {
+    pub http: reqwest::Client,
+    pub server: String,
+    pub sim: String,
+    pub admin_token: String,
+    pub appid: String,
+    pub mch_id: String,
+    pub api_key: String,
+    pub poll: Duration,
+    pub live: Arc<Live>,
+    /// The in-process server's state, when there is one (to drain the outbox at the end).
+    pub state: Option<wxpay_server::state::SharedState>,
+}
+
+/// A failed flow: `"step: kind"`, counted by kind in the report.
+#[derive(Debug)]
+pub struct FlowError(pub String);
+
+pub fn fail(step: &str, kind: impl std::fmt::Display) -> FlowError {
+    FlowError(format!("{step}: {kind}"))
+}
+
+fn classify(e: &reqwest::Error) -> &'static str {
+    if e.is_timeout() {
+        "timeout"
+    } else if e.is_connect() {
+        "connect"
+    } else if e.is_body() || e.is_decode() {
+        "body"
+    } else {
+        "transport"
+    }
+}
+
+impl Target {
+    /// Sends a request, timing it under `step`; the status and the body.
+    pub async fn send(
+        &self,
+        rec: &mut Recorder,
+        step: &'static str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<(u16, axum::body::Bytes), FlowError> {
+        let start = Instant::now();
+        self.live.requests.fetch_add(1, Ordering::Relaxed);
+        let resp = req.send().await.map_err(|e| fail(step, classify(&e)))?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(|e| fail(step, classify(&e)))?;
+        rec.since(step, start);
+        Ok((status, body))
+    }
+
+    /// Sends a request that must answer 2xx JSON.
+    pub async fn json(
+        &self,
+        rec: &mut Recorder,
+        step: &'static str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<Value, FlowError> {
+        let (status, body) = self.send(rec, step, req).await?;
+        if !(200..300).contains(&status) {
+            let code = serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v["code"].as_str().map(str::to_owned))
+                .unwrap_or_default();
+            return Err(fail(step, format!("HTTP {status} {code}").trim_end()));
+        }
+        serde_json::from_slice(&body).map_err(|_| fail(step, "not JSON"))
+    }
+
+    pub fn post(&self, url: String, token: Option<&str>, body: &Value) -> reqwest::RequestBuilder {
+        let req = self.http.post(url).json(body);
+        match token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    pub fn get(&self, url: String, token: Option<&str>) -> reqwest::RequestBuilder {
+        let req = self.http.get(url);
+        match token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    /// `wx.login` on the phone, then our `/api/mp/login`: the session token.
+    pub async fn login(&self, rec: &mut Recorder, user: &str) -> Result<String, FlowError> {
+        let code = self
+            .json(
+                rec,
+                "sim.phone.login",
+                self.post(format!("{}/sim/phone/login", self.sim), None, &json!({"appid": self.appid, "user": user})),
+            )
+            .await?;
+        let code = code["code"].as_str().ok_or_else(|| fail("sim.phone.login", "no code"))?;
+        let login = self
+            .json(rec, "api.login", self.post(format!("{}/api/mp/login", self.server), None, &json!({"code": code})))
+            .await?;
+        login["token"].as_str().map(str::to_owned).ok_or_else(|| fail("api.login", "no token"))
+    }
+
+    /// Creates an order (one coffee) and gets its payment parameters: a PAYING order.
+    pub async fn pending_order(&self, rec: &mut Recorder, token: &str) -> Result<(String, u64, Value), FlowError> {
+        let order = self
+            .json(
+                rec,
+                "api.create_order",
+                self.post(
+                    format!("{}/api/orders", self.server),
+                    Some(token),
+                    &json!({"items": [{"product_id": "coffee", "quantity": 1}]}),
+                ),
+            )
+            .await?;
+        let order_no = order["order_no"].as_str().ok_or_else(|| fail("api.create_order", "no order_no"))?.to_owned();
+        let amount = order["amount_fen"].as_u64().ok_or_else(|| fail("api.create_order", "no amount_fen"))?;
+        let params = self
+            .json(
+                rec,
+                "api.pay",
+                self.post(format!("{}/api/orders/{order_no}/pay", self.server), Some(token), &json!({})),
+            )
+            .await?;
+        Ok((order_no, amount, params))
+    }
+}
+
+/// One kind of flow, run again and again by every virtual user.
+pub trait Flow: Send + Sync + 'static {
+    fn run(
+        &self,
+        t: &Target,
+        vu: usize,
+        seq: u64,
+        rec: &mut Recorder,
+    ) -> impl Future<Output = Result<(), FlowError>> + Send;
+}
+
+/// When to stop starting flows.
+#[derive(Clone, Copy)]
+pub struct Plan {
+    pub count: Option<u64>,
+    pub deadline: Option<Instant>,
+}
+
+impl Plan {
+    fn next(&self, counter: &AtomicU64) -> Option<u64> {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            return None;
+        }
+        let i = counter.fetch_add(1, Ordering::Relaxed);
+        self.count.is_none_or(|c| i < c).then_some(i)
+    }
+}
+
+/// Runs `concurrency` virtual users until the plan is exhausted; their merged recorder and the
+/// wall time.
+pub async fn drive<F: Flow>(
+    target: &Arc<Target>,
+    flow: &Arc<F>,
+    concurrency: usize,
+    plan: Plan,
+) -> anyhow::Result<(Recorder, Duration)> {
+    let counter = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for vu in 0..concurrency.max(1) {
+        let (target, flow, counter) = (target.clone(), flow.clone(), counter.clone());
+        tasks.spawn(async move {
+            let mut rec = Recorder::default();
+            while let Some(seq) = plan.next(&counter) {
+                let began = Instant::now();
+                match flow.run(&target, vu, seq, &mut rec).await {
+                    Ok(()) => {
+                        rec.since("flow", began);
+                        target.live.completed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(FlowError(kind)) => {
+                        rec.error(kind);
+                        target.live.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            rec
+        });
+    }
+    let mut all = Recorder::default();
+    while let Some(rec) = tasks.join_next().await {
+        all.merge(rec.context("a virtual user panicked")?);
+    }
+    Ok((all, start.elapsed()))
+}
+
+/// Prints a progress line on stderr every second until aborted.
+fn progress(live: Arc<Live>, label: String) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let start = Instant::now();
+        let mut last = (0u64, 0u64);
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        every.tick().await;
+        loop {
+            every.tick().await;
+            let (done, reqs) = (live.completed(), live.requests());
+            eprintln!(
+                "[bench {label} {:>5.1}s] completed {done} ({}/s), failed {}, requests {reqs} ({}/s)",
+                start.elapsed().as_secs_f64(),
+                done.saturating_sub(last.0),
+                live.failed(),
+                reqs.saturating_sub(last.1),
+            );
+            last = (done, reqs);
+        }
+    })
+}
+
+/// The simulator and the server, in this process.
+struct Embedded {
+    sim: wxpay_sim::SimHandle,
+    server: wxpay_server::app::RunningServer,
+    database_url: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn start_embedded(args: &BenchArgs, admin_token: &str) -> anyhow::Result<Embedded> {
+    let dir = tempfile::tempdir()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let server_url = format!("http://{}", listener.local_addr()?);
+    // WXPAY_* variables still apply (e.g. WXPAY_DATABASE__SQLITE_SYNCHRONOUS=NORMAL).
+    let mut config = Config::load(None)?;
+    config.server.public_url = server_url;
+    config.server.admin_token = Secret(admin_token.to_owned());
+    config.database.url = match &args.database_url {
+        Some(url) => url.clone(),
+        None => format!("sqlite://{}", dir.path().join("bench.db").display()),
+    };
+    config.simulator.enabled = true;
+    config.orders.seed_demo_catalogue = true;
+    config.workers.enabled = true;
+    config.workers.tick_ms = 50;
+    let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let sim_config = crate::run::embedded_sim_config(&config);
+    let sim = wxpay_sim::serve(sim_config, sim_listener, Arc::new(SystemClock)).await?;
+    config.wechat.pay_base_url = sim.base_url();
+    config.wechat.sns_base_url = sim.base_url();
+    let database_url = config.database.url.clone();
+    let state = wxpay_server::app::build_state(config, Arc::new(SystemClock)).await?;
+    let server = wxpay_server::app::serve(state, listener).await?;
+    Ok(Embedded { sim, server, database_url, _dir: dir })
+}
+
+fn http_client(concurrency: usize) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(concurrency.max(1) * 2)
+        .timeout(Duration::from_secs(30))
+        .build()?)
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.concurrency == 0 || args.concurrency > 20_000 {
+        anyhow::bail!("--concurrency must be between 1 and 20000");
+    }
+    if let Some(d) = args.duration {
+        if !(d > 0.0 && d <= 3600.0) {
+            anyhow::bail!("--duration must be between 0 and 3600 seconds");
+        }
+    }
+    let count = match (args.count, args.duration) {
+        (None, None) => Some(1000),
+        (c, _) => c,
+    };
+    if args.scenario == Scenario::NotifyStorm && count.is_none() {
+        anyhow::bail!("notify-storm needs --count (the number of pending orders to prepare)");
+    }
+    let plan = Plan { count, deadline: None };
+    let with_deadline =
+        |p: Plan| Plan { deadline: args.duration.map(|d| Instant::now() + Duration::from_secs_f64(d)), ..p };
+
+    match args.scenario {
+        Scenario::RefAxum | Scenario::RefSqlite => {
+            let live = Arc::new(Live::default());
+            let ticker = (!args.quiet).then(|| progress(live.clone(), args.scenario.name()));
+            let out = reference::run(&args, live, with_deadline(plan)).await;
+            if let Some(t) = ticker {
+                t.abort();
+            }
+            let (rec, elapsed, extra) = out?;
+            let report = report(&args, count, rec, elapsed, extra, None);
+            print(&args, &report);
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+
+    let http = http_client(args.concurrency)?;
+    let (embedded, server, sim, admin_token) = match (&args.server, &args.sim) {
+        (Some(server), Some(sim)) => {
+            let token = args.admin_token.clone().context("--server needs --admin-token (or WXPAY_ADMIN_TOKEN)")?;
+            (None, server.trim_end_matches('/').to_owned(), sim.trim_end_matches('/').to_owned(), token)
+        }
+        _ => {
+            let token = format!("bench-{}", uuid_like());
+            let e = start_embedded(&args, &token).await?;
+            let (server, sim) = (e.server.base_url(), e.sim.base_url());
+            (Some(e), server, sim, token)
+        }
+    };
+    let live = Arc::new(Live::default());
+    let target = Arc::new(Target {
+        http,
+        server,
+        sim,
+        admin_token,
+        appid: sandbox::APPID.into(),
+        mch_id: sandbox::MCH_ID.into(),
+        api_key: sandbox::API_KEY.into(),
+        poll: Duration::from_millis(args.poll_ms.max(1)),
+        live: live.clone(),
+        state: embedded.as_ref().map(|e| e.server.state.clone()),
+    });
+    let ticker = (!args.quiet).then(|| progress(live.clone(), args.scenario.name()));
+    let outcome: anyhow::Result<(Recorder, Duration, Value, Vec<check::Expect>)> = match args.scenario {
+        Scenario::Miniprogram => {
+            let flow = Arc::new(miniprogram::Miniprogram::default());
+            let (rec, elapsed) = drive(&target, &flow, args.concurrency, with_deadline(plan)).await?;
+            Ok((rec, elapsed, json!({}), flow.expectations()))
+        }
+        Scenario::Native => {
+            let flow = Arc::new(native::Native::new(&target).await?);
+            let (rec, elapsed) = drive(&target, &flow, args.concurrency, with_deadline(plan)).await?;
+            Ok((rec, elapsed, json!({}), flow.expectations()))
+        }
+        Scenario::NotifyStorm => notify_storm::run(&target, args.concurrency, plan, args.duration).await,
+        Scenario::RefAxum | Scenario::RefSqlite => unreachable!("handled above"),
+    };
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    let (rec, elapsed, extra, expectations) = outcome?;
+    let rss_after_load = stats::rss_mib();
+    let verdict = check::run(&target, expectations).await;
+    let mut report = report(&args, count, rec, elapsed, extra, Some(&verdict));
+    if let Some((now, peak)) = rss_after_load {
+        report["rss_mib"] = json!({
+            "process": "bench + simulator + server (in-process)",
+            "after_load": (now * 10.0).round() / 10.0,
+            "peak": (peak * 10.0).round() / 10.0,
+        });
+        if embedded.is_none() {
+            report["rss_mib"]["process"] = json!("load generator only");
+        }
+    }
+    report["store"] = json!(embedded.as_ref().map(|e| e.database_url.clone()).unwrap_or_else(|| "remote".into()));
+    print(&args, &report);
+    drop(target);
+    if let Some(e) = embedded {
+        e.server.shutdown().await;
+        e.sim.shutdown().await;
+    }
+    let ok = verdict.ok && report["completed"].as_u64().unwrap_or(0) > 0;
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{:x}{:x}", nanos, std::process::id())
+}
+
+fn report(
+    args: &BenchArgs,
+    count: Option<u64>,
+    mut rec: Recorder,
+    elapsed: Duration,
+    extra: Value,
+    verdict: Option<&check::Verdict>,
+) -> Value {
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let completed = rec.steps.get("flow").map_or(0, Vec::len) as u64;
+    let failed: u64 = rec.errors.values().sum();
+    let requests: usize = rec
+        .steps
+        .iter()
+        .filter(|(k, _)| !matches!(**k, "flow" | "wait.paid" | "storm.order"))
+        .map(|(_, v)| v.len())
+        .sum();
+    let steps = rec.summaries();
+    // The worst p99 over single HTTP requests (not over whole flows or waits).
+    let worst_p99 = steps
+        .iter()
+        .filter(|(k, _)| !matches!(**k, "flow" | "wait.paid" | "storm.order"))
+        .map(|(k, s)| (*k, s.p99_ms))
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    let mut report = json!({
+        "scenario": args.scenario.name(),
+        "concurrency": args.concurrency,
+        "count": count,
+        "duration_secs": args.duration,
+        "elapsed_secs": (secs * 1000.0).round() / 1000.0,
+        "completed": completed,
+        "failed": failed,
+        "flows_per_sec": (completed as f64 / secs * 10.0).round() / 10.0,
+        "requests": requests,
+        "requests_per_sec": (requests as f64 / secs * 10.0).round() / 10.0,
+        "worst_request_p99": worst_p99.map(|(k, p)| json!({"step": k, "p99_ms": p})),
+        "steps": steps.iter().map(|(k, s)| (k.to_string(), s.to_json())).collect::<serde_json::Map<_, _>>(),
+        "errors": rec.errors,
+    });
+    if let (Some(obj), Value::Object(extra)) = (report.as_object_mut(), extra) {
+        obj.extend(extra);
+    }
+    if let Some(v) = verdict {
+        report["correctness"] = v.to_json();
+    }
+    report
+}
+
+fn print(args: &BenchArgs, report: &Value) {
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(report).unwrap_or_default());
+        return;
+    }
+    println!(
+        "scenario {} | concurrency {} | {} completed, {} failed in {:.2} s",
+        report["scenario"].as_str().unwrap_or("?"),
+        report["concurrency"],
+        report["completed"],
+        report["failed"],
+        report["elapsed_secs"].as_f64().unwrap_or(0.0),
+    );
+    println!("throughput: {} flows/s, {} requests/s", report["flows_per_sec"], report["requests_per_sec"]);
+    if let Some(n) = report.get("notifications_acked") {
+        println!("notifications acknowledged: {n} ({} /s)", report["notifications_per_sec"]);
+    }
+    println!("{:<22} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}", "step (ms)", "count", "mean", "p50", "p95", "p99", "max");
+    if let Some(steps) = report["steps"].as_object() {
+        for (name, s) in steps {
+            let f = |k: &str| s[k].as_f64().unwrap_or(0.0);
+            println!(
+                "{:<22} {:>8} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+                name,
+                s["count"],
+                f("mean_ms"),
+                f("p50_ms"),
+                f("p95_ms"),
+                f("p99_ms"),
+                f("max_ms")
+            );
+        }
+    }
+    match report["errors"].as_object() {
+        Some(errors) if !errors.is_empty() => {
+            println!("errors:");
+            for (kind, n) in errors {
+                println!("  {n:>7}  {kind}");
+            }
+        }
+        _ => println!("errors: none"),
+    }
+    if let Some(rss) = report.get("rss_mib") {
+        println!(
+            "memory ({}): {} MiB after load, peak {} MiB",
+            rss["process"].as_str().unwrap_or("?"),
+            rss["after_load"],
+            rss["peak"]
+        );
+    }
+    if let Some(c) = report.get("correctness") {
+        let ok = c["ok"].as_bool().unwrap_or(false);
+        println!(
+            "correctness: {} ({} orders checked, {} paid, {} mismatches)",
+            if ok { "OK" } else { "FAILED" },
+            c["checked"],
+            c["paid"],
+            c["mismatches"],
+        );
+        if let Some(ex) = c["examples"].as_array() {
+            for e in ex {
+                println!("  {}", e.as_str().unwrap_or("?"));
+            }
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The Native mode-1 flow: a user scans the product's QR link (the simulator runs our scan
+//! callback, which creates the order and calls unifiedorder; then the user pays), and the
+//! notification makes the order PAID, which the till sees through the admin API.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde_json::json;
+
+use super::check::Expect;
+use super::stats::Recorder;
+use super::{fail, Flow, FlowError, Target};
+
+const PAID_WITHIN: Duration = Duration::from_secs(30);
+
+pub struct Native {
+    link: String,
+    orders: Mutex<Vec<String>>,
+}
+
+impl Native {
+    /// Fetches the signed mode-1 link of the `cola` product once.
+    pub async fn new(t: &Target) -> anyhow::Result<Native> {
+        let resp = t
+            .http
+            .get(format!("{}/admin/api/products/cola/link", t.server))
+            .bearer_auth(&t.admin_token)
+            .send()
+            .await
+            .context("fetching the Native link")?;
+        anyhow::ensure!(resp.status().is_success(), "the Native link: HTTP {}", resp.status());
+        Ok(Native { link: resp.text().await?, orders: Mutex::new(Vec::new()) })
+    }
+
+    pub fn expectations(&self) -> Vec<Expect> {
+        self.orders.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().map(Expect::AsSimSays).collect()
+    }
+}
+
+impl Flow for Native {
+    async fn run(&self, t: &Target, vu: usize, seq: u64, rec: &mut Recorder) -> Result<(), FlowError> {
+        let user = format!("nt-{vu}-{seq}");
+        let scan = t
+            .json(
+                rec,
+                "sim.phone.scan",
+                t.post(
+                    format!("{}/sim/phone/scan", t.sim),
+                    None,
+                    &json!({"user": user, "url": self.link, "action": "pay"}),
+                ),
+            )
+            .await?;
+        let Some(order_no) = scan["out_trade_no"].as_str() else {
+            return Err(fail("sim.phone.scan", scan["err_code_des"].as_str().unwrap_or("did not pay")));
+        };
+        self.orders.lock().unwrap_or_else(|p| p.into_inner()).push(order_no.to_owned());
+        let started = Instant::now();
+        let url = format!("{}/admin/api/orders/{order_no}", t.server);
+        loop {
+            let v = t.json(rec, "admin.poll", t.get(url.clone(), Some(&t.admin_token))).await?;
+            if v["order"]["status"] == "PAID" {
+                rec.since("wait.paid", started);
+                return Ok(());
+            }
+            if started.elapsed() > PAID_WITHIN {
+                return Err(fail("wait.paid", format!("still {} after 30 s", v["order"]["status"])));
+            }
+            tokio::time::sleep(t.poll).await;
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! CI smoke of `wxpay bench`: each scenario runs a few flows in-process (simulator, server and
+//! SQLite in a temp dir) and must exit 0 with a sane JSON report. No performance thresholds.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn bench(scenario: &str, count: u64, concurrency: u64) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_wxpay"))
+        .args(["bench", "--scenario", scenario, "--count", &count.to_string()])
+        .args(["--concurrency", &concurrency.to_string(), "--json", "--quiet"])
+        .env_remove("WXPAY_DATABASE__URL")
+        .output()
+        .expect("the wxpay binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench {scenario} exited {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"));
+    assert_eq!(report["scenario"], scenario, "{report}");
+    assert_eq!(report["completed"], count, "{report}");
+    assert_eq!(report["failed"], 0, "{report}");
+    assert!(report["flows_per_sec"].as_f64().is_some_and(|f| f > 0.0), "{report}");
+    let flow = &report["steps"]["flow"];
+    assert_eq!(flow["count"], count, "{report}");
+    for p in ["p50_ms", "p95_ms", "p99_ms", "max_ms"] {
+        assert!(flow[p].as_f64().is_some_and(|v| v >= 0.0), "{p}: {report}");
+    }
+    assert!(flow["p50_ms"].as_f64() <= flow["max_ms"].as_f64(), "{report}");
+    report
+}
+
+fn assert_correct(report: &Value, paid: u64) {
+    let c = &report["correctness"];
+    assert_eq!(c["ok"], true, "{report}");
+    assert_eq!(c["mismatches"], 0, "{report}");
+    assert_eq!(c["paid"], paid, "{report}");
+}
+
+#[test]
+fn miniprogram_smoke() {
+    let r = bench("miniprogram", 12, 4);
+    assert_correct(&r, 12);
+    for step in ["sim.phone.login", "api.login", "api.create_order", "api.pay", "sim.phone.pay", "api.poll"] {
+        assert!(r["steps"][step]["count"].as_u64().is_some_and(|n| n >= 12), "{step}: {r}");
+    }
+}
+
+#[test]
+fn native_smoke() {
+    let r = bench("native", 12, 4);
+    assert_correct(&r, 12);
+    assert_eq!(r["steps"]["sim.phone.scan"]["count"], 12, "{r}");
+}
+
+#[test]
+fn notify_storm_smoke() {
+    let r = bench("notify-storm", 20, 4);
+    assert_correct(&r, 20);
+    // 2 or 3 copies per order, every one acknowledged.
+    assert_eq!(r["notifications_sent"], 50, "{r}");
+    assert_eq!(r["notifications_acked"], 50, "{r}");
+}
+
+#[test]
+fn reference_scenarios_smoke() {
+    let r = bench("ref-axum", 50, 4);
+    assert!(r.get("correctness").is_none(), "{r}");
+    bench("ref-sqlite", 20, 4);
+}
