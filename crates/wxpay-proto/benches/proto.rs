@@ -92,6 +92,17 @@ fn benches(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // The parts, to see where the time of the whole path goes.
+    let body = notification_body(SignType::Md5);
+    c.bench_function("notification: xml parse only", |b| b.iter(|| xml::parse(black_box(&body)).unwrap()));
+    let fields = xml::parse(&body).unwrap();
+    c.bench_function("notification: verify only", |b| {
+        b.iter(|| sign::verify_notification(black_box(&fields), &key).unwrap())
+    });
+    c.bench_function("notification: typed fields only", |b| {
+        b.iter(|| <wxpay_proto::msg::notify::PayNotification as Message>::from_fields(black_box(&fields)).unwrap())
+    });
 }
 
 criterion_group!(proto, benches);
