@@ -15,7 +15,6 @@ use wxpay_proto::{Openid, ProductId, TradeType};
 
 use super::auth::CurrentUser;
 use super::views::{OrderView, ProductView};
-use crate::cache::SessionKey;
 use crate::domain::CloseReason;
 use crate::error::AppError;
 use crate::payments;
@@ -64,7 +63,7 @@ pub async fn login(
         .map_err(|e| AppError::new(StatusCode::BAD_GATEWAY, "WECHAT_ERROR", format!("jscode2session: {e}")))?;
     state.store.upsert_user(&openid, session.unionid.as_deref(), state.clock.now()).await?;
     let ttl = Duration::from_secs(state.config.server.session_ttl_secs);
-    state.cache.put_session_key(&openid, SessionKey::new(session.session_key.expose()), ttl).await?;
+    state.cache.put_session_key(&openid, session.session_key, ttl).await?;
     let token = state.cache.create_token(&openid, ttl).await?;
     tracing::info!(%openid, "mini-program login");
     Ok(Json(json!({ "token": token.as_str(), "expires_in": ttl.as_secs() })))

@@ -18,26 +18,9 @@ pub mod redis;
 pub use self::redis::RedisCache;
 pub use memory::MemoryCache;
 
-/// The `session_key` from jscode2session. A secret: never logged, never returned to clients,
-/// so `Debug` is redacted and there is no `Display`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct SessionKey(String);
-
-impl SessionKey {
-    pub fn new(key: impl Into<String>) -> Self {
-        SessionKey(key.into())
-    }
-    /// The secret itself, for the few places that must use it (e.g. decrypting user data).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SessionKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SessionKey(<redacted>)")
-    }
-}
+/// The `session_key` from jscode2session: the protocol crate's type (redacted `Debug`, no
+/// `Display`), so it moves from the WeChat answer into the cache without being unwrapped.
+pub use wxpay_proto::msg::code2session::SessionKey;
 
 /// An opaque bearer token we hand out at login: 32 random bytes as 64 lowercase hex characters.
 /// It is a credential too, so `Debug` is redacted.

@@ -13,6 +13,7 @@ use wxpay_proto::{Openid, OutTradeNo, ProductId};
 
 use crate::domain::{Order, OrderEvent, OrderStatus, Product, RejectReason, User};
 
+mod codec;
 #[doc(hidden)]
 pub mod contract;
 pub mod postgres;

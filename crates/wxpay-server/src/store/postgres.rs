@@ -22,8 +22,11 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{PgConnection, Row};
-use wxpay_proto::{Fen, Openid, OutTradeNo, PrepayId, ProductId, TradeType, TransactionId};
+use wxpay_proto::{Openid, OutTradeNo, PrepayId, ProductId, TradeType, TransactionId};
 
+use super::codec::{
+    add_review_reason, corrupt, fen_from_db, fen_to_db, from_ms, ms, opt_from_ms, u32_from_db, CAS_RETRIES, ORDER_COLS,
+};
 use super::{
     paid_event_payload, ApplyOutcome, DueOrder, InboxRecord, NotificationKind, OrderEventRecord, OrderFilter,
     OutboxEvent, Store, StoreError, StoreResult, StoredNotification, FIRST_QUERY_DELAY_SECS,
@@ -78,41 +81,10 @@ impl PostgresStore {
     }
 }
 
-fn ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-fn from_ms(v: i64) -> StoreResult<DateTime<Utc>> {
-    DateTime::from_timestamp_millis(v).ok_or_else(|| StoreError::Corrupt(format!("timestamp {v} out of range")))
-}
-
-fn opt_from_ms(v: Option<i64>) -> StoreResult<Option<DateTime<Utc>>> {
-    v.map(from_ms).transpose()
-}
-
-fn corrupt(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(e.to_string())
-}
-
-fn fen_to_db(f: Fen) -> StoreResult<i64> {
-    i64::try_from(f.get()).map_err(|_| StoreError::Conflict(format!("amount {f} fen does not fit the database")))
-}
-
-fn fen_from_db(v: i64) -> StoreResult<Fen> {
-    u64::try_from(v).map(Fen::new).map_err(|_| corrupt(format!("negative amount {v}")))
-}
-
-fn u32_from_db(v: i64) -> StoreResult<u32> {
-    u32::try_from(v).map_err(|_| corrupt(format!("count {v} out of range")))
-}
-
 /// Inbox text stored as BYTEA (see the migration): back to a `String`.
 fn text_from_bytes(v: Vec<u8>) -> StoreResult<String> {
     String::from_utf8(v).map_err(corrupt)
 }
-
-const ORDER_COLS: &str = "order_no, openid, trade_type, amount_fen, status, fulfilment, created_at, expires_at, \
-     prepay_id, prepay_expires_at, transaction_id, paid_at, closed_at, needs_review, review_reason, version";
 
 fn order_from_row(row: &PgRow, items: Vec<OrderItem>) -> StoreResult<Order> {
     let s = |col: &str| row.try_get::<String, _>(col);
@@ -257,20 +229,6 @@ fn product_from_row(row: &PgRow) -> StoreResult<Product> {
         active: row.try_get("active")?,
     })
 }
-
-/// Joins a new review reason onto an existing one, once. (Same rule as the SQLite store.)
-fn add_review_reason(existing: Option<&str>, reason: &str) -> Option<String> {
-    match existing {
-        Some(e) if e.contains(reason) => None,
-        Some(e) => Some(format!("{e}; {reason}")),
-        None => Some(reason.to_owned()),
-    }
-}
-
-/// How many times apply_event re-reads after losing a compare-and-set race. The row lock taken by
-/// `SELECT ... FOR UPDATE` means the race cannot happen; the loop keeps the code correct
-/// regardless (e.g. if the lock were ever dropped from the read).
-const CAS_RETRIES: usize = 3;
 
 #[async_trait]
 impl Store for PostgresStore {
