@@ -125,13 +125,15 @@ pub struct SimulatorConfig {
     pub time_scale: f64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebhookConfig {
     /// Where `order.paid` events are POSTed (optional).
     pub url: Option<String>,
     /// HMAC-SHA256 key for the `X-Wxpay-Signature` header.
     pub secret: Secret,
+    /// How long one delivery may take before it counts as failed (and is retried).
+    pub timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -151,6 +153,10 @@ pub struct WorkersConfig {
     /// Run the reconciler and outbox workers in this process.
     pub enabled: bool,
     pub tick_ms: u64,
+    /// How long a claimed piece of work (an order to reconcile, an event to deliver) stays
+    /// reserved for the instance that claimed it. When an instance dies, its work is taken over
+    /// after this. Must exceed the WeChat and webhook timeouts, so that live work is never taken.
+    pub lease_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -204,6 +210,12 @@ impl Default for SimulatorConfig {
     }
 }
 
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig { url: None, secret: Secret::default(), timeout_ms: 10_000 }
+    }
+}
+
 impl Default for OrdersConfig {
     fn default() -> Self {
         OrdersConfig { ttl_secs: 30 * 60, poll_query_min_interval_secs: 3, seed_demo_catalogue: true }
@@ -212,7 +224,7 @@ impl Default for OrdersConfig {
 
 impl Default for WorkersConfig {
     fn default() -> Self {
-        WorkersConfig { enabled: true, tick_ms: 1000 }
+        WorkersConfig { enabled: true, tick_ms: 1000, lease_secs: 60 }
     }
 }
 
@@ -283,10 +295,26 @@ impl Config {
         if self.simulator.time_scale.is_nan() || self.simulator.time_scale <= 0.0 {
             return Err(invalid("simulator.time_scale", "must be greater than 0"));
         }
+        if self.workers.lease_secs.saturating_mul(1000) <= self.longest_worker_call().as_millis() as u64 {
+            return Err(invalid(
+                "workers.lease_secs",
+                format!(
+                    "must be longer than one worker step ({} ms: two WeChat calls, or one webhook call), \
+                     or another instance could take over work still in progress",
+                    self.longest_worker_call().as_millis()
+                ),
+            ));
+        }
         if !matches!(self.database.sqlite_synchronous.to_ascii_uppercase().as_str(), "FULL" | "NORMAL" | "EXTRA") {
             return Err(invalid("database.sqlite_synchronous", "must be FULL, EXTRA or NORMAL"));
         }
         Ok(())
+    }
+
+    /// The longest one worker step on one item may take: the reconciler's close at expiry makes
+    /// two WeChat calls (closeorder, then orderquery); the outbox makes one webhook call.
+    pub fn longest_worker_call(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.wechat.timeout_ms.saturating_mul(2).max(self.webhook.timeout_ms))
     }
 
     pub fn notify_url(&self) -> String {
@@ -337,6 +365,9 @@ mod tests {
             jail.create_file("bad.toml", "[orders]\nttl_secs = 60\n")?;
             let err = Config::load(Some(Path::new("bad.toml"))).unwrap_err().to_string();
             assert!(err.contains("orders.ttl_secs"), "{err}");
+            jail.create_file("lease.toml", "[workers]\nlease_secs = 15\n[wechat]\ntimeout_ms = 10000\n")?;
+            let err = Config::load(Some(Path::new("lease.toml"))).unwrap_err().to_string();
+            assert!(err.contains("workers.lease_secs"), "{err}");
             jail.create_file("typo.toml", "[server]\nlisten_addr = \"1\"\n")?;
             assert!(Config::load(Some(Path::new("typo.toml"))).is_err());
             Ok(())

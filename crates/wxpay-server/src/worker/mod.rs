@@ -3,12 +3,26 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
-use crate::state::SharedState;
+use crate::state::{AppState, SharedState};
 
 pub mod outbox;
 pub mod reconciler;
+
+/// How long claimed work stays reserved for this instance (`workers.lease_secs`).
+pub(crate) fn lease(state: &AppState) -> chrono::Duration {
+    chrono::Duration::seconds(i64::try_from(state.config.workers.lease_secs).unwrap_or(i64::MAX / 1000))
+}
+
+/// Whether one more item of a batch claimed at `claimed_at` can be worked on and finished before
+/// the lease lapses. Past that point another instance may claim the rest, so this one stops (its
+/// remaining items are picked up again when their lease expires).
+pub(crate) fn lease_has_room(state: &AppState, claimed_at: DateTime<Utc>) -> bool {
+    let step = chrono::Duration::from_std(state.config.longest_worker_call()).unwrap_or(chrono::Duration::MAX);
+    state.clock.now() + step < claimed_at + lease(state)
+}
 
 /// Runs both workers every `tick` until `shutdown` turns true.
 pub async fn run(state: SharedState, tick: Duration, mut shutdown: watch::Receiver<bool>) {

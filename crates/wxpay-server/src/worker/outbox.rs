@@ -12,7 +12,6 @@ use crate::error::AppError;
 use crate::state::AppState;
 use crate::store::OutboxEvent;
 
-const LEASE: Duration = Duration::seconds(60);
 const BATCH: u32 = 20;
 
 /// Retry delay: 5 s, 10 s, 20 s, ... capped at 1 hour.
@@ -37,9 +36,13 @@ pub struct DeliveryReport {
 
 pub async fn deliver_once(state: &AppState) -> Result<DeliveryReport, AppError> {
     let now = state.clock.now();
-    let events = state.store.claim_outbox(now, &state.instance_id, LEASE, BATCH).await?;
+    let events = state.store.claim_outbox(now, &state.instance_id, super::lease(state), BATCH).await?;
     let mut report = DeliveryReport::default();
     for event in events {
+        if !super::lease_has_room(state, now) {
+            tracing::debug!(event_id = event.id, "outbox: lease nearly over, leaving the rest of the batch");
+            break;
+        }
         match deliver(state, &event).await {
             Ok(()) => {
                 state.store.outbox_delivered(event.id, state.clock.now()).await?;
@@ -87,6 +90,7 @@ async fn deliver(state: &AppState, event: &OutboxEvent) -> Result<(), String> {
         .header("x-wxpay-event-id", event.id.to_string())
         .header("x-wxpay-timestamp", timestamp.to_string())
         .header("x-wxpay-signature", signature(state.config.webhook.secret.expose(), timestamp, &body))
+        .timeout(std::time::Duration::from_millis(state.config.webhook.timeout_ms))
         .body(body)
         .send()
         .await

@@ -20,7 +20,6 @@ pub struct ReconcileReport {
     pub errors: usize,
 }
 
-const LEASE: Duration = Duration::seconds(60);
 const BATCH: u32 = 50;
 
 /// Query backoff: 10 s, 20 s, 40 s, ... capped at 5 minutes.
@@ -34,9 +33,13 @@ const ERROR_RETRY: Duration = Duration::seconds(15);
 pub async fn reconcile_once(state: &AppState) -> Result<ReconcileReport, AppError> {
     let now = state.clock.now();
     let owner = state.instance_id.as_str();
-    let due = state.store.claim_due_orders(now, owner, LEASE, BATCH).await?;
+    let due = state.store.claim_due_orders(now, owner, super::lease(state), BATCH).await?;
     let mut report = ReconcileReport { claimed: due.len(), ..ReconcileReport::default() };
     for item in due {
+        if !super::lease_has_room(state, now) {
+            tracing::debug!(order_no = %item.order.order_no, "reconciler: lease nearly over, leaving the rest");
+            break;
+        }
         let order = item.order;
         let attempts = item.query_attempts + 1;
         let expired = now >= order.expires_at;

@@ -1,0 +1,635 @@
+//! Two `wxpay serve` processes on one PostgreSQL and one Redis (issue 7, requirement 4).
+//!
+//! The WeChat simulator runs in this test process; a small round-robin load balancer (also here)
+//! is the `public_url` both instances give WeChat, so the simulator's notifications and their
+//! duplicates land on either instance. Users log in through one instance and pay through the
+//! other; every payment notification is also pushed to both instances directly, concurrently;
+//! one instance is SIGKILLed while flows are in flight and started again. At the end every order
+//! the simulator saw paid must be PAID here with exactly one `order.paid` event, one outbox row,
+//! and one event id delivered to the merchant's webhook; nothing else may be PAID.
+//!
+//! Webhook delivery is at-least-once by design (ARCHITECTURE.md): an instance killed between the
+//! receiver's 200 and its own commit makes the event go out once more, with the same
+//! `X-Wxpay-Event-Id`, which receivers deduplicate on. So "one webhook delivery" is checked as
+//! one event id per order, and every POST must carry that id and a valid signature.
+//!
+//! Needs `DATABASE_URL=postgres://...` and `REDIS_URL=redis://...` (CI's second pass); without
+//! them it prints a note and passes, like the other PostgreSQL tests.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+use sqlx::Row;
+use wxpay_proto::clock::SystemClock;
+use wxpay_proto::msg::notify::{build_pay_notification, PayNotification};
+use wxpay_proto::{ApiKey, AppId, BeijingTime, Fen, MchId, Openid, OutTradeNo, SignType, TradeType, TransactionId};
+use wxpay_server::store::postgres::testing::{database_url_or_skip, FreshDatabase};
+use wxpay_sim::{FaultConfig, FaultSet, MerchantConfig, SimConfig, SimHandle};
+
+// A merchant of our own: `wxpay serve` refuses the sandbox one without its embedded simulator.
+const APPID: &str = "wx5f3c2a1b0e9d8c7b";
+const MCH_ID: &str = "1900000109";
+const API_KEY: &str = "Mk7pQ2vX9rT4wY6zA1bC3dE5fG8hJ0kL";
+const APP_SECRET: &str = "multi-instance-app-secret-000000";
+const ADMIN_TOKEN: &str = "multi-instance-admin-token";
+const WEBHOOK_SECRET: &str = "multi-instance-webhook-secret";
+/// Short, so that work claimed by the killed instance is taken over within the test.
+const LEASE_SECS: u64 = 3;
+
+fn redis_url_or_skip(what: &str) -> Option<String> {
+    match std::env::var("REDIS_URL") {
+        Ok(url) if url.starts_with("redis://") => Some(url),
+        _ => {
+            eprintln!("note: REDIS_URL is not a redis:// URL; skipping `{what}`");
+            None
+        }
+    }
+}
+
+/// One `wxpay serve` process; killed (SIGKILL) when dropped, so a failing test leaves none behind.
+struct Instance {
+    child: Child,
+    url: String,
+    log: PathBuf,
+}
+
+impl Instance {
+    async fn spawn(config: &Path, log: &Path) -> Instance {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxpay"));
+        cmd.arg("serve").arg("--config").arg(config);
+        // Only the file configures the instance: no WXPAY_* of the caller's environment.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("WXPAY_") {
+                cmd.env_remove(key);
+            }
+        }
+        let stderr = std::fs::File::create(log).unwrap();
+        let mut child = cmd
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn wxpay serve");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads the start-up banner for the bound address, then keeps draining stdout.
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("wxpay merchant backend listening on ") {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(url.trim().to_owned());
+                    }
+                }
+            }
+        });
+        let url = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60))).await.unwrap();
+        match url {
+            Ok(url) => Instance { child, url, log: log.to_owned() },
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("wxpay serve did not start:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+            }
+        }
+    }
+
+    /// SIGKILL: no graceful shutdown, in-flight requests and claimed work are cut off.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A round-robin HTTP load balancer; a backend that refuses the connection is skipped.
+#[derive(Clone)]
+struct Balancer {
+    backends: Arc<RwLock<Vec<Option<String>>>>,
+    next: Arc<AtomicUsize>,
+    http: reqwest::Client,
+}
+
+impl Balancer {
+    async fn start(slots: usize) -> (Balancer, String) {
+        let lb = Balancer {
+            backends: Arc::new(RwLock::new(vec![None; slots])),
+            next: Arc::new(AtomicUsize::new(0)),
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        };
+        let app = axum::Router::new().fallback(forward).with_state(lb.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (lb, url)
+    }
+
+    fn set(&self, slot: usize, url: Option<String>) {
+        self.backends.write().unwrap()[slot] = url;
+    }
+}
+
+async fn forward(State(lb): State<Balancer>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, 1 << 20).await else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    let backends: Vec<String> = lb.backends.read().unwrap().iter().flatten().cloned().collect();
+    let first = lb.next.fetch_add(1, Ordering::Relaxed);
+    for i in 0..backends.len() {
+        let base = &backends[(first + i) % backends.len()];
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let mut req = lb.http.request(parts.method.clone(), format!("{base}{path}")).body(body.clone());
+        if let Some(ct) = parts.headers.get(axum::http::header::CONTENT_TYPE) {
+            req = req.header(axum::http::header::CONTENT_TYPE, ct);
+        }
+        match req.send().await {
+            Ok(resp) => {
+                let status = resp.status();
+                let ct = resp.headers().get(axum::http::header::CONTENT_TYPE).cloned();
+                let bytes = resp.bytes().await.unwrap_or_default();
+                let mut out = (status, bytes).into_response();
+                if let Some(ct) = ct {
+                    out.headers_mut().insert(axum::http::header::CONTENT_TYPE, ct);
+                }
+                return out;
+            }
+            Err(e) if e.is_connect() => continue,
+            Err(_) => return StatusCode::BAD_GATEWAY.into_response(),
+        }
+    }
+    StatusCode::BAD_GATEWAY.into_response()
+}
+
+/// What the merchant's fulfilment system received.
+#[derive(Debug, Clone)]
+struct Delivery {
+    event_id: String,
+    order_no: String,
+    kind: String,
+    signature_ok: bool,
+    at: Instant,
+}
+
+/// The merchant's webhook endpoint. While its gate is closed, deliveries wait (unanswered), so
+/// that an instance can be killed in the middle of one.
+#[derive(Clone)]
+struct Receiver {
+    got: Arc<Mutex<Vec<Delivery>>>,
+    gate: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Receiver {
+    async fn start() -> (Receiver, String) {
+        let receiver = Receiver { got: Arc::default(), gate: Arc::new(tokio::sync::watch::Sender::new(true)) };
+        let app = axum::Router::new().route("/hook", axum::routing::post(hook)).with_state(receiver.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (receiver, url)
+    }
+
+    fn set_open(&self, open: bool) {
+        self.gate.send_replace(open);
+    }
+
+    fn deliveries(&self) -> Vec<Delivery> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+async fn hook(State(receiver): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let at = Instant::now();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    let timestamp: i64 = header("x-wxpay-timestamp").parse().unwrap_or(0);
+    let expected = wxpay_server::worker::outbox::signature(WEBHOOK_SECRET, timestamp, &text);
+    let json: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let event_id = header("x-wxpay-event-id");
+    let id_matches = json["id"].as_i64().is_some_and(|id| id.to_string() == event_id);
+    let _ = receiver.gate.subscribe().wait_for(|open| *open).await;
+    receiver.got.lock().unwrap().push(Delivery {
+        event_id,
+        order_no: json["order_no"].as_str().unwrap_or_default().to_owned(),
+        kind: json["kind"].as_str().unwrap_or_default().to_owned(),
+        signature_ok: header("x-wxpay-signature") == expected && id_matches,
+        at,
+    });
+    StatusCode::OK
+}
+
+fn write_config(dir: &Path, database_url: &str, redis_url: &str, sim: &str, lb: &str, hook: &str) -> PathBuf {
+    let prefix = format!("wxpay-multi-{}:", std::process::id());
+    let toml = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+public_url = "{lb}"
+admin_token = "{ADMIN_TOKEN}"
+session_ttl_secs = 600
+
+[wechat]
+appid = "{APPID}"
+mch_id = "{MCH_ID}"
+api_key = "{API_KEY}"
+app_secret = "{APP_SECRET}"
+pay_base_url = "{sim}"
+sns_base_url = "{sim}"
+timeout_ms = 1000
+
+[database]
+url = "{database_url}"
+
+[cache]
+url = "{redis_url}"
+prefix = "{prefix}"
+
+[simulator]
+enabled = false
+
+[webhook]
+url = "{hook}"
+secret = "{WEBHOOK_SECRET}"
+timeout_ms = 1000
+
+[workers]
+enabled = true
+tick_ms = 50
+lease_secs = {LEASE_SECS}
+"#
+    );
+    let path = dir.join("wxpay.toml");
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// The mini-program side of the test: talks to given instances, falling back to the other one
+/// when the preferred instance refuses the connection (as a client retrying would).
+struct Client {
+    http: reqwest::Client,
+    sim: String,
+    instances: Arc<RwLock<Vec<String>>>,
+}
+
+impl Client {
+    fn instance(&self, i: usize) -> String {
+        self.instances.read().unwrap()[i % 2].clone()
+    }
+
+    /// POST/GET JSON to instance `preferred` (the other one if it is down); status and body.
+    async fn call(&self, preferred: usize, method: &str, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut last_error = String::new();
+        for i in [preferred, preferred + 1] {
+            let url = format!("{}{path}", self.instance(i));
+            let mut req = match method {
+                "GET" => self.http.get(url),
+                _ => self.http.post(url).json(&body),
+            };
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            match req.send().await {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    return (status, resp.json().await.unwrap_or(Value::Null));
+                }
+                // Refused, or cut off by the kill: retry on the other instance (every call
+                // made here is idempotent or harmless to repeat).
+                Err(e) => last_error = e.to_string(),
+            }
+        }
+        panic!("{method} {path}: both instances failed: {last_error}");
+    }
+
+    async fn phone(&self, path: &str, body: Value) -> Value {
+        self.http.post(format!("{}{path}", self.sim)).json(&body).send().await.unwrap().json().await.unwrap()
+    }
+
+    async fn login(&self, user: &str, via: usize) -> String {
+        let code = self.phone("/sim/phone/login", json!({"appid": APPID, "user": user})).await;
+        let (status, body) = self.call(via, "POST", "/api/mp/login", None, json!({"code": code["code"]})).await;
+        assert_eq!(status, 200, "login of {user}: {body}");
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// Orders a coffee through instance `via`, gets the payment parameters there, pays on the
+    /// phone. Returns the order number.
+    async fn order_and_pay(&self, user: &str, token: &str, via: usize) -> String {
+        let items = json!({"items": [{"product_id": "coffee", "quantity": 1}]});
+        let (status, order) = self.call(via, "POST", "/api/orders", Some(token), items).await;
+        assert_eq!(status, 201, "create order for {user}: {order}");
+        let order_no = order["order_no"].as_str().unwrap().to_owned();
+        let (status, mut params) =
+            self.call(via, "POST", &format!("/api/orders/{order_no}/pay"), Some(token), json!({})).await;
+        assert_eq!(status, 200, "pay {order_no}: {params}");
+        params["user"] = json!(user);
+        params["appid"] = json!(APPID);
+        params["action"] = json!("pay");
+        let paid = self.phone("/sim/phone/pay", params).await;
+        assert_eq!(paid["errMsg"], "requestPayment:ok", "{order_no}: {paid}");
+        order_no
+    }
+}
+
+/// The payment notification of a paid order exactly as the simulator (WeChat) would send it.
+fn notification_of(sim: &SimHandle, order_no: &str) -> String {
+    let o = sim.order(MCH_ID, order_no).expect("the simulator knows the order");
+    let n = PayNotification {
+        appid: AppId::parse(APPID).unwrap(),
+        mch_id: MchId::parse(MCH_ID).unwrap(),
+        result_code: "SUCCESS".into(),
+        err_code: None,
+        err_code_des: None,
+        openid: Openid::parse(o.payer_openid.as_deref().unwrap()).unwrap(),
+        is_subscribe: Some("N".into()),
+        trade_type: TradeType::Jsapi,
+        bank_type: "OTHERS".into(),
+        total_fee: Fen::new(o.total_fee),
+        settlement_total_fee: None,
+        fee_type: Some("CNY".into()),
+        cash_fee: Some(Fen::new(o.total_fee)),
+        transaction_id: TransactionId::parse(o.transaction_id.as_deref().unwrap()).unwrap(),
+        out_trade_no: OutTradeNo::parse(order_no).unwrap(),
+        attach: o.attach.clone(),
+        time_end: BeijingTime::parse_field("time_end", o.time_end.as_deref().unwrap()).unwrap(),
+        device_info: None,
+    };
+    wxpay_proto::xml::to_xml(&build_pay_notification(&n, &ApiKey::new(API_KEY), SignType::Md5))
+}
+
+/// Posts the notification to both instances at the same moment; their replies (`None`: the
+/// instance was unreachable).
+async fn notify_both(http: &reqwest::Client, instances: &[String; 2], xml: &str) -> [Option<String>; 2] {
+    let post = |url: String| {
+        let req = http.post(format!("{url}/wxpay/notify")).header("content-type", "text/xml").body(xml.to_owned());
+        async move {
+            match req.send().await {
+                Ok(resp) => Some(resp.text().await.unwrap_or_default()),
+                Err(_) => None,
+            }
+        }
+    };
+    let (a, b) = tokio::join!(post(instances[0].clone()), post(instances[1].clone()));
+    [a, b]
+}
+
+fn acknowledged(reply: &str) -> bool {
+    reply.contains("<return_code><![CDATA[SUCCESS]]></return_code>")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_one_postgres_one_redis_survive_a_sigkill() {
+    let what = "two_instances_one_postgres_one_redis_survive_a_sigkill";
+    let (Some(base_db), Some(redis_url)) = (database_url_or_skip(what), redis_url_or_skip(what)) else {
+        return;
+    };
+    let db = FreshDatabase::create(&base_db).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+
+    // WeChat: our merchant only; every notification attempt sent as 2 concurrent copies; the
+    // retry schedule 50x faster than WeChat's (15 s -> 0.3 s).
+    let merchant = MerchantConfig {
+        appid: APPID.into(),
+        mch_id: MCH_ID.into(),
+        api_key: API_KEY.into(),
+        app_secret: APP_SECRET.into(),
+        ..MerchantConfig::sandbox()
+    };
+    let sim_config = SimConfig {
+        sandbox_merchant: false,
+        merchants: vec![merchant],
+        time_scale: 0.02,
+        notifier_tick_ms: 10,
+        seed: Some(4242),
+        faults: FaultConfig {
+            global: FaultSet { notify_copies: Some(2), ..FaultSet::default() },
+            ..FaultConfig::default()
+        },
+        ..SimConfig::default()
+    };
+    let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sim = wxpay_sim::serve(sim_config, sim_listener, Arc::new(SystemClock)).await.unwrap();
+    let (lb, lb_url) = Balancer::start(2).await;
+    let (receiver, hook_url) = Receiver::start().await;
+    let config = write_config(dir.path(), &db.url, &redis_url, &sim.base_url(), &lb_url, &hook_url);
+
+    let (a_log, b_log) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let (a, mut b) = tokio::join!(Instance::spawn(&config, &a_log), Instance::spawn(&config, &b_log));
+    lb.set(0, Some(a.url.clone()));
+    lb.set(1, Some(b.url.clone()));
+    let client = Arc::new(Client {
+        http: reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(15)).build().unwrap(),
+        sim: sim.base_url(),
+        instances: Arc::new(RwLock::new(vec![a.url.clone(), b.url.clone()])),
+    });
+    let sim = Arc::new(sim);
+
+    // Phase 1, both up: user i logs in through instance i % 2 and pays through the other; the
+    // notification goes to both instances at once, and both must acknowledge it.
+    let mut phase1 = tokio::task::JoinSet::new();
+    for i in 0..12usize {
+        let (client, sim) = (client.clone(), sim.clone());
+        phase1.spawn(async move {
+            let user = format!("user{i}");
+            let token = client.login(&user, i).await;
+            let order_no = client.order_and_pay(&user, &token, i + 1).await;
+            let instances = [client.instance(0), client.instance(1)];
+            let replies = notify_both(&client.http, &instances, &notification_of(&sim, &order_no)).await;
+            for reply in &replies {
+                let reply = reply.as_deref().expect("both instances are up");
+                assert!(acknowledged(reply), "{order_no}: duplicate not acknowledged: {reply}");
+            }
+            (i, user, token, order_no)
+        });
+    }
+    let mut sessions = Vec::new();
+    let mut orders = Vec::new();
+    while let Some(done) = phase1.join_next().await {
+        let (i, user, token, order_no) = done.unwrap();
+        orders.push(order_no);
+        sessions.push((i, user, token));
+    }
+
+    // Phase 2: more users log in through A and pay through B. The webhook is held (deliveries
+    // hang unanswered) so that B is sure to be in the middle of one when it is SIGKILLed, once a
+    // quarter of the users have paid and the others are in flight; their calls fall over to A,
+    // and A must take over what B had claimed once the lease lapses.
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    receiver.set_open(false);
+    let paid = Arc::new(AtomicUsize::new(0));
+    let phase2_users = 24usize;
+    let mut phase2 = tokio::task::JoinSet::new();
+    for i in 0..phase2_users {
+        let (client, sim, paid) = (client.clone(), sim.clone(), paid.clone());
+        phase2.spawn(async move {
+            let user = format!("user{}", 100 + i);
+            let token = client.login(&user, 0).await;
+            let order_no = client.order_and_pay(&user, &token, 1).await;
+            paid.fetch_add(1, Ordering::SeqCst);
+            let instances = [client.instance(0), client.instance(1)];
+            let replies = notify_both(&client.http, &instances, &notification_of(&sim, &order_no)).await;
+            // A stays up: it must acknowledge every duplicate, whatever happens to B.
+            let reply_a = replies[0].as_deref().expect("instance A is up");
+            assert!(acknowledged(reply_a), "{order_no}: A did not acknowledge: {reply_a}");
+            order_no
+        });
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let b_owner = format!("{}-%", b.child.id());
+    let taken_from_b: Vec<i64> = loop {
+        let held: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM outbox WHERE lease_owner LIKE $1 AND delivered_at IS NULL \
+             AND lease_until > (extract(epoch FROM now()) * 1000)::bigint",
+        )
+        .bind(&b_owner)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        if !held.is_empty() && paid.load(Ordering::SeqCst) >= phase2_users / 4 {
+            break held;
+        }
+        assert!(Instant::now() < deadline, "B never claimed an outbox row");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    b.kill();
+    let killed_at = Instant::now();
+    receiver.set_open(true);
+    let paid_at_kill = paid.load(Ordering::SeqCst);
+    while let Some(done) = phase2.join_next().await {
+        orders.push(done.unwrap());
+    }
+    assert!(paid_at_kill < phase2_users, "the kill must come while flows are in flight");
+
+    // B comes back (a new process, a new port); users who logged in through the old B keep their
+    // sessions (Redis) and pay through the new one.
+    let b_log_before = b.log();
+    let b2 = Instance::spawn(&config, &dir.path().join("b2.log")).await;
+    lb.set(1, Some(b2.url.clone()));
+    client.instances.write().unwrap()[1] = b2.url.clone();
+    let mut phase3 = tokio::task::JoinSet::new();
+    for (_, user, token) in sessions.into_iter().filter(|(i, _, _)| i % 2 == 1) {
+        let client = client.clone();
+        phase3.spawn(async move { client.order_and_pay(&user, &token, 1).await });
+    }
+    while let Some(done) = phase3.join_next().await {
+        orders.push(done.unwrap());
+    }
+
+    // Let the workers finish: every order the simulator saw paid is PAID here and its outbox row
+    // delivered (a row claimed by the killed B is taken over after its lease).
+    let paid_at_wechat: BTreeSet<String> =
+        orders.iter().filter(|no| sim.order(MCH_ID, no).is_some_and(|o| o.trade_state == "SUCCESS")).cloned().collect();
+    assert_eq!(paid_at_wechat.len(), orders.len(), "every flow paid at WeChat");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let settled: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM orders o JOIN outbox x ON x.order_no = o.order_no \
+             WHERE o.status = 'PAID' AND x.kind = 'order.paid' AND x.delivered_at IS NOT NULL",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if settled as usize >= paid_at_wechat.len() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {settled} of {} paid orders settled\nA:\n{}\nB2:\n{}",
+            paid_at_wechat.len(),
+            a.log(),
+            b2.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Exactly the orders WeChat saw paid are PAID here.
+    let paid_here: BTreeSet<String> = sqlx::query("SELECT order_no FROM orders WHERE status = 'PAID'")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.get::<String, _>(0))
+        .collect();
+    assert_eq!(paid_here, paid_at_wechat);
+
+    // One order.paid event and one delivered outbox row per order.
+    let events: BTreeMap<String, i64> =
+        sqlx::query("SELECT order_no, count(*) FROM order_events WHERE kind = 'order.paid' GROUP BY order_no")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
+            .collect();
+    let outbox: BTreeMap<String, (i64, bool)> =
+        sqlx::query("SELECT order_no, id, delivered_at IS NOT NULL FROM outbox WHERE kind = 'order.paid'")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.get::<String, _>(0), (r.get::<i64, _>(1), r.get::<bool, _>(2))))
+            .collect();
+    let delivered = receiver.deliveries();
+    assert!(delivered.iter().all(|d| d.signature_ok && d.kind == "order.paid"), "{delivered:?}");
+    let mut redelivered = 0;
+    for order_no in &paid_at_wechat {
+        assert_eq!(events.get(order_no), Some(&1), "{order_no}: order.paid events");
+        let (event_id, done) = outbox.get(order_no).copied().unwrap_or_else(|| panic!("{order_no}: no outbox row"));
+        assert!(done, "{order_no}: outbox row not delivered");
+        let ids: BTreeSet<&str> =
+            delivered.iter().filter(|d| &d.order_no == order_no).map(|d| d.event_id.as_str()).collect();
+        assert_eq!(ids, BTreeSet::from([event_id.to_string().as_str()]), "{order_no}: webhook event ids");
+        let posts: Vec<&Delivery> = delivered.iter().filter(|d| &d.order_no == order_no).collect();
+        if posts.len() > 1 {
+            // Only the kill may cause a repeat: B delivered, then died before recording it.
+            assert!(posts[0].at < killed_at, "{order_no}: delivered twice without a kill: {posts:?}");
+            assert!(posts[1..].iter().all(|d| d.at > killed_at), "{order_no}: {posts:?}");
+        }
+        redelivered += posts.len() - 1;
+    }
+    assert_eq!(outbox.len(), paid_at_wechat.len(), "no outbox row for an unpaid order");
+    // The rows B held when it died were delivered by someone else, after the kill.
+    for id in &taken_from_b {
+        let id = id.to_string();
+        assert!(
+            delivered.iter().any(|d| d.event_id == id && d.at > killed_at),
+            "event {id}, claimed by B when it was killed, was not delivered afterwards"
+        );
+    }
+    assert_eq!(delivered.len() - redelivered, paid_at_wechat.len());
+    eprintln!(
+        "multi-instance: {} paid orders, B killed after {paid_at_kill}/{phase2_users} phase-2 payments, \
+         {} webhook POSTs ({redelivered} repeated after the kill), {} claimed events taken over from B",
+        paid_at_wechat.len(),
+        delivered.len(),
+        taken_from_b.len()
+    );
+    assert!(!b_log_before.contains("panicked"), "{b_log_before}");
+
+    pool.close().await;
+    drop((a, b2));
+    if let Ok(sim) = Arc::try_unwrap(sim) {
+        sim.shutdown().await;
+    }
+    db.cleanup().await.unwrap();
+}
