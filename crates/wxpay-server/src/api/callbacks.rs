@@ -38,7 +38,8 @@ fn limits(state: &AppState) -> XmlLimits {
     XmlLimits { max_body: state.config.server.body_limit_bytes, ..XmlLimits::default() }
 }
 
-async fn record(
+/// Writes the inbox row; returns whether it was stored.
+async fn store_inbox(
     state: &AppState,
     kind: NotificationKind,
     out_trade_no: Option<&str>,
@@ -46,7 +47,7 @@ async fn record(
     verified: bool,
     outcome: &str,
     reason: Option<String>,
-) {
+) -> bool {
     let record = InboxRecord {
         kind,
         out_trade_no: out_trade_no.map(|s| s.chars().take(64).collect()),
@@ -56,10 +57,50 @@ async fn record(
         reason,
         received_at: state.clock.now(),
     };
-    if let Err(e) = state.store.record_notification(&record).await {
-        tracing::error!(error = %e, "could not write the notification inbox");
+    match state.store.record_notification(&record).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "could not write the notification inbox");
+            false
+        }
+    }
+}
+
+/// The inbox row (best effort: what was decided does not depend on it) and the metric.
+async fn record(
+    state: &AppState,
+    kind: NotificationKind,
+    out_trade_no: Option<&str>,
+    raw: &[u8],
+    verified: bool,
+    outcome: &str,
+    reason: Option<String>,
+) {
+    store_inbox(state, kind, out_trade_no, raw, verified, outcome, reason).await;
+    state.metrics.notification(kind.as_str(), outcome);
+}
+
+/// Acknowledges a message whose only record is its inbox row, once that row is stored;
+/// otherwise [`retry_later`].
+async fn acknowledge_once_stored(
+    state: &AppState,
+    kind: NotificationKind,
+    out_trade_no: Option<&str>,
+    raw: &[u8],
+    outcome: &str,
+    reason: Option<String>,
+) -> Response {
+    if !store_inbox(state, kind, out_trade_no, raw, true, outcome, reason).await {
+        return retry_later(state, kind);
     }
     state.metrics.notification(kind.as_str(), outcome);
+    xml_response(StatusCode::OK, reply_success())
+}
+
+/// FAIL with a 503 for a message we could not store: WeChat keeps it and retries.
+fn retry_later(state: &AppState, kind: NotificationKind) -> Response {
+    state.metrics.notification(kind.as_str(), "error");
+    xml_response(StatusCode::SERVICE_UNAVAILABLE, reply_fail("temporarily unavailable"))
 }
 
 /// Refuses a message: FAIL reply, a log line, a metric, an inbox row; nothing else changes.
@@ -98,9 +139,10 @@ pub async fn pay_notify(State(state): State<SharedState>, body: Body) -> Respons
         return refuse(&state, kind, Some(order_no), &raw, "wrong_merchant", e.to_string()).await;
     }
     if n.result_code != SUCCESS {
-        // An authentic report of a failed payment: nothing to change; acknowledge it.
-        record(&state, kind, Some(order_no), &raw, true, "not_paid", n.err_code_des.clone()).await;
-        return xml_response(StatusCode::OK, reply_success());
+        // An authentic report of a failed payment: nothing to change; acknowledge it once it
+        // is in the inbox.
+        let reason = n.err_code_des.clone();
+        return acknowledge_once_stored(&state, kind, Some(order_no), &raw, "not_paid", reason).await;
     }
     let event = OrderEvent::PaymentConfirmed {
         transaction_id: n.transaction_id.clone(),
@@ -127,8 +169,7 @@ pub async fn pay_notify(State(state): State<SharedState>, body: Body) -> Respons
         Err(e) => {
             // Not committed: FAIL so that WeChat retries.
             tracing::error!(order_no, error = %e, "could not record a verified payment; WeChat will retry");
-            state.metrics.notification(kind.as_str(), "error");
-            xml_response(StatusCode::SERVICE_UNAVAILABLE, reply_fail("temporarily unavailable"))
+            retry_later(&state, kind)
         }
     }
 }
@@ -220,17 +261,9 @@ pub async fn refund_notify(State(state): State<SharedState>, body: Body) -> Resp
         Ok(n) if n.mch_id == state.wechat.merchant().mch_id.as_str() => {
             let order_no = n.info.out_trade_no.to_string();
             tracing::info!(%order_no, out_refund_no = %n.info.out_refund_no, status = n.info.refund_status.as_str(), "refund result");
-            record(
-                &state,
-                kind,
-                Some(&order_no),
-                &raw,
-                true,
-                "recorded",
-                Some(n.info.refund_status.as_str().to_owned()),
-            )
-            .await;
-            xml_response(StatusCode::OK, reply_success())
+            // The inbox row is the only record of a refund result: no SUCCESS without it.
+            let status = Some(n.info.refund_status.as_str().to_owned());
+            acknowledge_once_stored(&state, kind, Some(&order_no), &raw, "recorded", status).await
         }
         Ok(n) => refuse(&state, kind, None, &raw, "wrong_merchant", format!("mch_id {}", n.mch_id)).await,
         Err(e) => refuse(&state, kind, None, &raw, "bad_refund_notification", e.to_string()).await,

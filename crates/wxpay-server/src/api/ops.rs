@@ -1,5 +1,8 @@
 //! Operations: health and Prometheus metrics.
 
+use std::future::Future;
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -8,10 +11,24 @@ use serde_json::json;
 
 use crate::state::SharedState;
 
-/// 200 when the database and the cache answer; 503 naming the one that does not.
+/// Bound on each check, so that `/healthz` answers even when a dependency hangs instead of
+/// failing (the store and cache have their own, shorter, timeouts on the usual paths).
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs one check under [`CHECK_TIMEOUT`]; `Some(reason)` when it failed.
+async fn check<T, E: std::fmt::Display>(probe: impl Future<Output = Result<T, E>>) -> Option<String> {
+    match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("no answer within {CHECK_TIMEOUT:?}")),
+    }
+}
+
+/// 200 when the database and the cache answer; 503 naming the one that does not. Both are
+/// checked at once, so a dead one costs one timeout, not the sum.
 pub async fn healthz(State(state): State<SharedState>) -> Response {
-    let database = state.store.count_orders_by_status().await.err().map(|e| e.to_string());
-    let cache = state.cache.resolve_token("healthz-probe").await.err().map(|e| e.to_string());
+    let (database, cache) =
+        tokio::join!(check(state.store.count_orders_by_status()), check(state.cache.resolve_token("healthz-probe")),);
     let healthy = database.is_none() && cache.is_none();
     let describe = |err: Option<String>| err.map_or_else(|| "ok".to_owned(), |e| format!("unavailable: {e}"));
     let body = json!({

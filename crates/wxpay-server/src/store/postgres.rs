@@ -44,11 +44,24 @@ pub struct PostgresOptions {
     /// How long an operation waits for a connection (including connecting) before failing, so
     /// that requests fail fast while the database is down instead of piling up.
     pub acquire_timeout: StdDuration,
+    /// Server-side `statement_timeout` of every connection: a statement running longer is
+    /// cancelled, so that a runaway query cannot hold a request (and its connection) forever.
+    /// Far above what any of our statements needs.
+    pub statement_timeout: StdDuration,
+    /// Server-side `lock_timeout` of every connection: a statement waiting longer for a lock
+    /// (a row held by a stuck transaction elsewhere) fails instead of queueing requests behind it.
+    /// Our transactions hold row locks for milliseconds, never across a WeChat call.
+    pub lock_timeout: StdDuration,
 }
 
 impl Default for PostgresOptions {
     fn default() -> Self {
-        PostgresOptions { max_connections: 16, acquire_timeout: StdDuration::from_secs(3) }
+        PostgresOptions {
+            max_connections: 16,
+            acquire_timeout: StdDuration::from_secs(3),
+            statement_timeout: StdDuration::from_secs(5),
+            lock_timeout: StdDuration::from_secs(3),
+        }
     }
 }
 
@@ -66,7 +79,13 @@ impl PostgresStore {
     }
 
     pub async fn connect_with(url: &str, options: &PostgresOptions) -> StoreResult<PostgresStore> {
-        let connect = PgConnectOptions::from_str(url)?;
+        // Startup parameters (`-c name=value`), in milliseconds; 0 would mean "no limit", so at
+        // least 1 ms.
+        let millis = |d: StdDuration| d.as_millis().max(1);
+        let connect = PgConnectOptions::from_str(url)?.options([
+            ("statement_timeout", millis(options.statement_timeout)),
+            ("lock_timeout", millis(options.lock_timeout)),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
             .acquire_timeout(options.acquire_timeout)
@@ -234,7 +253,16 @@ fn product_from_row(row: &PgRow) -> StoreResult<Product> {
 impl Store for PostgresStore {
     async fn migrate(&self) -> StoreResult<()> {
         // sqlx takes an advisory lock, so instances starting together migrate one at a time.
-        MIGRATOR.run(&self.pool).await?;
+        // Migrations are not requests: a waiting instance or a long index build must not hit the
+        // request timeouts, so they are lifted on this connection, which is then closed rather
+        // than returned to the pool without them.
+        let mut conn = self.pool.acquire().await?;
+        conn.close_on_drop();
+        sqlx::query("SET statement_timeout = 0").execute(&mut *conn).await?;
+        sqlx::query("SET lock_timeout = 0").execute(&mut *conn).await?;
+        // `run_direct` is `run` on a connection without the `Acquire` bound that async_trait's
+        // `Send` check cannot prove ("implementation of `Acquire` is not general enough").
+        MIGRATOR.run_direct(&mut *conn).await?;
         Ok(())
     }
 

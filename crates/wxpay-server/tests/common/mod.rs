@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -342,4 +344,58 @@ pub fn rand_suffix() -> String {
     use rand::Rng;
     let n: u64 = rand::thread_rng().gen();
     format!("{n:016x}")
+}
+
+/// The `REDIS_URL` to test against, when it names a Redis server (`redis://`); otherwise prints a
+/// note naming `what` is skipped and returns `None` (as the harness then uses the memory cache).
+pub fn redis_url_or_skip(what: &str) -> Option<String> {
+    match std::env::var("REDIS_URL") {
+        Ok(url) if url.starts_with("redis://") => Some(url),
+        Ok(_) => {
+            eprintln!("note: REDIS_URL is not a redis:// URL; skipping the Redis test `{what}`");
+            None
+        }
+        Err(_) => {
+            eprintln!("note: REDIS_URL is not set; skipping the Redis test `{what}`");
+            None
+        }
+    }
+}
+
+/// `host:port` of a service URL (`default_port` when it names none), for [`proxy::TcpProxy::start`].
+pub fn url_host_port(service_url: &str, default_port: u16) -> String {
+    let url = url::Url::parse(service_url).expect("a service URL");
+    let host = url.host_str().expect("a service URL with a host");
+    format!("{host}:{}", url.port().unwrap_or(default_port))
+}
+
+/// `service_url` with its host and port replaced by `addr` (user, database, query kept).
+pub fn url_via(service_url: &str, addr: std::net::SocketAddr) -> String {
+    let mut url = url::Url::parse(service_url).expect("a service URL");
+    url.set_host(Some(&addr.ip().to_string())).expect("a URL that can have a host");
+    url.set_port(Some(addr.port())).expect("a URL that can have a port");
+    url.into()
+}
+
+/// A refund-result notification for an order as WeChat would send it (`req_info` encrypted with
+/// `key`), as the XML body.
+pub fn refund_notification(order_no: &str, out_refund_no: &str, total_fee: u64, key: &str) -> String {
+    let mut inner = wxpay_proto::Fields::new();
+    inner
+        .set("transaction_id", "4200000000202401010000000001")
+        .set("out_trade_no", order_no)
+        .set("refund_id", "50000000000000000000000000001")
+        .set("out_refund_no", out_refund_no)
+        .set("total_fee", total_fee.to_string())
+        .set("refund_fee", total_fee.to_string())
+        .set("refund_status", "SUCCESS")
+        .set("success_time", "2024-01-01 12:00:00");
+    let mut outer = wxpay_proto::Fields::new();
+    outer
+        .set("return_code", "SUCCESS")
+        .set("appid", APPID)
+        .set("mch_id", MCH_ID)
+        .set("nonce_str", "5K8264ILTKCH16CQ2502SI8ZNMTM67VS")
+        .set("req_info", wxpay_proto::msg::refund::encrypt_req_info(&inner, &ApiKey::new(key)));
+    wxpay_proto::xml::to_xml(&outer)
 }
