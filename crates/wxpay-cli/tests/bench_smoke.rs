@@ -1,17 +1,27 @@
 //! CI smoke of `wxpay bench`: each scenario runs a few flows in-process (simulator, server and
 //! SQLite in a temp dir) and must exit 0 with a sane JSON report. No performance thresholds.
+//! With DATABASE_URL (postgres://) and REDIS_URL set, also two in-process instances sharing them.
 
 use std::process::Command;
 
 use serde_json::Value;
 
 fn bench(scenario: &str, count: u64, concurrency: u64) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_wxpay"))
+    bench_with(scenario, count, concurrency, &[])
+}
+
+fn wxpay_bench(scenario: &str, count: u64, concurrency: u64, extra: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_wxpay"))
         .args(["bench", "--scenario", scenario, "--count", &count.to_string()])
         .args(["--concurrency", &concurrency.to_string(), "--json", "--quiet"])
+        .args(extra)
         .env_remove("WXPAY_DATABASE__URL")
         .output()
-        .expect("the wxpay binary runs");
+        .expect("the wxpay binary runs")
+}
+
+fn bench_with(scenario: &str, count: u64, concurrency: u64, extra: &[&str]) -> Value {
+    let out = wxpay_bench(scenario, count, concurrency, extra);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench {scenario} exited {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}", out.status);
@@ -66,4 +76,48 @@ fn reference_scenarios_smoke() {
     let r = bench("ref-axum", 50, 4);
     assert!(r.get("correctness").is_none(), "{r}");
     bench("ref-sqlite", 20, 4);
+}
+
+/// PostgreSQL and Redis URLs from DATABASE_URL and REDIS_URL, or `None` with a note.
+fn shared_services(what: &str) -> Option<(String, String)> {
+    let db =
+        std::env::var("DATABASE_URL").ok().filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"));
+    let redis = std::env::var("REDIS_URL").ok().filter(|u| u.starts_with("redis://"));
+    match (db, redis) {
+        (Some(db), Some(redis)) => Some((db, redis)),
+        _ => {
+            eprintln!("note: DATABASE_URL (postgres://) and REDIS_URL (redis://) are not both set; skipping `{what}`");
+            None
+        }
+    }
+}
+
+#[test]
+fn two_instances_on_postgres_and_redis() {
+    let Some((db, redis)) = shared_services("two_instances_on_postgres_and_redis") else { return };
+    let shared = ["--instances", "2", "--database-url", db.as_str(), "--cache-url", redis.as_str()];
+    let r = bench_with("miniprogram", 12, 4, &shared);
+    assert_correct(&r, 12);
+    assert_eq!(r["instances"], 2, "{r}");
+    assert!(r["store"].as_str().is_some_and(|s| s.starts_with("postgres")), "{r}");
+    assert!(r["cache"].as_str().is_some_and(|s| s.starts_with("redis://")), "{r}");
+    let r = bench_with("notify-storm", 20, 4, &shared);
+    assert_correct(&r, 20);
+    assert_eq!(r["instances"], 2, "{r}");
+    assert_eq!(r["notifications_acked"], 50, "{r}");
+}
+
+#[test]
+fn several_instances_need_postgres_and_redis() {
+    // Checked before anything starts, so no server needs to be reachable at these URLs.
+    for extra in [
+        &["--instances", "2"][..],
+        &["--instances", "2", "--cache-url", "redis://127.0.0.1:1"],
+        &["--instances", "2", "--database-url", "postgres://nobody@127.0.0.1:1/none"],
+    ] {
+        let out = wxpay_bench("miniprogram", 1, 1, extra);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} succeeded");
+        assert!(stderr.contains("--instances") && stderr.contains("redis://"), "{extra:?}: {stderr}");
+    }
 }

@@ -74,7 +74,8 @@ async fn check_one(t: &Target, e: &Expect) -> Result<bool, String> {
     };
     let resp = t
         .http
-        .get(format!("{}/admin/api/orders/{order_no}", t.server))
+        // Any instance sees the shared store.
+        .get(format!("{}/admin/api/orders/{order_no}", t.server(0)))
         .bearer_auth(&t.admin_token)
         .send()
         .await

@@ -1,6 +1,8 @@
 //! The mini-program flow, as a phone and its mini-program would drive it: wx.login, our login,
 //! create an order, get the payment parameters (unifiedorder), wx.requestPayment on the phone,
-//! then poll our order until the simulator's notification has made it PAID.
+//! then poll our order until the simulator's notification has made it PAID. With several
+//! instances, the login goes to one and the rest of the flow to the next, so the session, the
+//! order and its notification cross instances.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -25,10 +27,16 @@ impl Miniprogram {
     }
 }
 
-/// Polls `GET /api/orders/{no}` until PAID (each poll is an `api.poll` sample).
-pub async fn poll_until_paid(t: &Target, rec: &mut Recorder, token: &str, order_no: &str) -> Result<(), FlowError> {
+/// Polls `GET /api/orders/{no}` on instance `at` until PAID (each poll is an `api.poll` sample).
+pub async fn poll_until_paid(
+    t: &Target,
+    rec: &mut Recorder,
+    token: &str,
+    order_no: &str,
+    at: usize,
+) -> Result<(), FlowError> {
     let started = Instant::now();
-    let url = format!("{}/api/orders/{order_no}", t.server);
+    let url = format!("{}/api/orders/{order_no}", t.server(at));
     loop {
         let v = t.json(rec, "api.poll", t.get(url.clone(), Some(token))).await?;
         if v["status"] == "PAID" {
@@ -46,8 +54,9 @@ impl Flow for Miniprogram {
     async fn run(&self, t: &Target, vu: usize, seq: u64, rec: &mut Recorder) -> Result<(), FlowError> {
         // A new user per flow: jscode2session is rate-limited per user, as on WeChat.
         let user = format!("mp-{vu}-{seq}");
-        let token = t.login(rec, &user).await?;
-        let (order_no, _, params) = t.pending_order(rec, &token).await?;
+        let (login_at, order_at) = (seq as usize, seq as usize + 1);
+        let token = t.login(rec, &user, login_at).await?;
+        let (order_no, _, params) = t.pending_order(rec, &token, order_at).await?;
         self.orders.lock().unwrap_or_else(|p| p.into_inner()).push(order_no.clone());
         let mut pay = params;
         pay["user"] = json!(user);
@@ -57,6 +66,6 @@ impl Flow for Miniprogram {
         if paid["errMsg"] != "requestPayment:ok" {
             return Err(fail("sim.phone.pay", paid["errMsg"].as_str().unwrap_or("no errMsg")));
         }
-        poll_until_paid(t, rec, &token, &order_no).await
+        poll_until_paid(t, rec, &token, &order_no, order_at).await
     }
 }

@@ -1,6 +1,7 @@
 //! `wxpay bench`: a load generator. It starts the simulator and the server in-process (SQLite in
-//! a temp dir, or `--database-url`), or targets running ones (`--server URL --sim URL`), and runs
-//! virtual users through whole flows:
+//! a temp dir, or `--database-url`; with `--instances N`, N servers sharing PostgreSQL and
+//! Redis), or targets running ones (`--server URL --sim URL`), and runs virtual users through
+//! whole flows:
 //!
 //! * `miniprogram`: wx.login, our login, create order, pay (unifiedorder), the phone pays, the
 //!   simulator notifies us, the client polls until PAID;
@@ -26,6 +27,7 @@ use clap::ValueEnum;
 use serde_json::{json, Value};
 use wxpay_proto::clock::SystemClock;
 use wxpay_server::config::{sandbox, Config, Secret};
+use wxpay_server::store::postgres::testing::{is_postgres_url, FreshDatabase};
 
 mod check;
 mod miniprogram;
@@ -79,9 +81,18 @@ pub struct BenchArgs {
     /// Admin token of the target server (for the correctness check and the Native link).
     #[arg(long, env = "WXPAY_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
-    /// Store of the in-process server (default: SQLite in a fresh temp dir).
+    /// Store of the in-process server (default: SQLite in a fresh temp dir). With postgres://, a
+    /// fresh database is created on that server for the run and dropped at the end.
     #[arg(long)]
     pub database_url: Option<String>,
+    /// Session cache of the in-process servers: memory:// (default) or redis://... (keys under a
+    /// random prefix per run).
+    #[arg(long, conflicts_with = "server")]
+    pub cache_url: Option<String>,
+    /// In-process server instances (1 to 6), sharing the store and the cache; more than one needs
+    /// --database-url postgres://... and --cache-url redis://...
+    #[arg(long, default_value_t = 1, conflicts_with = "server")]
+    pub instances: usize,
     /// Client poll interval while waiting for PAID, in milliseconds.
     #[arg(long, default_value_t = 50)]
     pub poll_ms: u64,
@@ -96,7 +107,8 @@ pub struct BenchArgs {
 /// Where the flows go, and what they need to know.
 pub struct Target {
     pub http: reqwest::Client,
-    pub server: String,
+    /// Base URLs of the server instances (at least one).
+    pub servers: Vec<String>,
     pub sim: String,
     pub admin_token: String,
     pub appid: String,
@@ -104,7 +116,8 @@ pub struct Target {
     pub api_key: String,
     pub poll: Duration,
     pub live: Arc<Live>,
-    /// The in-process server's state, when there is one (to drain the outbox at the end).
+    /// The first in-process server's state, when there is one (to drain the outbox at the end;
+    /// the store is shared, so one is enough).
     pub state: Option<wxpay_server::state::SharedState>,
 }
 
@@ -129,6 +142,12 @@ fn classify(e: &reqwest::Error) -> &'static str {
 }
 
 impl Target {
+    /// The base URL of instance `i % N`: flows pick instances by number so that one flow's steps
+    /// cross instances.
+    pub fn server(&self, i: usize) -> &str {
+        &self.servers[i % self.servers.len()]
+    }
+
     /// Sends a request, timing it under `step`; the status and the body.
     pub async fn send(
         &self,
@@ -179,8 +198,8 @@ impl Target {
         }
     }
 
-    /// `wx.login` on the phone, then our `/api/mp/login`: the session token.
-    pub async fn login(&self, rec: &mut Recorder, user: &str) -> Result<String, FlowError> {
+    /// `wx.login` on the phone, then our `/api/mp/login` on instance `at`: the session token.
+    pub async fn login(&self, rec: &mut Recorder, user: &str, at: usize) -> Result<String, FlowError> {
         let code = self
             .json(
                 rec,
@@ -190,19 +209,29 @@ impl Target {
             .await?;
         let code = code["code"].as_str().ok_or_else(|| fail("sim.phone.login", "no code"))?;
         let login = self
-            .json(rec, "api.login", self.post(format!("{}/api/mp/login", self.server), None, &json!({"code": code})))
+            .json(
+                rec,
+                "api.login",
+                self.post(format!("{}/api/mp/login", self.server(at)), None, &json!({"code": code})),
+            )
             .await?;
         login["token"].as_str().map(str::to_owned).ok_or_else(|| fail("api.login", "no token"))
     }
 
-    /// Creates an order (one coffee) and gets its payment parameters: a PAYING order.
-    pub async fn pending_order(&self, rec: &mut Recorder, token: &str) -> Result<(String, u64, Value), FlowError> {
+    /// Creates an order (one coffee) and gets its payment parameters on instance `at`: a PAYING
+    /// order whose notification will go to that instance.
+    pub async fn pending_order(
+        &self,
+        rec: &mut Recorder,
+        token: &str,
+        at: usize,
+    ) -> Result<(String, u64, Value), FlowError> {
         let order = self
             .json(
                 rec,
                 "api.create_order",
                 self.post(
-                    format!("{}/api/orders", self.server),
+                    format!("{}/api/orders", self.server(at)),
                     Some(token),
                     &json!({"items": [{"product_id": "coffee", "quantity": 1}]}),
                 ),
@@ -214,7 +243,7 @@ impl Target {
             .json(
                 rec,
                 "api.pay",
-                self.post(format!("{}/api/orders/{order_no}/pay", self.server), Some(token), &json!({})),
+                self.post(format!("{}/api/orders/{order_no}/pay", self.server(at)), Some(token), &json!({})),
             )
             .await?;
         Ok((order_no, amount, params))
@@ -309,39 +338,135 @@ fn progress(live: Arc<Live>, label: String) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// The simulator and the server, in this process.
+/// Most in-process instances: each pools up to 16 PostgreSQL connections, and 6 x 16 stays under
+/// PostgreSQL's default `max_connections` (100).
+const MAX_INSTANCES: usize = 6;
+
+/// The simulator and the server instances, in this process.
 struct Embedded {
     sim: wxpay_sim::SimHandle,
-    server: wxpay_server::app::RunningServer,
-    database_url: String,
+    servers: Vec<wxpay_server::app::RunningServer>,
+    /// The store's URL for the report (no password).
+    store: String,
+    /// The run's own PostgreSQL database, dropped at the end.
+    fresh: Option<FreshDatabase>,
     _dir: tempfile::TempDir,
 }
 
-async fn start_embedded(args: &BenchArgs, admin_token: &str) -> anyhow::Result<Embedded> {
+impl Embedded {
+    async fn shutdown(self) {
+        for server in self.servers {
+            server.shutdown().await;
+        }
+        self.sim.shutdown().await;
+        if let Some(db) = self.fresh {
+            let name = db.name.clone();
+            if let Err(e) = db.cleanup().await {
+                eprintln!("warning: could not drop the bench database {name}: {e}");
+            }
+        }
+    }
+}
+
+/// Refuses settings that cannot work before anything is started.
+fn check_instances(args: &BenchArgs, cache_url: &str) -> anyhow::Result<()> {
+    if args.instances == 0 || args.instances > MAX_INSTANCES {
+        anyhow::bail!("--instances must be between 1 and {MAX_INSTANCES}");
+    }
+    if args.instances > 1 {
+        // Instances must see each other's orders and sessions: a temp SQLite file per run and an
+        // in-memory cache per process would not be shared the way a deployment shares them.
+        let postgres = args.database_url.as_deref().is_some_and(is_postgres_url);
+        if !postgres || !cache_url.starts_with("redis://") {
+            anyhow::bail!(
+                "--instances {} needs a shared store and session cache: --database-url postgres://... and \
+                 --cache-url redis://...",
+                args.instances
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn start_embedded(args: &BenchArgs, admin_token: &str, cache_url: &str) -> anyhow::Result<Embedded> {
     let dir = tempfile::tempdir()?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let server_url = format!("http://{}", listener.local_addr()?);
+    // A database of its own per run: repeated runs start empty and are comparable.
+    let fresh =
+        match args.database_url.as_deref() {
+            Some(url) if is_postgres_url(url) => Some(FreshDatabase::create(url).await.with_context(|| {
+                format!("creating a fresh database on {} (the user needs CREATEDB)", redact_url(url))
+            })?),
+            _ => None,
+        };
     // WXPAY_* variables still apply (e.g. WXPAY_DATABASE__SQLITE_SYNCHRONOUS=NORMAL).
     let mut config = Config::load(None)?;
-    config.server.public_url = server_url;
     config.server.admin_token = Secret(admin_token.to_owned());
-    config.database.url = match &args.database_url {
-        Some(url) => url.clone(),
-        None => format!("sqlite://{}", dir.path().join("bench.db").display()),
+    config.database.url = match (&fresh, &args.database_url) {
+        (Some(db), _) => db.url.clone(),
+        (None, Some(url)) => url.clone(),
+        (None, None) => format!("sqlite://{}", dir.path().join("bench.db").display()),
     };
+    config.cache.url = cache_url.to_owned();
+    if cache_url.starts_with("redis://") {
+        // Runs sharing one Redis must not see each other's sessions; and the run's keys expire
+        // soon after the longest run (1 h plus the check) instead of after the default 7 days.
+        config.cache.prefix = format!("wxpay-bench-{}:", uuid_like());
+        config.server.session_ttl_secs = 2 * 3600;
+    }
     config.simulator.enabled = true;
     config.orders.seed_demo_catalogue = true;
     config.workers.enabled = true;
     config.workers.tick_ms = 50;
+    let mut listeners = Vec::with_capacity(args.instances);
+    let mut configs = Vec::with_capacity(args.instances);
+    for _ in 0..args.instances.max(1) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let mut c = config.clone();
+        // Each instance's notify_url points at itself.
+        c.server.public_url = format!("http://{}", listener.local_addr()?);
+        listeners.push(listener);
+        configs.push(c);
+    }
+    // One simulator; its Native scan callback goes to instance 0.
     let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let sim_config = crate::run::embedded_sim_config(&config);
+    let sim_config = crate::run::embedded_sim_config(&configs[0]);
     let sim = wxpay_sim::serve(sim_config, sim_listener, Arc::new(SystemClock)).await?;
-    config.wechat.pay_base_url = sim.base_url();
-    config.wechat.sns_base_url = sim.base_url();
-    let database_url = config.database.url.clone();
-    let state = wxpay_server::app::build_state(config, Arc::new(SystemClock)).await?;
-    let server = wxpay_server::app::serve(state, listener).await?;
-    Ok(Embedded { sim, server, database_url, _dir: dir })
+    let mut servers = Vec::with_capacity(configs.len());
+    for (mut c, listener) in configs.into_iter().zip(listeners) {
+        c.wechat.pay_base_url = sim.base_url();
+        c.wechat.sns_base_url = sim.base_url();
+        let state = wxpay_server::app::build_state(c, Arc::new(SystemClock)).await?;
+        servers.push(wxpay_server::app::serve(state, listener).await?);
+    }
+    Ok(Embedded { sim, servers, store: redact_url(&config.database.url), fresh, _dir: dir })
+}
+
+/// `url` without a password (in the user info or a `password=` parameter), for reports.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some(("", _)) => host.to_owned(),
+            Some((user, _)) => format!("{user}@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let kept: Vec<&str> =
+                query.split('&').filter(|kv| !kv.to_ascii_lowercase().starts_with("password=")).collect();
+            if kept.is_empty() {
+                path.to_owned()
+            } else {
+                format!("{path}?{}", kept.join("&"))
+            }
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 fn http_client(concurrency: usize) -> anyhow::Result<reqwest::Client> {
@@ -368,6 +493,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if args.scenario == Scenario::NotifyStorm && count.is_none() {
         anyhow::bail!("notify-storm needs --count (the number of pending orders to prepare)");
     }
+    let cache_url = args.cache_url.clone().unwrap_or_else(|| "memory://".into());
+    check_instances(&args, &cache_url)?;
     let plan = Plan { count, deadline: None };
     let with_deadline =
         |p: Plan| Plan { deadline: args.duration.map(|d| Instant::now() + Duration::from_secs_f64(d)), ..p };
@@ -389,22 +516,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
 
     let http = http_client(args.concurrency)?;
-    let (embedded, server, sim, admin_token) = match (&args.server, &args.sim) {
+    let (embedded, servers, sim, admin_token) = match (&args.server, &args.sim) {
         (Some(server), Some(sim)) => {
             let token = args.admin_token.clone().context("--server needs --admin-token (or WXPAY_ADMIN_TOKEN)")?;
-            (None, server.trim_end_matches('/').to_owned(), sim.trim_end_matches('/').to_owned(), token)
+            (None, vec![server.trim_end_matches('/').to_owned()], sim.trim_end_matches('/').to_owned(), token)
         }
         _ => {
             let token = format!("bench-{}", uuid_like());
-            let e = start_embedded(&args, &token).await?;
-            let (server, sim) = (e.server.base_url(), e.sim.base_url());
-            (Some(e), server, sim, token)
+            let e = start_embedded(&args, &token, &cache_url).await?;
+            let servers = e.servers.iter().map(|s| s.base_url()).collect();
+            let sim = e.sim.base_url();
+            (Some(e), servers, sim, token)
         }
     };
     let live = Arc::new(Live::default());
     let target = Arc::new(Target {
         http,
-        server,
+        servers,
         sim,
         admin_token,
         appid: sandbox::APPID.into(),
@@ -412,33 +540,49 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         api_key: sandbox::API_KEY.into(),
         poll: Duration::from_millis(args.poll_ms.max(1)),
         live: live.clone(),
-        state: embedded.as_ref().map(|e| e.server.state.clone()),
+        state: embedded.as_ref().and_then(|e| e.servers.first()).map(|s| s.state.clone()),
     });
     let ticker = (!args.quiet).then(|| progress(live.clone(), args.scenario.name()));
-    let outcome: anyhow::Result<(Recorder, Duration, Value, Vec<check::Expect>)> = match args.scenario {
-        Scenario::Miniprogram => {
-            let flow = Arc::new(miniprogram::Miniprogram::default());
-            let (rec, elapsed) = drive(&target, &flow, args.concurrency, with_deadline(plan)).await?;
-            Ok((rec, elapsed, json!({}), flow.expectations()))
+    let outcome: anyhow::Result<(Recorder, Duration, Value, Vec<check::Expect>)> = async {
+        match args.scenario {
+            Scenario::Miniprogram => {
+                let flow = Arc::new(miniprogram::Miniprogram::default());
+                let (rec, elapsed) = drive(&target, &flow, args.concurrency, with_deadline(plan)).await?;
+                Ok((rec, elapsed, json!({}), flow.expectations()))
+            }
+            Scenario::Native => {
+                let flow = Arc::new(native::Native::new(&target).await?);
+                let (rec, elapsed) = drive(&target, &flow, args.concurrency, with_deadline(plan)).await?;
+                Ok((rec, elapsed, json!({}), flow.expectations()))
+            }
+            Scenario::NotifyStorm => notify_storm::run(&target, args.concurrency, plan, args.duration).await,
+            Scenario::RefAxum | Scenario::RefSqlite => unreachable!("handled above"),
         }
-        Scenario::Native => {
-            let flow = Arc::new(native::Native::new(&target).await?);
-            let (rec, elapsed) = drive(&target, &flow, args.concurrency, with_deadline(plan)).await?;
-            Ok((rec, elapsed, json!({}), flow.expectations()))
-        }
-        Scenario::NotifyStorm => notify_storm::run(&target, args.concurrency, plan, args.duration).await,
-        Scenario::RefAxum | Scenario::RefSqlite => unreachable!("handled above"),
-    };
+    }
+    .await;
     if let Some(t) = ticker {
         t.abort();
     }
-    let (rec, elapsed, extra, expectations) = outcome?;
+    let (rec, elapsed, extra, expectations) = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            // Stop the servers before their database is dropped.
+            drop(target);
+            if let Some(e) = embedded {
+                e.shutdown().await;
+            }
+            return Err(e);
+        }
+    };
     let rss_after_load = stats::rss_mib();
     let verdict = check::run(&target, expectations).await;
     let mut report = report(&args, count, rec, elapsed, extra, Some(&verdict));
     if let Some((now, peak)) = rss_after_load {
         report["rss_mib"] = json!({
-            "process": "bench + simulator + server (in-process)",
+            "process": match target.servers.len() {
+                1 => "bench + simulator + server (in-process)".to_owned(),
+                n => format!("bench + simulator + {n} servers (in-process)"),
+            },
             "after_load": (now * 10.0).round() / 10.0,
             "peak": (peak * 10.0).round() / 10.0,
         });
@@ -446,12 +590,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             report["rss_mib"]["process"] = json!("load generator only");
         }
     }
-    report["store"] = json!(embedded.as_ref().map(|e| e.database_url.clone()).unwrap_or_else(|| "remote".into()));
+    report["instances"] = json!(target.servers.len());
+    report["store"] = json!(embedded.as_ref().map(|e| e.store.clone()).unwrap_or_else(|| "remote".into()));
+    report["cache"] = json!(if embedded.is_some() { redact_url(&cache_url) } else { "remote".into() });
     print(&args, &report);
     drop(target);
     if let Some(e) = embedded {
-        e.server.shutdown().await;
-        e.sim.shutdown().await;
+        e.shutdown().await;
     }
     let ok = verdict.ok && report["completed"].as_u64().unwrap_or(0) > 0;
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
@@ -523,6 +668,13 @@ fn print(args: &BenchArgs, report: &Value) {
         report["failed"],
         report["elapsed_secs"].as_f64().unwrap_or(0.0),
     );
+    if let Some(n) = report.get("instances") {
+        println!(
+            "instances {n} | store {} | cache {}",
+            report["store"].as_str().unwrap_or("?"),
+            report["cache"].as_str().unwrap_or("?")
+        );
+    }
     println!("throughput: {} flows/s, {} requests/s", report["flows_per_sec"], report["requests_per_sec"]);
     if let Some(n) = report.get("notifications_acked") {
         println!("notifications acknowledged: {n} ({} /s)", report["notifications_per_sec"]);
@@ -573,6 +725,28 @@ fn print(args: &BenchArgs, report: &Value) {
             for e in ex {
                 println!("  {}", e.as_str().unwrap_or("?"));
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn report_urls_carry_no_password() {
+        assert_eq!(redact_url("postgres://u:s3cret@db:5432/app"), "postgres://u@db:5432/app");
+        assert_eq!(redact_url("redis://:s3cret@cache:6379/0"), "redis://cache:6379/0");
+        assert_eq!(
+            redact_url("postgres://u@db/app?sslmode=require&password=s3cret"),
+            "postgres://u@db/app?sslmode=require"
+        );
+        assert_eq!(redact_url("postgres://db/app?password=s3cret"), "postgres://db/app");
+        // Nothing to hide: unchanged.
+        for url in
+            ["postgres://postgres@127.0.0.1:5432/test", "redis://127.0.0.1:6379", "memory://", "sqlite:///tmp/x.db"]
+        {
+            assert_eq!(redact_url(url), url);
         }
     }
 }

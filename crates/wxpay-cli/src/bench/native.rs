@@ -1,6 +1,8 @@
 //! The Native mode-1 flow: a user scans the product's QR link (the simulator runs our scan
 //! callback, which creates the order and calls unifiedorder; then the user pays), and the
-//! notification makes the order PAID, which the till sees through the admin API.
+//! notification makes the order PAID, which the till sees through the admin API. The simulator
+//! sends every scan to instance 0 (so its notifications go there too); with several instances the
+//! till polls through all of them in turn.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -24,7 +26,7 @@ impl Native {
     pub async fn new(t: &Target) -> anyhow::Result<Native> {
         let resp = t
             .http
-            .get(format!("{}/admin/api/products/cola/link", t.server))
+            .get(format!("{}/admin/api/products/cola/link", t.server(0)))
             .bearer_auth(&t.admin_token)
             .send()
             .await
@@ -57,7 +59,7 @@ impl Flow for Native {
         };
         self.orders.lock().unwrap_or_else(|p| p.into_inner()).push(order_no.to_owned());
         let started = Instant::now();
-        let url = format!("{}/admin/api/orders/{order_no}", t.server);
+        let url = format!("{}/admin/api/orders/{order_no}", t.server(seq as usize + 1));
         loop {
             let v = t.json(rec, "admin.poll", t.get(url.clone(), Some(&t.admin_token))).await?;
             if v["order"]["status"] == "PAID" {

@@ -3,6 +3,8 @@
 //! signed payment notification 2 or 3 times concurrently, as WeChat's duplicate deliveries do.
 //! Every reply must be XML `return_code=SUCCESS`, and every order must end PAID with exactly one
 //! `order.paid` event. Throughput is acknowledged notifications per second of the storm phase.
+//! With several instances, the copies of one notification go to different instances at once, so
+//! the exactly-once guarantee is exercised across instances.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,18 +36,19 @@ struct Prepare {
 }
 
 impl Flow for Prepare {
-    async fn run(&self, t: &Target, vu: usize, _seq: u64, rec: &mut Recorder) -> Result<(), FlowError> {
+    async fn run(&self, t: &Target, vu: usize, seq: u64, rec: &mut Recorder) -> Result<(), FlowError> {
         let session = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&vu).cloned();
         let (user, token) = match session {
             Some(s) => s,
             None => {
                 let user = format!("ns-{vu}-{}", std::process::id());
-                let token = t.login(rec, &user).await?;
+                let token = t.login(rec, &user, vu).await?;
                 self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(vu, (user.clone(), token.clone()));
                 (user, token)
             }
         };
-        let (order_no, amount, _) = t.pending_order(rec, &token).await?;
+        // Sessions are used on other instances than the one that issued them.
+        let (order_no, amount, _) = t.pending_order(rec, &token, vu + seq as usize + 1).await?;
         let openid = wxpay_sim::derive_openid(&t.appid, &user);
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).push(Pending { order_no, amount, openid });
         Ok(())
@@ -93,13 +96,14 @@ impl Storm {
     }
 }
 
-/// One POST of a notification: its latency and whether the reply was XML SUCCESS.
-async fn notify_once(t: &Target, body: &str) -> (Duration, Result<(), String>) {
+/// One POST of a notification to instance `at`: its latency and whether the reply was XML
+/// SUCCESS.
+async fn notify_once(t: &Target, body: &str, at: usize) -> (Duration, Result<(), String>) {
     let start = Instant::now();
     t.live.requests.fetch_add(1, Ordering::Relaxed);
     let sent = t
         .http
-        .post(format!("{}/wxpay/notify", t.server))
+        .post(format!("{}/wxpay/notify", t.server(at)))
         .header("content-type", "text/xml")
         .body(body.to_owned())
         .send()
@@ -124,9 +128,10 @@ impl Flow for Storm {
         let body = self.body(t, i)?;
         let copies = 2 + i % 2;
         let started = Instant::now();
-        let (a, b, c) = tokio::join!(notify_once(t, &body), notify_once(t, &body), async {
+        // Copy k goes to instance (i + k) % N: different instances at once, the load spread evenly.
+        let (a, b, c) = tokio::join!(notify_once(t, &body, i), notify_once(t, &body, i + 1), async {
             if copies == 3 {
-                Some(notify_once(t, &body).await)
+                Some(notify_once(t, &body, i + 2).await)
             } else {
                 None
             }

@@ -54,7 +54,7 @@ impl Flow for Commit {
 fn target(live: Arc<Live>, http: reqwest::Client, base: String) -> Arc<Target> {
     Arc::new(Target {
         http,
-        server: base.clone(),
+        servers: vec![base.clone()],
         sim: base,
         admin_token: String::new(),
         appid: String::new(),
