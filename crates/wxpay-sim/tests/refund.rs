@@ -91,7 +91,10 @@ async fn partial_refunds_idempotency_query_and_notification() {
     assert_eq!(client.call(&none).await.unwrap_err().err_code(), Some("REFUNDNOTEXIST"));
 
     // The refund notification: only R1 asked for one (no platform URL configured).
-    assert!(wait_until(|| refund_rx.count() == 1).await);
+    // The receiver sees the body before the simulator records the attempt's outcome: wait for both.
+    let refund_attempt_recorded =
+        || sim.handle.notifications(Some("RF1")).iter().any(|a| a.kind == NotifyKind::Refund);
+    assert!(wait_until(|| refund_rx.count() == 1 && refund_attempt_recorded()).await);
     let body = refund_rx.bodies()[0].clone();
     let outer = wxpay_proto::xml::parse(&body).unwrap();
     assert!(outer.get("sign").is_none(), "refund notifications carry no outer sign");
