@@ -92,8 +92,7 @@ async fn partial_refunds_idempotency_query_and_notification() {
 
     // The refund notification: only R1 asked for one (no platform URL configured).
     // The receiver sees the body before the simulator records the attempt's outcome: wait for both.
-    let refund_attempt_recorded =
-        || sim.handle.notifications(Some("RF1")).iter().any(|a| a.kind == NotifyKind::Refund);
+    let refund_attempt_recorded = || sim.handle.notifications(Some("RF1")).iter().any(|a| a.kind == NotifyKind::Refund);
     assert!(wait_until(|| refund_rx.count() == 1 && refund_attempt_recorded()).await);
     let body = refund_rx.bodies()[0].clone();
     let outer = wxpay_proto::xml::parse(&body).unwrap();
