@@ -587,6 +587,7 @@ pub async fn notification_inbox_keeps_everything(h: &dyn StoreHarness) {
 
 pub async fn counts_orders_by_status(h: &dyn StoreHarness) {
     let store = h.open().await;
+    store.ping().await.unwrap();
     let order = seed_order(&*store).await;
     for i in 0..3 {
         store

@@ -250,6 +250,9 @@ pub trait Store: Send + Sync {
 
     /// Every status with its count (statuses with no orders included as 0).
     async fn count_orders_by_status(&self) -> StoreResult<Vec<(OrderStatus, i64)>>;
+
+    /// One round trip to the database, for health checks (cheap whatever the table sizes).
+    async fn ping(&self) -> StoreResult<()>;
 }
 
 /// The payload of the `order.paid` outbox event: what fulfilment needs, without a second read.

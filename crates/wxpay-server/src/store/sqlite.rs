@@ -675,6 +675,11 @@ impl Store for SqliteStore {
         rows.iter().map(outbox_from_row).collect()
     }
 
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn count_orders_by_status(&self) -> StoreResult<Vec<(OrderStatus, i64)>> {
         let rows =
             sqlx::query("SELECT status, COUNT(*) AS n FROM orders GROUP BY status").fetch_all(&self.pool).await?;
