@@ -470,6 +470,9 @@ async fn slow_unifiedorder_answers_fail_within_the_budget() {
     assert_eq!(orders[0]["status"], "CREATED");
     assert!(orders[0]["prepay_id"].is_null(), "{}", orders[0]);
     let order_no = orders[0]["order_no"].as_str().unwrap().to_owned();
+    // The refused scan is in the order's history, not only in the unattached inbox.
+    let detail = env.admin_detail(&order_no).await;
+    assert_eq!(inbox_with_outcome(&detail, "refused").len(), 1, "{detail}");
 
     // WeChat did make the order (only its answer was late); scanning again reuses our order,
     // unifiedorder with the same parameters is accepted, and the user pays.

@@ -207,9 +207,11 @@ pub async fn native_scan(State(state): State<SharedState>, body: Body) -> Respon
             record(&state, kind, Some(order_no.as_str()), &raw, true, "prepay", None).await;
             ScanReply::Prepay { prepay_id }
         }
-        Err((text, why)) => {
-            tracing::warn!(product_id = %callback.product_id, %why, "scan refused");
-            record(&state, kind, None, &raw, true, "refused", Some(why)).await;
+        Err(refusal) => {
+            let ScanRefusal { text, why, order_no } = refusal;
+            tracing::warn!(product_id = %callback.product_id, order_no = ?order_no.as_ref().map(|n| n.as_str()), %why, "scan refused");
+            // The order, when one was already made, so that the refusal shows in its history.
+            record(&state, kind, order_no.as_ref().map(|n| n.as_str()), &raw, true, "refused", Some(why)).await;
             ScanReply::Refused { err_code_des: text.to_owned() }
         }
     };
@@ -217,36 +219,55 @@ pub async fn native_scan(State(state): State<SharedState>, body: Body) -> Respon
     xml_response(StatusCode::OK, xml::to_xml(&fields))
 }
 
+/// Why a scan got no prepay_id: the text the user sees, the reason for the log, and the order
+/// when one had been created or reused before the refusal.
+struct ScanRefusal {
+    text: &'static str,
+    why: String,
+    order_no: Option<wxpay_proto::OutTradeNo>,
+}
+
+impl ScanRefusal {
+    fn before_order(text: &'static str, why: impl Into<String>) -> ScanRefusal {
+        ScanRefusal { text, why: why.into(), order_no: None }
+    }
+}
+
 /// Scan -> order (reusing a still-payable one of the same user and product) -> NATIVE prepay.
-/// Errors carry the text the user sees and the reason for the log.
 async fn scan_to_prepay(
     state: &AppState,
     callback: &ScanCallback,
-) -> Result<(wxpay_proto::OutTradeNo, wxpay_proto::PrepayId), (&'static str, String)> {
+) -> Result<(wxpay_proto::OutTradeNo, wxpay_proto::PrepayId), ScanRefusal> {
+    let busy = |e: &dyn std::fmt::Display| ScanRefusal::before_order(scan_text::BUSY, e.to_string());
     let now = state.clock.now();
-    let product = state.store.get_product(&callback.product_id).await.map_err(|e| (scan_text::BUSY, e.to_string()))?;
+    let product = state.store.get_product(&callback.product_id).await.map_err(|e| busy(&e))?;
     match product {
         Some(p) if p.active => {}
-        _ => return Err((scan_text::UNKNOWN_PRODUCT, format!("unknown or inactive product {}", callback.product_id))),
+        _ => {
+            return Err(ScanRefusal::before_order(
+                scan_text::UNKNOWN_PRODUCT,
+                format!("unknown or inactive product {}", callback.product_id),
+            ))
+        }
     }
     let existing = state
         .store
         .find_payable_native_order(&callback.openid, &callback.product_id, now)
         .await
-        .map_err(|e| (scan_text::BUSY, e.to_string()))?;
+        .map_err(|e| busy(&e))?;
     let order = match existing {
         Some(order) if order.expires_at - now >= payments::MIN_PAYABLE_WINDOW => order,
         _ => payments::create_order(state, &callback.openid, TradeType::Native, &[(callback.product_id.clone(), 1)])
             .await
-            .map_err(|e| (scan_text::BUSY, e.to_string()))?,
+            .map_err(|e| busy(&e))?,
     };
     let budget = Duration::from_millis(state.config.wechat.scan_unifiedorder_timeout_ms);
     match payments::ensure_prepay(state, &order, &state.config.server.server_ip, Some(budget)).await {
         Ok(prepay) => Ok((order.order_no, prepay)),
         Err(AppError { code: "ORDER_PAID" | "ORDER_CLOSED" | "ORDER_EXPIRED", message, .. }) => {
-            Err((scan_text::CLOSED, message))
+            Err(ScanRefusal { text: scan_text::CLOSED, why: message, order_no: Some(order.order_no) })
         }
-        Err(e) => Err((scan_text::BUSY, e.to_string())),
+        Err(e) => Err(ScanRefusal { text: scan_text::BUSY, why: e.to_string(), order_no: Some(order.order_no) }),
     }
 }
 
