@@ -36,11 +36,19 @@ pub async fn run(state: SharedState, tick: Duration, mut shutdown: watch::Receiv
         if *shutdown.borrow() {
             break;
         }
-        if let Err(e) = reconciler::reconcile_once(&state).await {
-            tracing::warn!(error = %e, "reconciler step failed");
+        // A step never outlives the lease on what it claimed (e.g. stuck on a silent network):
+        // past it, another instance may be doing the same work, so this one is cancelled.
+        // Its unfinished items stay leased until the lease lapses, then are claimed again.
+        let bound = lease(&state).to_std().unwrap_or(Duration::from_secs(60));
+        match tokio::time::timeout(bound, reconciler::reconcile_once(&state)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "reconciler step failed"),
+            Err(_) => tracing::warn!("reconciler step cancelled: it outlived its lease"),
         }
-        if let Err(e) = outbox::deliver_once(&state).await {
-            tracing::warn!(error = %e, "outbox step failed");
+        match tokio::time::timeout(bound, outbox::deliver_once(&state)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "outbox step failed"),
+            Err(_) => tracing::warn!("outbox step cancelled: it outlived its lease"),
         }
     }
 }
