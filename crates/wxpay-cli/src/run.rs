@@ -102,7 +102,7 @@ pub async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     println!("  mini-program API  {}/api/...", server.base_url());
     println!("  WeChat callbacks  {}/wxpay/notify, {}/wxpay/native/scan", server.base_url(), server.base_url());
     println!("  health, metrics   {}/healthz, {}/metrics", server.base_url(), server.base_url());
-    println!("  database          {}", config.database.url);
+    println!("  database          {}", wxpay_server::config::redacted_url(&config.database.url));
     if config.server.admin_token.is_empty() {
         println!("  admin token       {admin_token}   (generated: set server.admin_token to keep one)");
     }

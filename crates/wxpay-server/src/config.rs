@@ -97,7 +97,7 @@ pub struct WechatConfig {
     pub client_key_pem: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// `sqlite://PATH` (or a bare path) or `postgres://...`.
@@ -106,7 +106,7 @@ pub struct DatabaseConfig {
     pub sqlite_synchronous: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
     /// `memory://` or `redis://...`.
@@ -189,6 +189,44 @@ impl Default for WechatConfig {
             client_cert_pem: None,
             client_key_pem: None,
         }
+    }
+}
+
+/// `url` with any password removed (from the user info, or a query parameter whose name contains
+/// "password"), for printing. Database and Redis URLs may carry credentials.
+pub fn redacted_url(url: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        // Not a URL (e.g. a bare SQLite path): nothing that looks like a credential to strip.
+        return url.to_owned();
+    };
+    let _ = parsed.set_password(None);
+    if parsed.query().is_some() {
+        let kept: Vec<(String, String)> = parsed
+            .query_pairs()
+            .filter(|(k, _)| !k.to_ascii_lowercase().contains("password"))
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        if kept.is_empty() {
+            parsed.set_query(None);
+        } else {
+            parsed.query_pairs_mut().clear().extend_pairs(kept);
+        }
+    }
+    parsed.to_string()
+}
+
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redacted_url(&self.url))
+            .field("sqlite_synchronous", &self.sqlite_synchronous)
+            .finish()
+    }
+}
+
+impl fmt::Debug for CacheConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CacheConfig").field("url", &redacted_url(&self.url)).field("prefix", &self.prefix).finish()
     }
 }
 
@@ -295,6 +333,16 @@ impl Config {
         if self.simulator.time_scale.is_nan() || self.simulator.time_scale <= 0.0 {
             return Err(invalid("simulator.time_scale", "must be greater than 0"));
         }
+        for (field, ms) in
+            [("wechat.timeout_ms", self.wechat.timeout_ms), ("webhook.timeout_ms", self.webhook.timeout_ms)]
+        {
+            if !(100..=600_000).contains(&ms) {
+                return Err(invalid(field, "must be between 100 and 600000 (10 minutes)"));
+            }
+        }
+        if self.workers.lease_secs > 24 * 3600 {
+            return Err(invalid("workers.lease_secs", "must be at most 86400 (one day)"));
+        }
         if self.workers.lease_secs.saturating_mul(1000) <= self.longest_worker_call().as_millis() as u64 {
             return Err(invalid(
                 "workers.lease_secs",
@@ -348,9 +396,26 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted_in_debug() {
-        let c = Config::default();
+        let mut c = Config::default();
+        c.database.url = "postgres://wxpay:db-s3cret@db.internal/wxpay".into();
+        c.cache.url = "redis://:cache-s3cret@cache.internal:6379/0".into();
         let dbg = format!("{c:?}");
         assert!(!dbg.contains(sandbox::API_KEY) && !dbg.contains(sandbox::APP_SECRET), "{dbg}");
+        assert!(!dbg.contains("s3cret") && dbg.contains("db.internal"), "{dbg}");
+    }
+
+    #[test]
+    fn urls_lose_their_passwords_for_printing() {
+        assert_eq!(redacted_url("postgres://u:s3cret@db:5432/app"), "postgres://u@db:5432/app");
+        assert_eq!(redacted_url("redis://:s3cret@cache:6379/0"), "redis://cache:6379/0");
+        assert_eq!(
+            redacted_url("postgres://u@db/app?sslmode=require&password=s3cret&sslpassword=x"),
+            "postgres://u@db/app?sslmode=require"
+        );
+        assert_eq!(redacted_url("postgres://db/app?password=s3cret"), "postgres://db/app");
+        for kept in ["sqlite://./data/wxpay.db", "memory://", "postgres://postgres@127.0.0.1:5432/test", "x.db"] {
+            assert_eq!(redacted_url(kept), kept);
+        }
     }
 
     #[test]
@@ -368,6 +433,9 @@ mod tests {
             jail.create_file("lease.toml", "[workers]\nlease_secs = 15\n[wechat]\ntimeout_ms = 10000\n")?;
             let err = Config::load(Some(Path::new("lease.toml"))).unwrap_err().to_string();
             assert!(err.contains("workers.lease_secs"), "{err}");
+            jail.create_file("zero.toml", "[webhook]\ntimeout_ms = 0\n")?;
+            let err = Config::load(Some(Path::new("zero.toml"))).unwrap_err().to_string();
+            assert!(err.contains("webhook.timeout_ms"), "{err}");
             jail.create_file("typo.toml", "[server]\nlisten_addr = \"1\"\n")?;
             assert!(Config::load(Some(Path::new("typo.toml"))).is_err());
             Ok(())

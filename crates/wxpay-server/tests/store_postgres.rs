@@ -234,7 +234,7 @@ async fn outbox_failure_text_with_nul_is_kept_readable() {
     let order = seed_order(&store).await;
     store.apply_event(&order.order_no, &payment("TX-1", order.amount), t0()).await.unwrap();
     let claimed = store.claim_outbox(t0(), "w", Duration::seconds(30), 10).await.unwrap();
-    store.outbox_failed(claimed[0].id, t0() + Duration::minutes(1), "bad\0reply").await.unwrap();
+    assert!(store.outbox_failed(claimed[0].id, "w", t0() + Duration::minutes(1), "bad\0reply").await.unwrap());
     let ev = &store.outbox_for_order(&order.order_no).await.unwrap()[0];
     assert_eq!((ev.attempts, ev.last_error.as_deref()), (1, Some("bad\u{FFFD}reply")));
     store.close().await;

@@ -26,7 +26,7 @@ use anyhow::Context;
 use clap::ValueEnum;
 use serde_json::{json, Value};
 use wxpay_proto::clock::SystemClock;
-use wxpay_server::config::{sandbox, Config, Secret};
+use wxpay_server::config::{redacted_url, sandbox, Config, Secret};
 use wxpay_server::store::postgres::testing::{is_postgres_url, FreshDatabase};
 
 mod check;
@@ -391,13 +391,12 @@ fn check_instances(args: &BenchArgs, cache_url: &str) -> anyhow::Result<()> {
 async fn start_embedded(args: &BenchArgs, admin_token: &str, cache_url: &str) -> anyhow::Result<Embedded> {
     let dir = tempfile::tempdir()?;
     // A database of its own per run: repeated runs start empty and are comparable.
-    let fresh =
-        match args.database_url.as_deref() {
-            Some(url) if is_postgres_url(url) => Some(FreshDatabase::create(url).await.with_context(|| {
-                format!("creating a fresh database on {} (the user needs CREATEDB)", redact_url(url))
-            })?),
-            _ => None,
-        };
+    let fresh = match args.database_url.as_deref() {
+        Some(url) if is_postgres_url(url) => Some(FreshDatabase::create(url).await.with_context(|| {
+            format!("creating a fresh database on {} (the user needs CREATEDB)", redacted_url(url))
+        })?),
+        _ => None,
+    };
     // WXPAY_* variables still apply (e.g. WXPAY_DATABASE__SQLITE_SYNCHRONOUS=NORMAL).
     let mut config = Config::load(None)?;
     config.server.admin_token = Secret(admin_token.to_owned());
@@ -438,35 +437,7 @@ async fn start_embedded(args: &BenchArgs, admin_token: &str, cache_url: &str) ->
         let state = wxpay_server::app::build_state(c, Arc::new(SystemClock)).await?;
         servers.push(wxpay_server::app::serve(state, listener).await?);
     }
-    Ok(Embedded { sim, servers, store: redact_url(&config.database.url), fresh, _dir: dir })
-}
-
-/// `url` without a password (in the user info or a `password=` parameter), for reports.
-fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some(("", _)) => host.to_owned(),
-            Some((user, _)) => format!("{user}@{host}"),
-            None => authority.to_owned(),
-        },
-        None => authority.to_owned(),
-    };
-    let tail = match tail.split_once('?') {
-        Some((path, query)) => {
-            let kept: Vec<&str> =
-                query.split('&').filter(|kv| !kv.to_ascii_lowercase().starts_with("password=")).collect();
-            if kept.is_empty() {
-                path.to_owned()
-            } else {
-                format!("{path}?{}", kept.join("&"))
-            }
-        }
-        None => tail.to_owned(),
-    };
-    format!("{scheme}://{authority}{tail}")
+    Ok(Embedded { sim, servers, store: redacted_url(&config.database.url), fresh, _dir: dir })
 }
 
 fn http_client(concurrency: usize) -> anyhow::Result<reqwest::Client> {
@@ -592,7 +563,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     report["instances"] = json!(target.servers.len());
     report["store"] = json!(embedded.as_ref().map(|e| e.store.clone()).unwrap_or_else(|| "remote".into()));
-    report["cache"] = json!(if embedded.is_some() { redact_url(&cache_url) } else { "remote".into() });
+    report["cache"] = json!(if embedded.is_some() { redacted_url(&cache_url) } else { "remote".into() });
     print(&args, &report);
     drop(target);
     if let Some(e) = embedded {
@@ -725,28 +696,6 @@ fn print(args: &BenchArgs, report: &Value) {
             for e in ex {
                 println!("  {}", e.as_str().unwrap_or("?"));
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact_url;
-
-    #[test]
-    fn report_urls_carry_no_password() {
-        assert_eq!(redact_url("postgres://u:s3cret@db:5432/app"), "postgres://u@db:5432/app");
-        assert_eq!(redact_url("redis://:s3cret@cache:6379/0"), "redis://cache:6379/0");
-        assert_eq!(
-            redact_url("postgres://u@db/app?sslmode=require&password=s3cret"),
-            "postgres://u@db/app?sslmode=require"
-        );
-        assert_eq!(redact_url("postgres://db/app?password=s3cret"), "postgres://db/app");
-        // Nothing to hide: unchanged.
-        for url in
-            ["postgres://postgres@127.0.0.1:5432/test", "redis://127.0.0.1:6379", "memory://", "sqlite:///tmp/x.db"]
-        {
-            assert_eq!(redact_url(url), url);
         }
     }
 }

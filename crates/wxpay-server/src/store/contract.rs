@@ -511,7 +511,9 @@ pub async fn outbox_claim_deliver_and_fail(h: &dyn StoreHarness) {
     assert_eq!((claimed[0].attempts, claimed[0].order_no.clone()), (0, no.clone()));
     assert!(store.claim_outbox(t0() + Duration::seconds(1), "w2", lease, 10).await.unwrap().is_empty());
 
-    store.outbox_failed(id, t0() + Duration::minutes(1), "connection refused").await.unwrap();
+    // Only the lease holder's failure counts.
+    assert!(!store.outbox_failed(id, "w2", t0() + Duration::minutes(1), "late report").await.unwrap());
+    assert!(store.outbox_failed(id, "w1", t0() + Duration::minutes(1), "connection refused").await.unwrap());
     let after_fail = store.outbox_for_order(no).await.unwrap();
     assert_eq!(after_fail[0].attempts, 1);
     assert_eq!(after_fail[0].last_error.as_deref(), Some("connection refused"));
@@ -522,6 +524,13 @@ pub async fn outbox_claim_deliver_and_fail(h: &dyn StoreHarness) {
     // A crashed worker's lease runs out and the event is delivered by another (at least once).
     let retaken = store.claim_outbox(t0() + Duration::minutes(2), "w3", lease, 10).await.unwrap();
     assert_eq!(retaken.len(), 1);
+    // The crashed w2 comes back late and reports a failure: w3's lease stands.
+    assert!(!store.outbox_failed(id, "w2", t0() + Duration::minutes(3), "late").await.unwrap());
+    assert!(store
+        .claim_outbox(t0() + Duration::minutes(2) + Duration::seconds(1), "w4", lease, 10)
+        .await
+        .unwrap()
+        .is_empty());
     store.outbox_delivered(id, t0() + Duration::minutes(2)).await.unwrap();
     assert!(store.claim_outbox(t0() + Duration::days(1), "w4", lease, 10).await.unwrap().is_empty());
     let done = store.outbox_for_order(no).await.unwrap();

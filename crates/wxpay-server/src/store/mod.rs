@@ -244,8 +244,17 @@ pub trait Store: Send + Sync {
         limit: u32,
     ) -> StoreResult<Vec<OutboxEvent>>;
     async fn outbox_delivered(&self, id: i64, now: DateTime<Utc>) -> StoreResult<()>;
-    /// Counts a failed attempt, keeps the error and schedules the next one (releasing the lease).
-    async fn outbox_failed(&self, id: i64, next_attempt_at: DateTime<Utc>, error: &str) -> StoreResult<()>;
+    /// Counts a failed attempt by `owner`, keeps the error and schedules the next one (releasing
+    /// the lease). Only while `owner` still holds the lease: a late report from an instance whose
+    /// lease lapsed must not release the lease of the instance that took the event over. Returns
+    /// whether it was recorded (false: the lease was lost, or the event was delivered meanwhile).
+    async fn outbox_failed(
+        &self,
+        id: i64,
+        owner: &str,
+        next_attempt_at: DateTime<Utc>,
+        error: &str,
+    ) -> StoreResult<bool>;
     async fn outbox_for_order(&self, order_no: &OutTradeNo) -> StoreResult<Vec<OutboxEvent>>;
 
     /// Every status with its count (statuses with no orders included as 0).

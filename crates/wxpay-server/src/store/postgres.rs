@@ -704,22 +704,26 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn outbox_failed(&self, id: i64, next_attempt_at: DateTime<Utc>, error: &str) -> StoreResult<()> {
+    async fn outbox_failed(
+        &self,
+        id: i64,
+        owner: &str,
+        next_attempt_at: DateTime<Utc>,
+        error: &str,
+    ) -> StoreResult<bool> {
         // A TEXT column cannot hold NUL; the error is diagnostics, so replace it rather than fail.
         let error = error.replace('\0', "\u{FFFD}");
         let done = sqlx::query(
             "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2, lease_owner = NULL, \
-             lease_until = NULL WHERE id = $3 AND delivered_at IS NULL",
+             lease_until = NULL WHERE id = $3 AND delivered_at IS NULL AND lease_owner = $4",
         )
         .bind(ms(next_attempt_at))
         .bind(error)
         .bind(id)
+        .bind(owner)
         .execute(&self.pool)
         .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("undelivered outbox event {id}")));
-        }
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     async fn outbox_for_order(&self, order_no: &OutTradeNo) -> StoreResult<Vec<OutboxEvent>> {

@@ -60,7 +60,10 @@ pub async fn deliver_once(state: &AppState) -> Result<DeliveryReport, AppError> 
                     .webhook_deliveries
                     .get_or_create(&crate::metrics::ReasonLabels { reason: "failed".into() })
                     .inc();
-                state.store.outbox_failed(event.id, now + retry_backoff(event.attempts), &error).await?;
+                let next = now + retry_backoff(event.attempts);
+                if !state.store.outbox_failed(event.id, &state.instance_id, next, &error).await? {
+                    tracing::info!(event_id = event.id, "outbox: lease lost meanwhile; the failure is not counted");
+                }
                 report.failed += 1;
             }
         }
