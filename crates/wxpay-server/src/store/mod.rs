@@ -16,6 +16,7 @@ use crate::domain::{Order, OrderEvent, OrderStatus, Product, RejectReason, User}
 mod codec;
 #[doc(hidden)]
 pub mod contract;
+mod group_commit;
 pub mod postgres;
 pub mod sqlite;
 

@@ -1,6 +1,7 @@
-//! The embedded SQLite store: one file, WAL journal, every write in a `BEGIN IMMEDIATE`
-//! transaction so that concurrent writers queue on the database lock instead of failing with
-//! SQLITE_BUSY halfway through a read-modify-write.
+//! The embedded SQLite store: one file, WAL journal. Reads use a pool of connections; every write
+//! goes through the group-commit writer ([`super::group_commit`]): one connection, writes batched
+//! into `BEGIN IMMEDIATE` transactions (a savepoint each), one fsync per batch, each caller
+//! answered only once its batch is committed.
 
 use std::str::FromStr;
 use std::time::Duration as StdDuration;
@@ -15,8 +16,9 @@ use sqlx::{Row, SqliteConnection};
 use wxpay_proto::{Openid, OutTradeNo, PrepayId, ProductId, TradeType, TransactionId};
 
 use super::codec::{
-    add_review_reason, corrupt, fen_from_db, fen_to_db, from_ms, ms, opt_from_ms, u32_from_db, CAS_RETRIES, ORDER_COLS,
+    add_review_reason, corrupt, fen_from_db, fen_to_db, from_ms, ms, opt_from_ms, u32_from_db, ORDER_COLS,
 };
+use super::group_commit::GroupWriter;
 use super::{
     paid_event_payload, ApplyOutcome, DueOrder, InboxRecord, NotificationKind, OrderEventRecord, OrderFilter,
     OutboxEvent, Store, StoreError, StoreResult, StoredNotification, FIRST_QUERY_DELAY_SECS,
@@ -44,7 +46,10 @@ impl Default for SqliteOptions {
 
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
+    /// Reads.
     pool: SqlitePool,
+    /// Writes.
+    writer: GroupWriter,
 }
 
 impl SqliteStore {
@@ -66,9 +71,18 @@ impl SqliteStore {
             .synchronous(if options.synchronous_full { SqliteSynchronous::Full } else { SqliteSynchronous::Normal })
             .busy_timeout(options.busy_timeout)
             .foreign_keys(true);
-        let pool =
-            SqlitePoolOptions::new().max_connections(options.max_connections.max(1)).connect_with(connect).await?;
-        Ok(SqliteStore { pool })
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .connect_with(connect.clone())
+            .await?;
+        let writer = GroupWriter::start(connect).await?;
+        Ok(SqliteStore { pool, writer })
+    }
+
+    /// (writes, commits) of the group-commit writer since start: their ratio is the mean number
+    /// of writes sharing one fsync.
+    pub fn group_commit_counts(&self) -> (u64, u64) {
+        self.writer.counts()
     }
 
     /// Closes every connection (waits for checked-out ones to come back).
@@ -224,21 +238,28 @@ impl Store for SqliteStore {
     }
 
     async fn upsert_user(&self, openid: &Openid, unionid: Option<&str>, now: DateTime<Utc>) -> StoreResult<User> {
-        let row = sqlx::query(
-            "INSERT INTO users (openid, unionid, created_at) VALUES (?, ?, ?) \
-             ON CONFLICT (openid) DO UPDATE SET unionid = COALESCE(excluded.unionid, users.unionid) \
-             RETURNING unionid, created_at",
-        )
-        .bind(openid.as_str())
-        .bind(unionid)
-        .bind(ms(now))
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(User {
-            openid: openid.clone(),
-            unionid: row.try_get("unionid")?,
-            created_at: from_ms(row.try_get("created_at")?)?,
-        })
+        let (openid, unionid) = (openid.clone(), unionid.map(str::to_owned));
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    let row = sqlx::query(
+                        "INSERT INTO users (openid, unionid, created_at) VALUES (?, ?, ?) \
+                         ON CONFLICT (openid) DO UPDATE SET unionid = COALESCE(excluded.unionid, users.unionid) \
+                         RETURNING unionid, created_at",
+                    )
+                    .bind(openid.as_str())
+                    .bind(unionid.as_deref())
+                    .bind(ms(now))
+                    .fetch_one(&mut *conn)
+                    .await?;
+                    Ok(User {
+                        openid,
+                        unionid: row.try_get("unionid")?,
+                        created_at: from_ms(row.try_get("created_at")?)?,
+                    })
+                })
+            })
+            .await
     }
 
     async fn get_user(&self, openid: &Openid) -> StoreResult<Option<User>> {
@@ -257,17 +278,26 @@ impl Store for SqliteStore {
     }
 
     async fn upsert_product(&self, product: &Product) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO products (id, name, price_fen, active) VALUES (?, ?, ?, ?) \
-             ON CONFLICT (id) DO UPDATE SET name = excluded.name, price_fen = excluded.price_fen, active = excluded.active",
-        )
-        .bind(product.id.as_str())
-        .bind(&product.name)
-        .bind(fen_to_db(product.price)?)
-        .bind(product.active)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let product = product.clone();
+        let price = fen_to_db(product.price)?;
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO products (id, name, price_fen, active) VALUES (?, ?, ?, ?) \
+                         ON CONFLICT (id) DO UPDATE SET name = excluded.name, price_fen = excluded.price_fen, \
+                         active = excluded.active",
+                    )
+                    .bind(product.id.as_str())
+                    .bind(&product.name)
+                    .bind(price)
+                    .bind(product.active)
+                    .execute(&mut *conn)
+                    .await?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     async fn list_products(&self, active_only: bool) -> StoreResult<Vec<Product>> {
@@ -288,56 +318,61 @@ impl Store for SqliteStore {
     }
 
     async fn create_order(&self, order: &Order) -> StoreResult<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let inserted = sqlx::query(
-            "INSERT INTO orders (order_no, openid, trade_type, amount_fen, status, fulfilment, created_at, expires_at, \
-             prepay_id, prepay_expires_at, transaction_id, paid_at, closed_at, needs_review, review_reason, version, \
-             updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (order_no) DO NOTHING",
-        )
-        .bind(order.order_no.as_str())
-        .bind(order.openid.as_str())
-        .bind(order.trade_type.as_str())
-        .bind(fen_to_db(order.amount)?)
-        .bind(order.status.as_str())
-        .bind(order.fulfilment.as_str())
-        .bind(ms(order.created_at))
-        .bind(ms(order.expires_at))
-        .bind(order.prepay_id.as_ref().map(|p| p.as_str()))
-        .bind(order.prepay_expires_at.map(ms))
-        .bind(order.transaction_id.as_ref().map(|t| t.as_str()))
-        .bind(order.paid_at.map(ms))
-        .bind(order.closed_at.map(ms))
-        .bind(order.needs_review)
-        .bind(order.review_reason.as_deref())
-        .bind(order.version)
-        .bind(ms(order.created_at))
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            return Err(StoreError::Conflict(format!("order {} already exists", order.order_no)));
-        }
-        for (line_no, item) in order.items.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO order_items (order_no, line_no, product_id, name, unit_price_fen, quantity) \
-                 VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(order.order_no.as_str())
-            .bind(i64::try_from(line_no).map_err(corrupt)?)
-            .bind(item.product_id.as_str())
-            .bind(&item.name)
-            .bind(fen_to_db(item.unit_price)?)
-            .bind(i64::from(item.quantity))
-            .execute(&mut *tx)
-            .await?;
-        }
-        let detail = json!({
-            "amount_fen": order.amount.get(),
-            "trade_type": order.trade_type.as_str(),
-            "lines": order.items.len(),
-        });
-        append_event(&mut tx, order.order_no.as_str(), "order.created", &detail, order.created_at).await?;
-        tx.commit().await?;
-        Ok(())
+        let order = order.clone();
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                let inserted = sqlx::query(
+                    "INSERT INTO orders (order_no, openid, trade_type, amount_fen, status, fulfilment, created_at, expires_at, \
+                     prepay_id, prepay_expires_at, transaction_id, paid_at, closed_at, needs_review, review_reason, version, \
+                     updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (order_no) DO NOTHING",
+                )
+                .bind(order.order_no.as_str())
+                .bind(order.openid.as_str())
+                .bind(order.trade_type.as_str())
+                .bind(fen_to_db(order.amount)?)
+                .bind(order.status.as_str())
+                .bind(order.fulfilment.as_str())
+                .bind(ms(order.created_at))
+                .bind(ms(order.expires_at))
+                .bind(order.prepay_id.as_ref().map(|p| p.as_str()))
+                .bind(order.prepay_expires_at.map(ms))
+                .bind(order.transaction_id.as_ref().map(|t| t.as_str()))
+                .bind(order.paid_at.map(ms))
+                .bind(order.closed_at.map(ms))
+                .bind(order.needs_review)
+                .bind(order.review_reason.as_deref())
+                .bind(order.version)
+                .bind(ms(order.created_at))
+                .execute(&mut *conn)
+                .await?;
+                if inserted.rows_affected() == 0 {
+                    return Err(StoreError::Conflict(format!("order {} already exists", order.order_no)));
+                }
+                for (line_no, item) in order.items.iter().enumerate() {
+                    sqlx::query(
+                        "INSERT INTO order_items (order_no, line_no, product_id, name, unit_price_fen, quantity) \
+                         VALUES (?, ?, ?, ?, ?, ?)",
+                    )
+                    .bind(order.order_no.as_str())
+                    .bind(i64::try_from(line_no).map_err(corrupt)?)
+                    .bind(item.product_id.as_str())
+                    .bind(&item.name)
+                    .bind(fen_to_db(item.unit_price)?)
+                    .bind(i64::from(item.quantity))
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                let detail = json!({
+                    "amount_fen": order.amount.get(),
+                    "trade_type": order.trade_type.as_str(),
+                    "lines": order.items.len(),
+                });
+                append_event(conn, order.order_no.as_str(), "order.created", &detail, order.created_at).await?;
+                Ok(())
+                })
+            })
+            .await
     }
 
     async fn get_order(&self, order_no: &OutTradeNo) -> StoreResult<Option<Order>> {
@@ -392,62 +427,68 @@ impl Store for SqliteStore {
         event: &OrderEvent,
         now: DateTime<Utc>,
     ) -> StoreResult<ApplyOutcome> {
-        for _ in 0..CAS_RETRIES {
-            // Dropping `tx` without commit rolls back, so every early return below is safe.
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            let Some(order) = load_order(&mut tx, order_no.as_str()).await? else {
-                return Ok(ApplyOutcome::NotFound);
-            };
-            match decide(&order, event, now) {
-                Decision::AlreadyDone => return Ok(ApplyOutcome::AlreadyDone(order)),
-                Decision::Reject(reason) => {
-                    let new_reason =
-                        reason.review_reason().and_then(|r| add_review_reason(order.review_reason.as_deref(), &r));
-                    let Some(review_reason) = new_reason else {
-                        return Ok(ApplyOutcome::Rejected(order, reason));
+        let (order_no, event) = (order_no.clone(), event.clone());
+        // Read, decide and write on the writer's connection inside its transaction: no other
+        // write can come between, so the compare-and-set below only guards against a second
+        // process writing to the same file.
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    let Some(order) = load_order(conn, order_no.as_str()).await? else {
+                        return Ok(ApplyOutcome::NotFound);
                     };
-                    let mut flagged = order.clone();
-                    flagged.needs_review = true;
-                    flagged.review_reason = Some(review_reason);
-                    if !write_order_cas(&mut tx, &flagged, order.version, None, now).await? {
-                        continue;
+                    let lost_race =
+                        || StoreError::Conflict(format!("order {order_no} changed while being written; retry"));
+                    match decide(&order, &event, now) {
+                        Decision::AlreadyDone => Ok(ApplyOutcome::AlreadyDone(order)),
+                        Decision::Reject(reason) => {
+                            let new_reason = reason
+                                .review_reason()
+                                .and_then(|r| add_review_reason(order.review_reason.as_deref(), &r));
+                            let Some(review_reason) = new_reason else {
+                                return Ok(ApplyOutcome::Rejected(order, reason));
+                            };
+                            let mut flagged = order.clone();
+                            flagged.needs_review = true;
+                            flagged.review_reason = Some(review_reason);
+                            if !write_order_cas(conn, &flagged, order.version, None, now).await? {
+                                return Err(lost_race());
+                            }
+                            let detail =
+                                json!({ "code": reason.code(), "reason": reason.to_string(), "event": event.detail() });
+                            append_event(conn, order_no.as_str(), "order.flagged", &detail, now).await?;
+                            flagged.version += 1;
+                            Ok(ApplyOutcome::Rejected(flagged, reason))
+                        }
+                        Decision::Apply { order: next, event_kind, emit_paid_event } => {
+                            let mut next = *next;
+                            let schedule = matches!(event, OrderEvent::PrepayIssued { .. })
+                                .then(|| now + Duration::seconds(FIRST_QUERY_DELAY_SECS));
+                            if !write_order_cas(conn, &next, order.version, schedule, now).await? {
+                                return Err(lost_race());
+                            }
+                            append_event(conn, order_no.as_str(), event_kind, &event.detail(), now).await?;
+                            if emit_paid_event {
+                                // The unique (order_no, kind) makes a second insert a no-op: one
+                                // fulfilment per order even if a bug ever decided "paid" twice.
+                                sqlx::query(
+                                    "INSERT INTO outbox (order_no, kind, payload, created_at, next_attempt_at) \
+                                     VALUES (?, 'order.paid', ?, ?, ?) ON CONFLICT (order_no, kind) DO NOTHING",
+                                )
+                                .bind(order_no.as_str())
+                                .bind(paid_event_payload(&next).to_string())
+                                .bind(ms(now))
+                                .bind(ms(now))
+                                .execute(&mut *conn)
+                                .await?;
+                            }
+                            next.version = order.version + 1;
+                            Ok(ApplyOutcome::Applied(next))
+                        }
                     }
-                    let detail =
-                        json!({ "code": reason.code(), "reason": reason.to_string(), "event": event.detail() });
-                    append_event(&mut tx, order_no.as_str(), "order.flagged", &detail, now).await?;
-                    tx.commit().await?;
-                    flagged.version += 1;
-                    return Ok(ApplyOutcome::Rejected(flagged, reason));
-                }
-                Decision::Apply { order: next, event_kind, emit_paid_event } => {
-                    let mut next = *next;
-                    let schedule = matches!(event, OrderEvent::PrepayIssued { .. })
-                        .then(|| now + Duration::seconds(FIRST_QUERY_DELAY_SECS));
-                    if !write_order_cas(&mut tx, &next, order.version, schedule, now).await? {
-                        continue;
-                    }
-                    append_event(&mut tx, order_no.as_str(), event_kind, &event.detail(), now).await?;
-                    if emit_paid_event {
-                        // The unique (order_no, kind) makes a second insert a no-op: one
-                        // fulfilment per order even if a bug ever decided "paid" twice.
-                        sqlx::query(
-                            "INSERT INTO outbox (order_no, kind, payload, created_at, next_attempt_at) \
-                             VALUES (?, 'order.paid', ?, ?, ?) ON CONFLICT (order_no, kind) DO NOTHING",
-                        )
-                        .bind(order_no.as_str())
-                        .bind(paid_event_payload(&next).to_string())
-                        .bind(ms(now))
-                        .bind(ms(now))
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    tx.commit().await?;
-                    next.version = order.version + 1;
-                    return Ok(ApplyOutcome::Applied(next));
-                }
-            }
-        }
-        Err(StoreError::Conflict(format!("order {order_no} kept changing; gave up after {CAS_RETRIES} attempts")))
+                })
+            })
+            .await
     }
 
     async fn order_events(&self, order_no: &OutTradeNo) -> StoreResult<Vec<OrderEventRecord>> {
@@ -470,7 +511,11 @@ impl Store for SqliteStore {
     }
 
     async fn record_notification(&self, record: &InboxRecord) -> StoreResult<i64> {
-        let row = sqlx::query(
+        let record = record.clone();
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    let row = sqlx::query(
             "INSERT INTO notification_inbox (kind, out_trade_no, raw_body, verified, outcome, reason, received_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
         )
@@ -481,9 +526,12 @@ impl Store for SqliteStore {
         .bind(&record.outcome)
         .bind(record.reason.as_deref())
         .bind(ms(record.received_at))
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *conn)
         .await?;
-        Ok(row.try_get("id")?)
+                    Ok(row.try_get("id")?)
+                })
+            })
+            .await
     }
 
     async fn notifications_for_order(&self, order_no: &OutTradeNo) -> StoreResult<Vec<StoredNotification>> {
@@ -520,35 +568,42 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> StoreResult<Vec<DueOrder>> {
         let lease_until = now + lease;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let claimed = sqlx::query(
-            "UPDATE orders SET lease_owner = ?1, lease_until = ?2 WHERE order_no IN ( \
+        let owner = owner.to_owned();
+        let mut out = self
+            .writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    let claimed = sqlx::query(
+                        "UPDATE orders SET lease_owner = ?1, lease_until = ?2 WHERE order_no IN ( \
                 SELECT order_no FROM orders WHERE status IN ('CREATED', 'PAYING') \
                 AND ((next_query_at IS NOT NULL AND next_query_at <= ?3) OR expires_at <= ?3) \
                 AND (lease_until IS NULL OR lease_until <= ?3) \
                 ORDER BY MIN(COALESCE(next_query_at, expires_at), expires_at), order_no LIMIT ?4) \
              RETURNING order_no, query_attempts, next_query_at",
-        )
-        .bind(owner)
-        .bind(ms(lease_until))
-        .bind(ms(now))
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut out = Vec::with_capacity(claimed.len());
-        for row in claimed {
-            let order_no: String = row.try_get("order_no")?;
-            let order = load_order(&mut tx, &order_no)
-                .await?
-                .ok_or_else(|| StoreError::NotFound(format!("order {order_no} vanished while claimed")))?;
-            out.push(DueOrder {
-                order,
-                query_attempts: u32_from_db(row.try_get("query_attempts")?)?,
-                next_query_at: opt_from_ms(row.try_get("next_query_at")?)?,
-                lease_until,
-            });
-        }
-        tx.commit().await?;
+                    )
+                    .bind(&owner)
+                    .bind(ms(lease_until))
+                    .bind(ms(now))
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    let mut out = Vec::with_capacity(claimed.len());
+                    for row in claimed {
+                        let order_no: String = row.try_get("order_no")?;
+                        let order = load_order(conn, &order_no)
+                            .await?
+                            .ok_or_else(|| StoreError::NotFound(format!("order {order_no} vanished while claimed")))?;
+                        out.push(DueOrder {
+                            order,
+                            query_attempts: u32_from_db(row.try_get("query_attempts")?)?,
+                            next_query_at: opt_from_ms(row.try_get("next_query_at")?)?,
+                            lease_until,
+                        });
+                    }
+                    Ok(out)
+                })
+            })
+            .await?;
         // RETURNING gives no order guarantee: hand back the most overdue first.
         out.sort_by_key(|d| {
             let due = d.next_query_at.map_or(d.order.expires_at, |q| q.min(d.order.expires_at));
@@ -564,7 +619,11 @@ impl Store for SqliteStore {
         next_query_at: DateTime<Utc>,
         attempts: u32,
     ) -> StoreResult<bool> {
-        let done = sqlx::query(
+        let (order_no, owner) = (order_no.clone(), owner.to_owned());
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    let done = sqlx::query(
             "UPDATE orders SET next_query_at = ?, query_attempts = ?, lease_owner = NULL, lease_until = NULL \
              WHERE order_no = ? AND lease_owner = ?",
         )
@@ -572,20 +631,30 @@ impl Store for SqliteStore {
         .bind(i64::from(attempts))
         .bind(order_no.as_str())
         .bind(owner)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
-        Ok(done.rows_affected() == 1)
+                    Ok(done.rows_affected() == 1)
+                })
+            })
+            .await
     }
 
     async fn release_lease(&self, order_no: &OutTradeNo, owner: &str) -> StoreResult<bool> {
-        let done = sqlx::query(
+        let (order_no, owner) = (order_no.clone(), owner.to_owned());
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    let done = sqlx::query(
             "UPDATE orders SET lease_owner = NULL, lease_until = NULL WHERE order_no = ? AND lease_owner = ?",
         )
         .bind(order_no.as_str())
         .bind(owner)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
-        Ok(done.rows_affected() == 1)
+                    Ok(done.rows_affected() == 1)
+                })
+            })
+            .await
     }
 
     async fn try_mark_queried(
@@ -594,17 +663,24 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
         min_interval: Duration,
     ) -> StoreResult<bool> {
-        // One UPDATE with the condition in its WHERE clause: atomic without a transaction.
-        let done = sqlx::query(
-            "UPDATE orders SET last_queried_at = ? WHERE order_no = ? \
+        let order_no = order_no.clone();
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    // One UPDATE with the condition in its WHERE clause: atomic without a transaction.
+                    let done = sqlx::query(
+                        "UPDATE orders SET last_queried_at = ? WHERE order_no = ? \
              AND (last_queried_at IS NULL OR last_queried_at <= ?)",
-        )
-        .bind(ms(now))
-        .bind(order_no.as_str())
-        .bind(ms(now - min_interval))
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+                    )
+                    .bind(ms(now))
+                    .bind(order_no.as_str())
+                    .bind(ms(now - min_interval))
+                    .execute(&mut *conn)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                })
+            })
+            .await
     }
 
     async fn claim_outbox(
@@ -614,38 +690,51 @@ impl Store for SqliteStore {
         lease: Duration,
         limit: u32,
     ) -> StoreResult<Vec<OutboxEvent>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let rows = sqlx::query(
-            "UPDATE outbox SET lease_owner = ?1, lease_until = ?2 WHERE id IN ( \
+        let owner = owner.to_owned();
+        let rows = self
+            .writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    let rows = sqlx::query(
+                        "UPDATE outbox SET lease_owner = ?1, lease_until = ?2 WHERE id IN ( \
                 SELECT id FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= ?3 \
                 AND (lease_until IS NULL OR lease_until <= ?3) ORDER BY id LIMIT ?4) \
              RETURNING id, order_no, kind, payload, attempts, created_at, next_attempt_at, delivered_at, last_error",
-        )
-        .bind(owner)
-        .bind(ms(now + lease))
-        .bind(ms(now))
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
+                    )
+                    .bind(&owner)
+                    .bind(ms(now + lease))
+                    .bind(ms(now))
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    Ok(rows)
+                })
+            })
+            .await?;
         let mut out = rows.iter().map(outbox_from_row).collect::<StoreResult<Vec<_>>>()?;
         out.sort_by_key(|e| e.id);
         Ok(out)
     }
 
     async fn outbox_delivered(&self, id: i64, now: DateTime<Utc>) -> StoreResult<()> {
-        let done = sqlx::query(
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    let done = sqlx::query(
             "UPDATE outbox SET delivered_at = COALESCE(delivered_at, ?), lease_owner = NULL, lease_until = NULL \
              WHERE id = ?",
         )
         .bind(ms(now))
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("outbox event {id}")));
-        }
-        Ok(())
+                    if done.rows_affected() == 0 {
+                        return Err(StoreError::NotFound(format!("outbox event {id}")));
+                    }
+                    Ok(())
+                })
+            })
+            .await
     }
 
     async fn outbox_failed(
@@ -655,7 +744,11 @@ impl Store for SqliteStore {
         next_attempt_at: DateTime<Utc>,
         error: &str,
     ) -> StoreResult<bool> {
-        let done = sqlx::query(
+        let (owner, error) = (owner.to_owned(), error.to_owned());
+        self.writer
+            .write(move |conn| {
+                Box::pin(async move {
+                    let done = sqlx::query(
             "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?, lease_owner = NULL, \
              lease_until = NULL WHERE id = ? AND delivered_at IS NULL AND lease_owner = ?",
         )
@@ -663,9 +756,12 @@ impl Store for SqliteStore {
         .bind(error)
         .bind(id)
         .bind(owner)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
-        Ok(done.rows_affected() == 1)
+                    Ok(done.rows_affected() == 1)
+                })
+            })
+            .await
     }
 
     async fn outbox_for_order(&self, order_no: &OutTradeNo) -> StoreResult<Vec<OutboxEvent>> {

@@ -1,0 +1,279 @@
+//! Group commit for the SQLite store: every write goes to one writer task, which runs the writes
+//! that are waiting together in one transaction, each under its own savepoint, and commits them
+//! with one fsync. A caller gets its result only after the commit that holds its write is durable,
+//! so durability is unchanged (`synchronous=FULL` still means on disk) while one fsync serves many
+//! writes. SQLite allows one writer at a time anyway: queueing writes in-process costs no
+//! concurrency, and removes the lock hand-offs between pooled connections.
+//!
+//! A write that fails is rolled back to its savepoint and reported to its caller alone; the
+//! others in the batch commit. If the commit fails, every write of the batch gets the error.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{ConnectOptions, Connection, SqliteConnection};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{StoreError, StoreResult};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Most writes in one transaction: bounds how long the first of them waits for the commit.
+const MAX_BATCH: usize = 128;
+/// Writes waiting for the writer; senders wait (back-pressure) when it is full.
+const QUEUE: usize = 4096;
+
+/// The handle callers use; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct GroupWriter {
+    jobs: mpsc::Sender<Box<dyn Job>>,
+    counts: Arc<Counts>,
+}
+
+/// Writes and commits so far: their ratio is the mean batch size.
+#[derive(Debug, Default)]
+struct Counts {
+    writes: AtomicU64,
+    commits: AtomicU64,
+}
+
+impl GroupWriter {
+    /// Opens the writer's own connection and starts its task.
+    pub async fn start(options: SqliteConnectOptions) -> StoreResult<GroupWriter> {
+        let conn = options.connect().await?;
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let counts = Arc::new(Counts::default());
+        tokio::spawn(run(conn, options, rx, Arc::clone(&counts)));
+        Ok(GroupWriter { jobs: tx, counts })
+    }
+
+    /// (writes run, transactions committed) since start.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.counts.writes.load(Ordering::Relaxed), self.counts.commits.load(Ordering::Relaxed))
+    }
+
+    /// Runs `work` inside the next batch's transaction; its result once that batch is committed.
+    pub async fn write<T, F>(&self, work: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, StoreResult<T>> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Box<dyn Job> = Box::new(Queued { work: Box::new(work), reply });
+        self.jobs.send(job).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Database("the SQLite writer has stopped".into())
+}
+
+type Work<T> = Box<dyn for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, StoreResult<T>> + Send>;
+
+/// A write waiting for its batch, with its result type erased.
+trait Job: Send {
+    fn run<'c>(self: Box<Self>, conn: &'c mut SqliteConnection) -> BoxFuture<'c, Box<dyn Ran>>;
+    /// The batch failed before this write ran.
+    fn abort(self: Box<Self>, error: &str);
+}
+
+/// A write that has run, waiting for its batch's commit.
+trait Ran: Send {
+    fn succeeded(&self) -> bool;
+    fn finish(self: Box<Self>, commit: Result<(), &str>);
+}
+
+struct Queued<T> {
+    work: Work<T>,
+    reply: oneshot::Sender<StoreResult<T>>,
+}
+
+struct Done<T> {
+    result: StoreResult<T>,
+    reply: oneshot::Sender<StoreResult<T>>,
+}
+
+impl<T: Send + 'static> Job for Queued<T> {
+    fn run<'c>(self: Box<Self>, conn: &'c mut SqliteConnection) -> BoxFuture<'c, Box<dyn Ran>> {
+        let Queued { work, reply } = *self;
+        Box::pin(async move {
+            let result = work(conn).await;
+            Box::new(Done { result, reply }) as Box<dyn Ran>
+        })
+    }
+
+    fn abort(self: Box<Self>, error: &str) {
+        let _ = self.reply.send(Err(StoreError::Database(error.to_owned().into())));
+    }
+}
+
+impl<T: Send + 'static> Ran for Done<T> {
+    fn succeeded(&self) -> bool {
+        self.result.is_ok()
+    }
+
+    fn finish(self: Box<Self>, commit: Result<(), &str>) {
+        let result = match commit {
+            Ok(()) => self.result,
+            // A failed write keeps its own error; the others learn that nothing was committed.
+            Err(_) if self.result.is_err() => self.result,
+            Err(e) => Err(StoreError::Database(format!("commit failed: {e}").into())),
+        };
+        let _ = self.reply.send(result);
+    }
+}
+
+async fn execute(conn: &mut SqliteConnection, sql: &str) -> Result<(), String> {
+    sqlx::query(sql).execute(&mut *conn).await.map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// The writer task: batches until every handle is dropped.
+async fn run(
+    mut conn: SqliteConnection,
+    options: SqliteConnectOptions,
+    mut jobs: mpsc::Receiver<Box<dyn Job>>,
+    counts: Arc<Counts>,
+) {
+    let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
+    while jobs.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if let Err(error) = execute(&mut conn, "BEGIN IMMEDIATE").await {
+            tracing::error!(%error, "SQLite writer: cannot begin a transaction; reconnecting");
+            for job in batch.drain(..) {
+                job.abort(&error);
+            }
+            // A broken connection (e.g. the file was replaced) gets one fresh attempt per batch.
+            if let Ok(fresh) = options.connect().await {
+                let old = std::mem::replace(&mut conn, fresh);
+                let _ = old.close().await;
+            }
+            continue;
+        }
+        let mut ran: Vec<Box<dyn Ran>> = Vec::with_capacity(batch.len());
+        let mut broken: Option<String> = None;
+        for job in batch.drain(..) {
+            if let Some(error) = &broken {
+                job.abort(error);
+                continue;
+            }
+            if let Err(error) = execute(&mut conn, "SAVEPOINT write").await {
+                job.abort(&error);
+                broken = Some(error);
+                continue;
+            }
+            let done = job.run(&mut conn).await;
+            let closed = if done.succeeded() {
+                execute(&mut conn, "RELEASE write").await
+            } else {
+                match execute(&mut conn, "ROLLBACK TO write").await {
+                    Ok(()) => execute(&mut conn, "RELEASE write").await,
+                    Err(e) => Err(e),
+                }
+            };
+            if let Err(error) = closed {
+                broken = Some(error);
+            }
+            ran.push(done);
+        }
+        let commit = match broken {
+            Some(error) => Err(error),
+            None => execute(&mut conn, "COMMIT").await,
+        };
+        if commit.is_err() {
+            let _ = execute(&mut conn, "ROLLBACK").await;
+        } else {
+            counts.writes.fetch_add(ran.len() as u64, Ordering::Relaxed);
+            counts.commits.fetch_add(1, Ordering::Relaxed);
+        }
+        for done in ran {
+            done.finish(commit.as_ref().map(|_| ()).map_err(String::as_str));
+        }
+    }
+    let _ = conn.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use sqlx::Row;
+
+    use super::*;
+
+    async fn writer() -> (tempfile::TempDir, SqliteConnectOptions, GroupWriter) {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", dir.path().join("w.db").display()))
+            .unwrap()
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+        let w = GroupWriter::start(options.clone()).await.unwrap();
+        w.write(|c| {
+            Box::pin(async move {
+                execute(c, "CREATE TABLE t (n INTEGER PRIMARY KEY)").await.map_err(|e| StoreError::Database(e.into()))
+            })
+        })
+        .await
+        .unwrap();
+        (dir, options, w)
+    }
+
+    fn insert(
+        n: i64,
+        then_fail: bool,
+    ) -> impl for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, StoreResult<i64>> + Send + 'static {
+        move |c| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO t (n) VALUES (?)").bind(n).execute(&mut *c).await?;
+                if then_fail {
+                    return Err(StoreError::Conflict(format!("{n} refused after writing")));
+                }
+                Ok(n)
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_commits_and_a_failed_one_leaves_nothing() {
+        let (_dir, options, w) = writer().await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for n in 0..300i64 {
+            let w = w.clone();
+            // Every seventh write fails after its INSERT: its savepoint must be rolled back.
+            tasks.spawn(async move { (n, w.write(insert(n, n % 7 == 0)).await) });
+        }
+        while let Some(done) = tasks.join_next().await {
+            let (n, result) = done.unwrap();
+            match result {
+                Ok(got) => assert!(n % 7 != 0 && got == n),
+                Err(e) => assert!(n % 7 == 0 && e.to_string().contains("refused"), "{n}: {e}"),
+            }
+        }
+        // Read back on another connection: exactly the successful writes are committed.
+        let mut reader = options.connect().await.unwrap();
+        let rows: Vec<i64> = sqlx::query("SELECT n FROM t ORDER BY n")
+            .fetch_all(&mut reader)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(rows, (0..300).filter(|n| n % 7 != 0).collect::<Vec<_>>());
+        let (writes, commits) = w.counts();
+        assert_eq!(writes, 301, "the CREATE TABLE and the 300 inserts ran");
+        assert!(commits < writes, "concurrent writes were grouped: {commits} commits for {writes} writes");
+    }
+
+    #[tokio::test]
+    async fn a_result_arrives_only_after_its_commit_is_visible() {
+        let (_dir, options, w) = writer().await;
+        let mut reader = options.connect().await.unwrap();
+        for n in 1..=20i64 {
+            assert_eq!(w.write(insert(n, false)).await.unwrap(), n);
+            let seen: i64 = sqlx::query("SELECT COUNT(*) FROM t").fetch_one(&mut reader).await.unwrap().get(0);
+            assert_eq!(seen, n, "write {n} answered before it was committed");
+        }
+    }
+}
