@@ -777,7 +777,15 @@ impl Store for SqliteStore {
 
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        // The write path too: a writer that stopped must show in health checks.
+        self.writer
+            .write(|conn| {
+                Box::pin(async move {
+                    sqlx::query("SELECT 1").execute(&mut *conn).await?;
+                    Ok(())
+                })
+            })
+            .await
     }
 
     async fn count_orders_by_status(&self) -> StoreResult<Vec<(OrderStatus, i64)>> {
