@@ -126,25 +126,39 @@ pub fn canonical_string<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>
 
 /// Signs `fields` (ignoring any `sign` among them) and returns upper-case hex.
 pub fn sign<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>, key: &ApiKey, sign_type: SignType) -> String {
-    let mut pairs: Vec<(&str, &str)> = fields.into_iter().filter(|(k, v)| *k != "sign" && !v.is_empty()).collect();
-    // Already sorted when it comes from `Fields` (a BTreeMap); sorting a sorted slice is cheap.
-    pairs.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    let mut pairs: Vec<(&str, &str)> = fields.into_iter().filter(|(k, v)| is_signed(k, v)).collect();
+    // Already sorted when it comes from `Fields` (a BTreeMap): then one pass is enough.
+    if !pairs.windows(2).all(|w| w[0].0.as_bytes() <= w[1].0.as_bytes()) {
+        pairs.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    }
+    digest_sorted(pairs.into_iter(), key, sign_type).as_str().to_owned()
+}
+
+/// Whether a field is part of the canonical string: not `sign`, not empty.
+fn is_signed(name: &str, value: &str) -> bool {
+    name != "sign" && !value.is_empty()
+}
+
+/// The signature over fields already in byte order of their names (a [`Fields`] iterator, or a
+/// sorted list), streamed into the hasher without building the string or collecting the fields.
+fn digest_sorted<'a>(fields: impl Iterator<Item = (&'a str, &'a str)>, key: &ApiKey, sign_type: SignType) -> HexDigest {
+    let pairs = fields.filter(|(k, v)| is_signed(k, v));
     match sign_type {
         SignType::Md5 => {
             let mut h = Md5::new();
-            feed(&pairs, key, |b| h.update(b));
-            hex::encode_upper(h.finalize())
+            feed(pairs, key, |b| h.update(b));
+            HexDigest::upper(&h.finalize())
         }
         SignType::HmacSha256 => {
             let mut mac = Hmac::<Sha256>::new_from_slice(key.expose().as_bytes()).expect("HMAC takes any key length");
-            feed(&pairs, key, |b| mac.update(b));
-            hex::encode_upper(mac.finalize().into_bytes())
+            feed(pairs, key, |b| mac.update(b));
+            HexDigest::upper(&mac.finalize().into_bytes())
         }
     }
 }
 
 /// Streams `k1=v1&k2=v2...&key=KEY` into a hasher without building the string.
-fn feed(pairs: &[(&str, &str)], key: &ApiKey, mut update: impl FnMut(&[u8])) {
+fn feed<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>, key: &ApiKey, mut update: impl FnMut(&[u8])) {
     for (k, v) in pairs {
         update(k.as_bytes());
         update(b"=");
@@ -153,6 +167,33 @@ fn feed(pairs: &[(&str, &str)], key: &ApiKey, mut update: impl FnMut(&[u8])) {
     }
     update(b"key=");
     update(key.expose().as_bytes());
+}
+
+/// Upper-case hex of a digest of up to 32 bytes, on the stack.
+struct HexDigest {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl HexDigest {
+    fn upper(digest: &[u8]) -> HexDigest {
+        debug_assert!(digest.len() <= 32);
+        const DIGITS: &[u8; 16] = b"0123456789ABCDEF";
+        let mut buf = [0u8; 64];
+        for (out, byte) in buf.chunks_exact_mut(2).zip(digest) {
+            out[0] = DIGITS[usize::from(byte >> 4)];
+            out[1] = DIGITS[usize::from(byte & 0x0f)];
+        }
+        HexDigest { buf, len: 2 * digest.len() }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).expect("hex digits are ASCII")
+    }
 }
 
 /// Why a signature did not verify.
@@ -174,7 +215,8 @@ pub fn verify(fields: &Fields, key: &ApiKey, sign_type: SignType) -> Result<(), 
     if received.len() != sign_type.hex_len() {
         return Err(SignError::BadLength(received.len()));
     }
-    let expected = sign(fields.iter(), key, sign_type);
+    // `Fields` iterates in byte order of the names: no need to collect and sort.
+    let expected = digest_sorted(fields.iter(), key, sign_type);
     // Hex digits compared case-insensitively (see the module docs), still in constant time.
     let mut received_upper = [0u8; 64];
     let received_upper = &mut received_upper[..received.len()];
@@ -329,6 +371,46 @@ mod tests {
         let mut f = doc_fields().with("sign_type", "SHA1");
         f.set("sign", "9A0A8659F005D6984697E2CA0A9CF3B7");
         assert!(matches!(verify_declared(&f, &key()), Err(SignError::BadSignType(_))));
+    }
+
+    /// The signature as the spec words it: hash of `canonical_string&key=KEY`, upper-case hex.
+    fn reference_sign(pairs: &[(String, String)], key: &ApiKey, sign_type: SignType) -> String {
+        let canonical = canonical_string(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let text = if canonical.is_empty() {
+            format!("key={}", key.expose())
+        } else {
+            format!("{canonical}&key={}", key.expose())
+        };
+        match sign_type {
+            SignType::Md5 => hex::encode_upper(Md5::digest(text.as_bytes())),
+            SignType::HmacSha256 => {
+                let mut mac = Hmac::<Sha256>::new_from_slice(key.expose().as_bytes()).unwrap();
+                mac.update(text.as_bytes());
+                hex::encode_upper(mac.finalize().into_bytes())
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Streaming (sorted or not, from `Fields` or a list) gives the spec's signature.
+        #[test]
+        fn streamed_signature_matches_the_spelled_out_one(
+            pairs in proptest::collection::vec(("[a-zA-Z_]{1,6}|sign", ".{0,10}"), 0..12),
+            hmac in proptest::bool::ANY,
+        ) {
+            let st = if hmac { SignType::HmacSha256 } else { SignType::Md5 };
+            let mut unique = pairs.clone();
+            unique.sort_by(|a, b| a.0.cmp(&b.0));
+            unique.dedup_by(|a, b| a.0 == b.0);
+            let expected = reference_sign(&unique, &key(), st);
+            let fields: Fields = unique.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            proptest::prop_assert_eq!(&sign(fields.iter(), &key(), st), &expected);
+            unique.reverse();
+            proptest::prop_assert_eq!(&sign(unique.iter().map(|(k, v)| (k.as_str(), v.as_str())), &key(), st), &expected);
+            let mut signed = fields.clone();
+            signed.set("sign", expected.to_lowercase());
+            proptest::prop_assert_eq!(verify(&signed, &key(), st), Ok(()));
+        }
     }
 
     #[test]

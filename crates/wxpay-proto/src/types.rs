@@ -6,7 +6,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -103,14 +103,36 @@ impl BeijingTime {
         if value.len() != 14 || !value.bytes().all(|b| b.is_ascii_digit()) {
             return Err(FieldError::new(field, format!("must be yyyyMMddHHmmss (14 digits), got {value:?}")));
         }
-        let naive = NaiveDateTime::parse_from_str(value, "%Y%m%d%H%M%S")
-            .map_err(|_| FieldError::new(field, format!("not a valid date-time: {value:?}")))?;
+        let naive =
+            wire_datetime(value).ok_or_else(|| FieldError::new(field, format!("not a valid date-time: {value:?}")))?;
         let local = beijing()
             .from_local_datetime(&naive)
             .single()
             .ok_or_else(|| FieldError::new(field, "ambiguous local time"))?;
         Ok(BeijingTime(local))
     }
+}
+
+/// `yyyyMMddHHmmss` (14 ASCII digits) as a calendar date-time: what
+/// `NaiveDateTime::parse_from_str(value, "%Y%m%d%H%M%S")` gives, leap second (`60`) included,
+/// without interpreting the format string on every call.
+fn wire_datetime(value: &str) -> Option<NaiveDateTime> {
+    let b = value.as_bytes();
+    if b.len() != 14 {
+        return None;
+    }
+    let num = |from: usize, to: usize| {
+        b[from..to].iter().try_fold(0u32, |n, d| d.is_ascii_digit().then(|| n * 10 + u32::from(d - b'0')))
+    };
+    let (year, month, day) = (num(0, 4)?, num(4, 6)?, num(6, 8)?);
+    let (hour, minute, second) = (num(8, 10)?, num(10, 12)?, num(12, 14)?);
+    let date = NaiveDate::from_ymd_opt(i32::try_from(year).ok()?, month, day)?;
+    let time = match second {
+        // chrono's parser takes second 60 as a leap second: 59 s and 1,000,000,000 ns.
+        60 => NaiveTime::from_hms_nano_opt(hour, minute, 59, 1_000_000_000)?,
+        _ => NaiveTime::from_hms_opt(hour, minute, second)?,
+    };
+    Some(date.and_time(time))
 }
 
 impl fmt::Display for BeijingTime {
@@ -134,6 +156,9 @@ pub fn nonce() -> String {
 
 /// Checks a generic string field: present when required, at most `max` characters.
 pub fn check_len(field: &str, value: &str, max: usize) -> Result<(), FieldError> {
+    if value.len() <= max {
+        return Ok(()); // never more characters than bytes
+    }
     let n = value.chars().count();
     if n > max {
         return Err(FieldError::new(field, format!("is {n} characters long; at most {max} allowed")));
@@ -344,7 +369,68 @@ impl fmt::Display for TradeState {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// The former implementation of `BeijingTime::parse_field`, kept as the reference.
+    fn parse_with_chrono_format(field: &str, value: &str) -> Result<BeijingTime, FieldError> {
+        if value.len() != 14 || !value.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(FieldError::new(field, format!("must be yyyyMMddHHmmss (14 digits), got {value:?}")));
+        }
+        let naive = NaiveDateTime::parse_from_str(value, "%Y%m%d%H%M%S")
+            .map_err(|_| FieldError::new(field, format!("not a valid date-time: {value:?}")))?;
+        let local = beijing()
+            .from_local_datetime(&naive)
+            .single()
+            .ok_or_else(|| FieldError::new(field, "ambiguous local time"))?;
+        Ok(BeijingTime(local))
+    }
+
+    #[test]
+    fn wire_time_edges_match_chrono_format_parsing() {
+        for v in [
+            "20261127120502",
+            "00000101000000",
+            "99991231235959",
+            "20240229120000",
+            "20230229120000",
+            "20261231235960",
+            "20260101000060",
+            "20260101000061",
+            "20260101006000",
+            "20260101240000",
+            "20260100000000",
+            "20260132000000",
+            "20261301000000",
+            "20260001000000",
+            "2026010100000",
+            "202601010000000",
+            "2026010100000a",
+            "",
+        ] {
+            assert_eq!(BeijingTime::parse_field("time_end", v), parse_with_chrono_format("time_end", v), "{v}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn wire_time_matches_chrono_format_parsing(
+            v in prop_oneof![
+                "[0-9]{14}",
+                "[0-9]{4}(0[0-9]|1[0-3])([0-2][0-9]|3[0-2])([01][0-9]|2[0-5])[0-6][0-9][0-6][0-9]",
+                "[0-9 +-]{12,15}",
+            ]
+        ) {
+            prop_assert_eq!(BeijingTime::parse_field("time_end", &v), parse_with_chrono_format("time_end", &v));
+        }
+
+        #[test]
+        fn check_len_counts_characters(v in any::<String>(), max in 0usize..40) {
+            let n = v.chars().count();
+            prop_assert_eq!(check_len("f", &v, max).is_ok(), n <= max);
+        }
+    }
 
     #[test]
     fn fen_rejects_decimals_signs_and_blanks() {

@@ -166,12 +166,30 @@ pub(crate) fn opt<'a, T>(
     name: &str,
     parse: impl FnOnce(&'a str) -> Result<T, FieldError>,
 ) -> Result<Option<T>, FieldError> {
-    fields.non_empty(name).map(parse).transpose()
+    opt_value(fields.get(name), parse)
 }
 
 /// An optional free-text field with a length limit.
 pub(crate) fn opt_text(fields: &Fields, name: &str, max: usize) -> Result<Option<String>, FieldError> {
-    opt(fields, name, |v| crate::types::check_len(name, v, max).map(|()| v.to_owned()))
+    opt_text_value(name, fields.get(name), max)
+}
+
+/// [`Fields::require`] for a value already looked up (with [`Fields::get_many`]).
+pub(crate) fn required<'a>(name: &str, value: Option<&'a str>) -> Result<&'a str, FieldError> {
+    value.filter(|v| !v.is_empty()).ok_or_else(|| FieldError::missing(name))
+}
+
+/// [`opt`] for a value already looked up.
+pub(crate) fn opt_value<'a, T>(
+    value: Option<&'a str>,
+    parse: impl FnOnce(&'a str) -> Result<T, FieldError>,
+) -> Result<Option<T>, FieldError> {
+    value.filter(|v| !v.is_empty()).map(parse).transpose()
+}
+
+/// [`opt_text`] for a value already looked up.
+pub(crate) fn opt_text_value(name: &str, value: Option<&str>, max: usize) -> Result<Option<String>, FieldError> {
+    opt_value(value, |v| crate::types::check_len(name, v, max).map(|()| v.to_owned()))
 }
 
 /// A required free-text field with a length limit.

@@ -5,7 +5,7 @@
 //! typed fields. Business checks (appid/mch_id, amount against the order) need the merchant's
 //! own data and are made by the caller.
 
-use super::{opt, opt_text, Message, SUCCESS};
+use super::{opt_text_value, opt_value, required, Message, SUCCESS};
 use crate::fields::Fields;
 use crate::sign::{self, ApiKey, SignError, SignType};
 use crate::types::{AppId, BeijingTime, Fen, FieldError, MchId, Openid, OutTradeNo, TradeType, TransactionId};
@@ -66,25 +66,47 @@ impl Message for PayNotification {
     }
 
     fn from_fields(f: &Fields) -> Result<Self, FieldError> {
+        // Every value in one pass over the fields; then the checks, in field-table order.
+        let [appid, mch_id, result_code, err_code, err_code_des, openid, is_subscribe, trade_type, bank_type, total_fee, settlement_total_fee, fee_type, cash_fee, transaction_id, out_trade_no, attach, time_end, device_info] =
+            f.get_many([
+                "appid",
+                "mch_id",
+                "result_code",
+                "err_code",
+                "err_code_des",
+                "openid",
+                "is_subscribe",
+                "trade_type",
+                "bank_type",
+                "total_fee",
+                "settlement_total_fee",
+                "fee_type",
+                "cash_fee",
+                "transaction_id",
+                "out_trade_no",
+                "attach",
+                "time_end",
+                "device_info",
+            ]);
         Ok(PayNotification {
-            appid: AppId::parse(f.require("appid")?)?,
-            mch_id: MchId::parse(f.require("mch_id")?)?,
-            result_code: f.require("result_code")?.to_owned(),
-            err_code: opt_text(f, "err_code", 32)?,
-            err_code_des: opt_text(f, "err_code_des", 128)?,
-            openid: Openid::parse(f.require("openid")?)?,
-            is_subscribe: opt_text(f, "is_subscribe", 1)?,
-            trade_type: f.require("trade_type")?.parse()?,
-            bank_type: f.require("bank_type")?.to_owned(),
-            total_fee: Fen::parse_positive("total_fee", f.require("total_fee")?)?,
-            settlement_total_fee: opt(f, "settlement_total_fee", |v| Fen::parse_field("settlement_total_fee", v))?,
-            fee_type: opt_text(f, "fee_type", 8)?,
-            cash_fee: opt(f, "cash_fee", |v| Fen::parse_field("cash_fee", v))?,
-            transaction_id: TransactionId::parse(f.require("transaction_id")?)?,
-            out_trade_no: OutTradeNo::parse(f.require("out_trade_no")?)?,
-            attach: opt_text(f, "attach", 128)?,
-            time_end: BeijingTime::parse_field("time_end", f.require("time_end")?)?,
-            device_info: opt_text(f, "device_info", 32)?,
+            appid: AppId::parse(required("appid", appid)?)?,
+            mch_id: MchId::parse(required("mch_id", mch_id)?)?,
+            result_code: required("result_code", result_code)?.to_owned(),
+            err_code: opt_text_value("err_code", err_code, 32)?,
+            err_code_des: opt_text_value("err_code_des", err_code_des, 128)?,
+            openid: Openid::parse(required("openid", openid)?)?,
+            is_subscribe: opt_text_value("is_subscribe", is_subscribe, 1)?,
+            trade_type: required("trade_type", trade_type)?.parse()?,
+            bank_type: required("bank_type", bank_type)?.to_owned(),
+            total_fee: Fen::parse_positive("total_fee", required("total_fee", total_fee)?)?,
+            settlement_total_fee: opt_value(settlement_total_fee, |v| Fen::parse_field("settlement_total_fee", v))?,
+            fee_type: opt_text_value("fee_type", fee_type, 8)?,
+            cash_fee: opt_value(cash_fee, |v| Fen::parse_field("cash_fee", v))?,
+            transaction_id: TransactionId::parse(required("transaction_id", transaction_id)?)?,
+            out_trade_no: OutTradeNo::parse(required("out_trade_no", out_trade_no)?)?,
+            attach: opt_text_value("attach", attach, 128)?,
+            time_end: BeijingTime::parse_field("time_end", required("time_end", time_end)?)?,
+            device_info: opt_text_value("device_info", device_info, 32)?,
         })
     }
 }
