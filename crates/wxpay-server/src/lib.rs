@@ -1,12 +1,15 @@
 //! The merchant backend.
 //!
 //! * [`domain`]: money, products, users and the order state machine; pure, no IO.
-//! * [`store`]: the [`store::Store`] trait of domain operations and its SQLite implementation.
+//! * [`store`]: the [`store::Store`] trait of domain operations; SQLite and PostgreSQL share their
+//!   statements ([`store::sql`]) and one write path ([`store::apply`] carries out a planned transition).
 //! * [`cache`]: the [`cache::SessionCache`] trait (session keys, login tokens, locks).
 //! * [`config`], [`app`]: one typed config, and everything built from it.
-//! * [`api`]: mini-program API, WeChat callbacks, admin API, operations.
-//! * [`payments`]: the payment use cases shared by the API and the workers.
-//! * [`wechat`]: the adapter that calls WeChat (the only place that does).
+//! * [`api`]: mini-program API, WeChat callbacks, admin API, operations; the use cases' errors are
+//!   mapped to HTTP in one place ([`api::error`]).
+//! * [`payments`], [`scan`]: the use cases (own error types), shared by the API and the workers.
+//! * [`wechat`]: the adapter that calls WeChat (the only place that does); outcome enums, no
+//!   WeChat error codes above it.
 //! * [`worker`]: reconciler and outbox, as step functions.
 //! * [`qr`]: Native mode-1 links and QR images.
 
@@ -17,10 +20,10 @@ pub mod app;
 pub mod cache;
 pub mod config;
 pub mod domain;
-pub mod error;
 pub mod metrics;
 pub mod payments;
 pub mod qr;
+pub mod scan;
 pub mod state;
 pub mod store;
 pub mod wechat;

@@ -11,7 +11,7 @@ use wxpay_proto::msg::native::BizPayUrl;
 use wxpay_proto::types::nonce;
 use wxpay_proto::ProductId;
 
-use crate::error::AppError;
+use crate::api::AppError;
 use crate::state::AppState;
 
 pub const DEFAULT_SIZE: u32 = 512;
@@ -41,8 +41,7 @@ impl ShortLinkCache {
         if let Some(hit) = self.0.lock().unwrap_or_else(|p| p.into_inner()).get(product_id) {
             return Ok(hit.clone());
         }
-        let short =
-            state.wechat.short_url(&long_link(state, product_id)).await.map_err(|e| AppError::wechat(&e))?.short_url;
+        let short = state.wechat.short_url(&long_link(state, product_id)).await?;
         self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(product_id.clone(), short.clone());
         Ok(short)
     }

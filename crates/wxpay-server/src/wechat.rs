@@ -1,5 +1,7 @@
 //! The WeChat adapter: the only place that calls the WeChat API. Every call is timed and
-//! counted by endpoint and outcome; callers get `wxpay-proto` results back.
+//! counted by endpoint and outcome. WeChat's error codes stop here: callers get small outcome
+//! enums ([`PrepayOutcome`], [`QueryOutcome`], [`CloseOutcome`]) and, for anything else,
+//! [`WeChatFailure`] (try again later, or refused for good).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -7,14 +9,84 @@ use std::time::{Duration, Instant};
 use wxpay_proto::client::{ClientCert, ClientError, PayClient, PayClientConfig, SnsClient, SnsError};
 use wxpay_proto::msg::closeorder::{CloseOrderRequest, CloseOrderResponse};
 use wxpay_proto::msg::code2session::Code2Session;
-use wxpay_proto::msg::orderquery::{OrderQueryRequest, OrderQueryResponse, OrderRef};
+use wxpay_proto::msg::orderquery::{OrderQueryRequest, OrderRef};
 use wxpay_proto::msg::shorturl::{ShortUrlRequest, ShortUrlResponse};
 use wxpay_proto::msg::unifiedorder::{UnifiedOrderRequest, UnifiedOrderResponse};
-use wxpay_proto::msg::{ApiRequest, Merchant};
-use wxpay_proto::{AppId, MchId, OutTradeNo};
+use wxpay_proto::msg::{err_code, ApiRequest, Merchant};
+use wxpay_proto::{AppId, MchId, OutTradeNo, PrepayId};
 
 use crate::config::Config;
+use crate::domain::Payment;
 use crate::metrics::Metrics;
+
+/// A call that gave no answer to act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WeChatFailure {
+    /// Not answered, or answered "try again" (network, timeout, `SYSTEMERROR`): retry later.
+    #[error("{0}")]
+    Transient(String),
+    /// Refused for good, with WeChat's reason.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl From<&ClientError> for WeChatFailure {
+    fn from(e: &ClientError) -> Self {
+        if e.is_retryable() {
+            WeChatFailure::Transient(e.to_string())
+        } else {
+            WeChatFailure::Refused(e.to_string())
+        }
+    }
+}
+
+/// What `unifiedorder` said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PrepayOutcome {
+    Issued(PrepayId),
+    /// `ORDERPAID`: WeChat already took the money for this order.
+    AlreadyPaid,
+    /// `ORDERCLOSED`.
+    Closed,
+    Failed(WeChatFailure),
+}
+
+/// What `orderquery` said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryOutcome {
+    Paid(Payment),
+    /// Known, not (yet) paid.
+    NotPaid,
+    /// `ORDERNOTEXIST`: WeChat never saw it (no prepay was ever issued).
+    NotFound,
+    Failed(WeChatFailure),
+}
+
+/// What `closeorder` said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CloseOutcome {
+    /// Closed now, already closed, or never known to WeChat: it can no longer take money.
+    Closed,
+    /// `ORDERPAID`.
+    AlreadyPaid,
+    /// WeChat refuses to close an order in its first 5 minutes.
+    TooEarly,
+    Failed(WeChatFailure),
+}
+
+/// WeChat's refusal to close an order in its first 5 minutes comes as `SYSTEMERROR` with this
+/// text ("订单生成后不能马上调用关单接口，最短调用时间间隔为5分钟"), which is otherwise retryable.
+fn is_too_early_to_close(e: &ClientError) -> bool {
+    matches!(e, ClientError::Business { err_code: code, err_code_des }
+        if code == err_code::SYSTEMERROR && err_code_des.contains("最短调用时间间隔"))
+}
+
+fn business_code(e: &ClientError) -> Option<&str> {
+    match e {
+        ClientError::Business { err_code, .. } => Some(err_code),
+        _ => None,
+    }
+}
 
 #[derive(Clone)]
 pub struct WeChat {
@@ -98,35 +170,63 @@ impl WeChat {
         result
     }
 
-    pub async fn unified_order(&self, request: &UnifiedOrderRequest) -> Result<UnifiedOrderResponse, ClientError> {
-        self.timed("unifiedorder", request).await
-    }
-
-    /// unifiedorder under a tighter budget (the Native scan callback must answer quickly).
-    pub async fn unified_order_within(
-        &self,
-        request: &UnifiedOrderRequest,
-        budget: Duration,
-    ) -> Result<UnifiedOrderResponse, ClientError> {
-        match tokio::time::timeout(budget, self.timed("unifiedorder", request)).await {
-            Ok(result) => result,
-            Err(_) => {
-                self.metrics.wechat_call("unifiedorder", "timeout", budget);
-                Err(ClientError::Timeout(budget))
-            }
+    /// `unifiedorder`, under `budget` when given (the Native scan callback must answer quickly).
+    pub async fn unified_order(&self, request: &UnifiedOrderRequest, budget: Option<Duration>) -> PrepayOutcome {
+        let call = self.timed("unifiedorder", request);
+        let result = match budget {
+            None => call.await,
+            Some(budget) => match tokio::time::timeout(budget, call).await {
+                Ok(result) => result,
+                Err(_) => {
+                    self.metrics.wechat_call("unifiedorder", "timeout", budget);
+                    Err(ClientError::Timeout(budget))
+                }
+            },
+        };
+        match result {
+            Ok(UnifiedOrderResponse { prepay_id, .. }) => PrepayOutcome::Issued(prepay_id),
+            Err(e) => match business_code(&e) {
+                Some(err_code::ORDERPAID) => PrepayOutcome::AlreadyPaid,
+                Some(err_code::ORDERCLOSED) => PrepayOutcome::Closed,
+                _ => PrepayOutcome::Failed(WeChatFailure::from(&e)),
+            },
         }
     }
 
-    pub async fn order_query(&self, order_no: &OutTradeNo) -> Result<OrderQueryResponse, ClientError> {
-        self.timed("orderquery", &OrderQueryRequest { order: OrderRef::OutTradeNo(order_no.clone()) }).await
+    pub async fn order_query(&self, order_no: &OutTradeNo) -> QueryOutcome {
+        let request = OrderQueryRequest { order: OrderRef::OutTradeNo(order_no.clone()) };
+        match self.timed("orderquery", &request).await {
+            Ok(answer) => match answer.paid() {
+                Ok(Some(paid)) => QueryOutcome::Paid(Payment {
+                    transaction_id: paid.transaction_id,
+                    amount: paid.total_fee,
+                    paid_at: paid.time_end.to_utc(),
+                }),
+                Ok(None) => QueryOutcome::NotPaid,
+                Err(e) => QueryOutcome::Failed(WeChatFailure::Refused(format!("orderquery: {e}"))),
+            },
+            Err(e) if business_code(&e) == Some(err_code::ORDERNOTEXIST) => QueryOutcome::NotFound,
+            Err(e) => QueryOutcome::Failed(WeChatFailure::from(&e)),
+        }
     }
 
-    pub async fn close_order(&self, order_no: &OutTradeNo) -> Result<CloseOrderResponse, ClientError> {
-        self.timed("closeorder", &CloseOrderRequest { out_trade_no: order_no.clone() }).await
+    pub async fn close_order(&self, order_no: &OutTradeNo) -> CloseOutcome {
+        match self.timed("closeorder", &CloseOrderRequest { out_trade_no: order_no.clone() }).await {
+            Ok(CloseOrderResponse { .. }) => CloseOutcome::Closed,
+            Err(e) if is_too_early_to_close(&e) => CloseOutcome::TooEarly,
+            Err(e) => match business_code(&e) {
+                Some(err_code::ORDERPAID) => CloseOutcome::AlreadyPaid,
+                Some(err_code::ORDERCLOSED | err_code::ORDERNOTEXIST) => CloseOutcome::Closed,
+                _ => CloseOutcome::Failed(WeChatFailure::from(&e)),
+            },
+        }
     }
 
-    pub async fn short_url(&self, long_url: &str) -> Result<ShortUrlResponse, ClientError> {
-        self.timed("shorturl", &ShortUrlRequest { long_url: long_url.to_owned() }).await
+    pub async fn short_url(&self, long_url: &str) -> Result<String, WeChatFailure> {
+        match self.timed("shorturl", &ShortUrlRequest { long_url: long_url.to_owned() }).await {
+            Ok(ShortUrlResponse { short_url, .. }) => Ok(short_url),
+            Err(e) => Err(WeChatFailure::from(&e)),
+        }
     }
 
     pub async fn code2session(&self, code: &str) -> Result<Code2Session, SnsError> {

@@ -20,7 +20,7 @@ use wxpay_server::domain::{OrderEvent, OrderStatus, PaymentSource};
 use wxpay_server::store::contract::{make_order, seed_order, t0, StoreHarness};
 use wxpay_server::store::postgres::testing::{database_url_or_skip, with_database, FreshDatabase};
 use wxpay_server::store::{
-    ApplyOutcome, InboxRecord, NotificationKind, PostgresOptions, PostgresStore, Store, StoreError,
+    ApplyOutcome, InboxOutcome, InboxRecord, NotificationKind, PostgresOptions, PostgresStore, Store, StoreError,
 };
 
 /// The running test's name (libtest names the thread after it; tokio's test runtime blocks on it).
@@ -214,7 +214,7 @@ async fn inbox_keeps_what_text_columns_could_not() {
         out_trade_no: Some("WX\0BAD".into()),
         raw_body: "<xml>\0\u{FFFD}中文</xml>".into(),
         verified: false,
-        outcome: "rejected".into(),
+        outcome: InboxOutcome::Rejected,
         reason: Some("bad_xml: NUL \0 in input".into()),
         received_at: t0(),
     };

@@ -10,12 +10,12 @@ use wxpay_proto::{Openid, OutTradeNo, ProductId};
 
 use super::auth::Admin;
 use super::views::AdminOrderView;
-use crate::domain::{OrderEvent, OrderStatus};
-use crate::error::AppError;
+use crate::api::AppError;
+use crate::domain::{parse_name, OrderStatus};
 use crate::payments;
 use crate::qr;
 use crate::state::SharedState;
-use crate::store::{ApplyOutcome, OrderFilter};
+use crate::store::OrderFilter;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,7 +33,7 @@ pub async fn list_orders(
 ) -> Result<Json<Vec<AdminOrderView>>, AppError> {
     let status = q
         .status
-        .map(|s| s.parse::<OrderStatus>().map_err(|_| AppError::invalid_input(format!("status: unknown value {s:?}"))))
+        .map(|s| parse_name::<OrderStatus>("status", &s).map_err(|e| AppError::invalid_input(e.to_string())))
         .transpose()?;
     let openid = q.openid.map(|o| Openid::parse(o).map_err(|e| AppError::invalid_input(e.to_string()))).transpose()?;
     let limit = q.limit.unwrap_or(50);
@@ -65,7 +65,7 @@ pub async fn order_detail(
         "events": events.iter().map(|e| json!({"kind": e.kind, "at": e.at.to_rfc3339(), "detail": e.detail})).collect::<Vec<_>>(),
         "notifications": notifications.iter().map(|n| json!({
             "id": n.id,
-            "kind": n.record.kind.as_str(),
+            "kind": n.record.kind,
             "verified": n.record.verified,
             "outcome": n.record.outcome,
             "reason": n.record.reason,
@@ -74,11 +74,11 @@ pub async fn order_detail(
         })).collect::<Vec<_>>(),
         "outbox": outbox.iter().map(|o| json!({
             "id": o.id,
-            "kind": o.kind,
+            "kind": o.message.kind(),
             "attempts": o.attempts,
             "delivered_at": o.delivered_at.map(|t| t.to_rfc3339()),
             "last_error": o.last_error,
-            "payload": o.payload,
+            "payload": o.message.payload(),
         })).collect::<Vec<_>>(),
     })))
 }
@@ -90,11 +90,8 @@ pub async fn ship(
     Path(order_no): Path<String>,
 ) -> Result<Json<AdminOrderView>, AppError> {
     let order_no = parse_order_no(&order_no)?;
-    match payments::apply(&state, &order_no, &OrderEvent::Shipped).await? {
-        ApplyOutcome::Applied(o) | ApplyOutcome::AlreadyDone(o) => Ok(Json(AdminOrderView::from(&o))),
-        ApplyOutcome::Rejected(_, reason) => Err(AppError::conflict("NOT_SHIPPABLE", reason.to_string())),
-        ApplyOutcome::NotFound => Err(AppError::order_not_found()),
-    }
+    let order = payments::ship(&state, &order_no).await?;
+    Ok(Json(AdminOrderView::from(&order)))
 }
 
 #[derive(Deserialize)]

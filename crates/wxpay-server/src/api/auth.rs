@@ -6,7 +6,7 @@ use axum::http::request::Parts;
 use subtle::ConstantTimeEq;
 use wxpay_proto::Openid;
 
-use crate::error::AppError;
+use crate::api::AppError;
 use crate::state::SharedState;
 
 fn bearer(parts: &Parts) -> Option<&str> {

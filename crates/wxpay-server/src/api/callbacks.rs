@@ -5,8 +5,6 @@
 //! it changes anything; whatever its fate, the raw body goes into the inbox. SUCCESS is answered
 //! only after the state change is committed.
 
-use std::time::Duration;
-
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -17,13 +15,12 @@ use wxpay_proto::msg::refund::parse_refund_notification;
 use wxpay_proto::msg::{Message, SUCCESS};
 use wxpay_proto::sign;
 use wxpay_proto::xml::{self, XmlLimits};
-use wxpay_proto::TradeType;
 
-use crate::domain::{OrderEvent, PaymentSource};
-use crate::error::AppError;
+use crate::domain::{name_of, Payment, PaymentSource};
 use crate::payments;
+use crate::scan::{scan_to_prepay, ScanRefusal};
 use crate::state::{AppState, SharedState};
-use crate::store::{ApplyOutcome, InboxRecord, NotificationKind};
+use crate::store::{ApplyOutcome, InboxCause, InboxOutcome, InboxRecord, NotificationKind};
 
 fn xml_response(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response()
@@ -45,7 +42,7 @@ async fn store_inbox(
     out_trade_no: Option<&str>,
     raw: &[u8],
     verified: bool,
-    outcome: &str,
+    outcome: InboxOutcome,
     reason: Option<String>,
 ) -> bool {
     let record = InboxRecord {
@@ -53,7 +50,7 @@ async fn store_inbox(
         out_trade_no: out_trade_no.map(|s| s.chars().take(64).collect()),
         raw_body: String::from_utf8_lossy(raw).into_owned(),
         verified,
-        outcome: outcome.to_owned(),
+        outcome,
         reason,
         received_at: state.clock.now(),
     };
@@ -73,11 +70,15 @@ async fn record(
     out_trade_no: Option<&str>,
     raw: &[u8],
     verified: bool,
-    outcome: &str,
+    outcome: InboxOutcome,
     reason: Option<String>,
 ) {
     store_inbox(state, kind, out_trade_no, raw, verified, outcome, reason).await;
-    state.metrics.notification(kind.as_str(), outcome);
+    count(state, kind, outcome);
+}
+
+fn count(state: &AppState, kind: NotificationKind, outcome: InboxOutcome) {
+    state.metrics.notification(&name_of(&kind), &name_of(&outcome));
 }
 
 /// Acknowledges a message whose only record is its inbox row, once that row is stored;
@@ -87,19 +88,19 @@ async fn acknowledge_once_stored(
     kind: NotificationKind,
     out_trade_no: Option<&str>,
     raw: &[u8],
-    outcome: &str,
+    outcome: InboxOutcome,
     reason: Option<String>,
 ) -> Response {
     if !store_inbox(state, kind, out_trade_no, raw, true, outcome, reason).await {
         return retry_later(state, kind);
     }
-    state.metrics.notification(kind.as_str(), outcome);
+    count(state, kind, outcome);
     xml_response(StatusCode::OK, reply_success())
 }
 
 /// FAIL with a 503 for a message we could not store: WeChat keeps it and retries.
 fn retry_later(state: &AppState, kind: NotificationKind) -> Response {
-    state.metrics.notification(kind.as_str(), "error");
+    state.metrics.notification(&name_of(&kind), "error");
     xml_response(StatusCode::SERVICE_UNAVAILABLE, reply_fail("temporarily unavailable"))
 }
 
@@ -112,9 +113,17 @@ async fn refuse(
     reason: &str,
     detail: String,
 ) -> Response {
-    tracing::warn!(kind = kind.as_str(), reason, %detail, "WeChat callback refused");
+    tracing::warn!(kind = ?kind, reason, %detail, "WeChat callback refused");
     state.metrics.verification_failure(reason);
-    record(state, kind, out_trade_no, raw, false, "rejected", Some(format!("{reason}: {detail}"))).await;
+    record(state, kind, out_trade_no, raw, false, InboxOutcome::Rejected, Some(format!("{reason}: {detail}"))).await;
+    xml_response(StatusCode::OK, reply_fail(reason))
+}
+
+/// A refusal whose inbox row was already written with the state change it did not make.
+fn refused_after_apply(state: &AppState, kind: NotificationKind, reason: &str, detail: String) -> Response {
+    tracing::warn!(kind = ?kind, reason, %detail, "WeChat callback refused");
+    state.metrics.verification_failure(reason);
+    count(state, kind, InboxOutcome::Rejected);
     xml_response(StatusCode::OK, reply_fail(reason))
 }
 
@@ -142,43 +151,32 @@ pub async fn pay_notify(State(state): State<SharedState>, body: Body) -> Respons
         // An authentic report of a failed payment: nothing to change; acknowledge it once it
         // is in the inbox.
         let reason = n.err_code_des.clone();
-        return acknowledge_once_stored(&state, kind, Some(order_no), &raw, "not_paid", reason).await;
+        return acknowledge_once_stored(&state, kind, Some(order_no), &raw, InboxOutcome::NotPaid, reason).await;
     }
-    let event = OrderEvent::PaymentConfirmed {
-        transaction_id: n.transaction_id.clone(),
-        amount: n.total_fee,
-        paid_at: n.time_end.to_utc(),
-        source: PaymentSource::Notification,
-    };
-    match state.store.apply_event(&n.out_trade_no, &event, state.clock.now()).await {
-        Ok(ApplyOutcome::Applied(order)) => {
-            tracing::info!(order_no, transaction_id = %n.transaction_id, review = order.needs_review, "order paid (notification)");
-            record(&state, kind, Some(order_no), &raw, true, "applied", None).await;
+    let payment =
+        Payment { transaction_id: n.transaction_id.clone(), amount: n.total_fee, paid_at: n.time_end.to_utc() };
+    // The inbox row is written in the same transaction as the change it causes.
+    let cause =
+        InboxCause { kind, raw_body: String::from_utf8_lossy(&raw).into_owned(), received_at: state.clock.now() };
+    match payments::confirm_payment(&state, &n.out_trade_no, payment, PaymentSource::Notification, Some(cause)).await {
+        Ok(ApplyOutcome::Applied(_)) => {
+            count(&state, kind, InboxOutcome::Applied);
             xml_response(StatusCode::OK, reply_success())
         }
         Ok(ApplyOutcome::AlreadyDone(_)) => {
-            record(&state, kind, Some(order_no), &raw, true, "duplicate", None).await;
+            count(&state, kind, InboxOutcome::Duplicate);
             xml_response(StatusCode::OK, reply_success())
         }
         Ok(ApplyOutcome::Rejected(_, reason)) => {
-            refuse(&state, kind, Some(order_no), &raw, &reason.code().to_ascii_lowercase(), reason.to_string()).await
+            refused_after_apply(&state, kind, &reason.code().to_ascii_lowercase(), reason.to_string())
         }
-        Ok(ApplyOutcome::NotFound) => {
-            refuse(&state, kind, Some(order_no), &raw, "unknown_order", order_no.to_owned()).await
-        }
+        Ok(ApplyOutcome::NotFound) => refused_after_apply(&state, kind, "unknown_order", order_no.to_owned()),
         Err(e) => {
             // Not committed: FAIL so that WeChat retries.
             tracing::error!(order_no, error = %e, "could not record a verified payment; WeChat will retry");
             retry_later(&state, kind)
         }
     }
-}
-
-/// The user-facing texts of a refused scan (WeChat shows `err_code_des` on the phone).
-mod scan_text {
-    pub const UNKNOWN_PRODUCT: &str = "该商品不存在或已下架，请联系商家 (this product is not on sale)";
-    pub const BUSY: &str = "系统繁忙，请稍后再扫码 (the shop is busy, please scan again in a moment)";
-    pub const CLOSED: &str = "订单已失效，请重新扫码 (this order is no longer payable, please scan again)";
 }
 
 pub async fn native_scan(State(state): State<SharedState>, body: Body) -> Response {
@@ -204,71 +202,20 @@ pub async fn native_scan(State(state): State<SharedState>, body: Body) -> Respon
     };
     let reply = match scan_to_prepay(&state, &callback).await {
         Ok((order_no, prepay_id)) => {
-            record(&state, kind, Some(order_no.as_str()), &raw, true, "prepay", None).await;
+            record(&state, kind, Some(order_no.as_str()), &raw, true, InboxOutcome::Prepay, None).await;
             ScanReply::Prepay { prepay_id }
         }
         Err(refusal) => {
             let ScanRefusal { text, why, order_no } = refusal;
             tracing::warn!(product_id = %callback.product_id, order_no = ?order_no.as_ref().map(|n| n.as_str()), %why, "scan refused");
             // The order, when one was already made, so that the refusal shows in its history.
-            record(&state, kind, order_no.as_ref().map(|n| n.as_str()), &raw, true, "refused", Some(why)).await;
+            let order_no = order_no.as_ref().map(|n| n.as_str());
+            record(&state, kind, order_no, &raw, true, InboxOutcome::Refused, Some(why)).await;
             ScanReply::Refused { err_code_des: text.to_owned() }
         }
     };
     let fields = reply.to_signed_fields(&merchant.appid, &merchant.mch_id, &merchant.key);
     xml_response(StatusCode::OK, xml::to_xml(&fields))
-}
-
-/// Why a scan got no prepay_id: the text the user sees, the reason for the log, and the order
-/// when one had been created or reused before the refusal.
-struct ScanRefusal {
-    text: &'static str,
-    why: String,
-    order_no: Option<wxpay_proto::OutTradeNo>,
-}
-
-impl ScanRefusal {
-    fn before_order(text: &'static str, why: impl Into<String>) -> ScanRefusal {
-        ScanRefusal { text, why: why.into(), order_no: None }
-    }
-}
-
-/// Scan -> order (reusing a still-payable one of the same user and product) -> NATIVE prepay.
-async fn scan_to_prepay(
-    state: &AppState,
-    callback: &ScanCallback,
-) -> Result<(wxpay_proto::OutTradeNo, wxpay_proto::PrepayId), ScanRefusal> {
-    let busy = |e: &dyn std::fmt::Display| ScanRefusal::before_order(scan_text::BUSY, e.to_string());
-    let now = state.clock.now();
-    let product = state.store.get_product(&callback.product_id).await.map_err(|e| busy(&e))?;
-    match product {
-        Some(p) if p.active => {}
-        _ => {
-            return Err(ScanRefusal::before_order(
-                scan_text::UNKNOWN_PRODUCT,
-                format!("unknown or inactive product {}", callback.product_id),
-            ))
-        }
-    }
-    let existing = state
-        .store
-        .find_payable_native_order(&callback.openid, &callback.product_id, now)
-        .await
-        .map_err(|e| busy(&e))?;
-    let order = match existing {
-        Some(order) if order.expires_at - now >= payments::MIN_PAYABLE_WINDOW => order,
-        _ => payments::create_order(state, &callback.openid, TradeType::Native, &[(callback.product_id.clone(), 1)])
-            .await
-            .map_err(|e| busy(&e))?,
-    };
-    let budget = Duration::from_millis(state.config.wechat.scan_unifiedorder_timeout_ms);
-    match payments::ensure_prepay(state, &order, &state.config.server.server_ip, Some(budget)).await {
-        Ok(prepay) => Ok((order.order_no, prepay)),
-        Err(AppError { code: "ORDER_PAID" | "ORDER_CLOSED" | "ORDER_EXPIRED", message, .. }) => {
-            Err(ScanRefusal { text: scan_text::CLOSED, why: message, order_no: Some(order.order_no) })
-        }
-        Err(e) => Err(ScanRefusal { text: scan_text::BUSY, why: e.to_string(), order_no: Some(order.order_no) }),
-    }
 }
 
 /// Refund results: decrypted, recorded and acknowledged. (Refunds are started from the admin
@@ -284,7 +231,7 @@ pub async fn refund_notify(State(state): State<SharedState>, body: Body) -> Resp
             tracing::info!(%order_no, out_refund_no = %n.info.out_refund_no, status = n.info.refund_status.as_str(), "refund result");
             // The inbox row is the only record of a refund result: no SUCCESS without it.
             let status = Some(n.info.refund_status.as_str().to_owned());
-            acknowledge_once_stored(&state, kind, Some(&order_no), &raw, "recorded", status).await
+            acknowledge_once_stored(&state, kind, Some(&order_no), &raw, InboxOutcome::Recorded, status).await
         }
         Ok(n) => refuse(&state, kind, None, &raw, "wrong_merchant", format!("mch_id {}", n.mch_id)).await,
         Err(e) => refuse(&state, kind, None, &raw, "bad_refund_notification", e.to_string()).await,

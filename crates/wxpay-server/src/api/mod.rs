@@ -12,10 +12,12 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::state::SharedState;
+pub use error::AppError;
 
 pub mod admin;
 pub mod auth;
 pub mod callbacks;
+pub mod error;
 pub mod mp;
 pub mod ops;
 pub mod views;

@@ -15,8 +15,8 @@ use wxpay_proto::{Openid, ProductId, TradeType};
 
 use super::auth::CurrentUser;
 use super::views::{OrderView, ProductView};
+use crate::api::AppError;
 use crate::domain::CloseReason;
-use crate::error::AppError;
 use crate::payments;
 use crate::state::SharedState;
 

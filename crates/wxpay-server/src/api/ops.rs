@@ -42,7 +42,7 @@ pub async fn healthz(State(state): State<SharedState>) -> Response {
 pub async fn metrics(State(state): State<SharedState>) -> Response {
     if let Ok(counts) = state.store.count_orders_by_status().await {
         for (status, n) in counts {
-            state.metrics.set_orders(status.as_str(), n);
+            state.metrics.set_orders(&crate::domain::name_of(&status), n);
         }
     }
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render())

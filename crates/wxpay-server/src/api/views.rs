@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::domain::{Order, Product};
+use crate::domain::{Fulfilment, Order, OrderStatus, Product};
 
 #[derive(Serialize)]
 pub struct ProductView {
@@ -30,8 +30,8 @@ pub struct ItemView {
 #[derive(Serialize)]
 pub struct OrderView {
     pub order_no: String,
-    pub status: &'static str,
-    pub fulfilment: &'static str,
+    pub status: OrderStatus,
+    pub fulfilment: Fulfilment,
     pub amount_fen: u64,
     pub trade_type: &'static str,
     pub items: Vec<ItemView>,
@@ -46,8 +46,8 @@ impl From<&Order> for OrderView {
     fn from(o: &Order) -> Self {
         OrderView {
             order_no: o.order_no.to_string(),
-            status: o.status.as_str(),
-            fulfilment: o.fulfilment.as_str(),
+            status: o.status,
+            fulfilment: o.fulfilment,
             amount_fen: o.amount.get(),
             trade_type: o.trade_type.as_str(),
             items: o

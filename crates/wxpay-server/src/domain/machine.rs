@@ -1,14 +1,19 @@
-//! The order state machine: [`decide`] is the one pure function that says what an event does to
-//! an order. The store applies its answer atomically (compare-and-set + event log + outbox).
+//! The order state machine. [`decide`] is the one pure function that says what an event does to
+//! an order; [`plan`] turns its answer into the complete [`Transition`] the store writes in one
+//! transaction (new row, event-log rows, outbox event, next query time, review flag), so that no
+//! business rule lives in a storage backend.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Duration, Utc};
+use serde::Serialize;
 use serde_json::json;
 use wxpay_proto::{Fen, PrepayId, TransactionId};
 
+use super::events::{EventKind, OrderPaidEvent, OutboxMessage};
 use super::{Fulfilment, Order, OrderStatus};
 
 /// Where a payment confirmation came from. Both are trusted only after verification.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PaymentSource {
     /// A verified payment result notification.
     Notification,
@@ -16,29 +21,20 @@ pub enum PaymentSource {
     Query,
 }
 
-impl PaymentSource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PaymentSource::Notification => "notification",
-            PaymentSource::Query => "query",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum CloseReason {
     UserCancelled,
     /// The order passed `expires_at` (the caller has made sure WeChat did not take money).
     Expired,
 }
 
-impl CloseReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::UserCancelled => "user_cancelled",
-            CloseReason::Expired => "expired",
-        }
-    }
+/// What WeChat says about a payment, from a verified notification or an `orderquery` answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payment {
+    pub transaction_id: TransactionId,
+    pub amount: Fen,
+    pub paid_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +46,11 @@ pub enum OrderEvent {
 }
 
 impl OrderEvent {
+    pub fn paid(payment: Payment, source: PaymentSource) -> OrderEvent {
+        let Payment { transaction_id, amount, paid_at } = payment;
+        OrderEvent::PaymentConfirmed { transaction_id, amount, paid_at, source }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             OrderEvent::PrepayIssued { .. } => "prepay_issued",
@@ -69,9 +70,9 @@ impl OrderEvent {
                 "transaction_id": transaction_id.as_str(),
                 "amount_fen": amount.get(),
                 "paid_at": paid_at.to_rfc3339(),
-                "source": source.as_str(),
+                "source": source,
             }),
-            OrderEvent::CloseRequested { reason } => json!({ "reason": reason.as_str() }),
+            OrderEvent::CloseRequested { reason } => json!({ "reason": reason }),
             OrderEvent::Shipped => json!({}),
         }
     }
@@ -121,7 +122,7 @@ pub enum Decision {
     /// Write `order` (same version as read; the store bumps it) and log `event_kind`.
     Apply {
         order: Box<Order>,
-        event_kind: &'static str,
+        event_kind: EventKind,
         /// Insert the `order.paid` outbox row (fulfilment) in the same transaction.
         emit_paid_event: bool,
     },
@@ -147,7 +148,7 @@ pub fn decide(order: &Order, event: &OrderEvent, now: DateTime<Utc>) -> Decision
                 next.status = Paying;
                 next.prepay_id = Some(prepay_id.clone());
                 next.prepay_expires_at = Some(*prepay_expires_at);
-                apply(next, "order.prepay_issued", false)
+                apply(next, EventKind::OrderPrepayIssued, false)
             }
             Paid | Closed | Refunding | Refunded => wrong_state(),
         },
@@ -181,7 +182,7 @@ pub fn decide(order: &Order, event: &OrderEvent, now: DateTime<Utc>) -> Decision
                         next.needs_review = true;
                         next.review_reason = Some(REVIEW_PAID_AFTER_CLOSE.to_owned());
                     }
-                    apply(next, "order.paid", true)
+                    apply(next, EventKind::OrderPaid, true)
                 }
             }
         }
@@ -194,7 +195,7 @@ pub fn decide(order: &Order, event: &OrderEvent, now: DateTime<Utc>) -> Decision
                 let mut next = order.clone();
                 next.status = Closed;
                 next.closed_at = Some(now);
-                apply(next, "order.closed", false)
+                apply(next, EventKind::OrderClosed, false)
             }
             Paid | Refunding | Refunded => wrong_state(),
         },
@@ -203,15 +204,105 @@ pub fn decide(order: &Order, event: &OrderEvent, now: DateTime<Utc>) -> Decision
             (Paid, Fulfilment::Pending) => {
                 let mut next = order.clone();
                 next.fulfilment = Fulfilment::Shipped;
-                apply(next, "order.shipped", false)
+                apply(next, EventKind::OrderShipped, false)
             }
             _ => wrong_state(),
         },
     }
 }
 
-fn apply(order: Order, event_kind: &'static str, emit_paid_event: bool) -> Decision {
+fn apply(order: Order, event_kind: EventKind, emit_paid_event: bool) -> Decision {
     Decision::Apply { order: Box::new(order), event_kind, emit_paid_event }
+}
+
+/// Delay before the reconciler first asks WeChat about an order that got a prepay id: long
+/// enough for a user who pays at once to be reported by the notification instead.
+pub const FIRST_QUERY_DELAY: Duration = Duration::seconds(10);
+
+/// One row of the append-only event log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogEntry {
+    pub kind: EventKind,
+    pub detail: serde_json::Value,
+}
+
+/// Everything one state change writes, decided here and carried out by the store in one
+/// transaction: compare-and-set of `order` against the version that was read, the log rows, the
+/// outbox event, and the reconciler's next query time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    /// The new row; its `version` is the one read (the store bumps it on write).
+    pub order: Order,
+    pub log: Vec<LogEntry>,
+    pub outbox: Option<OutboxMessage>,
+    /// When the reconciler should first ask WeChat about the order (unchanged when `None`).
+    pub next_query_at: Option<DateTime<Utc>>,
+}
+
+/// What the store must do for one event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Plan {
+    Apply(Transition),
+    /// A duplicate of something already applied: nothing to write, answer success.
+    AlreadyDone,
+    /// Refused. `flag` is the review flag to write when money may be wrong (the order is
+    /// otherwise unchanged); `None` when there is nothing to write.
+    Reject {
+        reason: RejectReason,
+        flag: Option<Transition>,
+    },
+}
+
+impl Plan {
+    /// The transition to write, if any.
+    pub fn transition(&self) -> Option<&Transition> {
+        match self {
+            Plan::Apply(t) | Plan::Reject { flag: Some(t), .. } => Some(t),
+            Plan::AlreadyDone | Plan::Reject { flag: None, .. } => None,
+        }
+    }
+}
+
+/// Joins a new review reason onto an existing one, once; `None` when it is already there.
+pub fn merge_review_reason(existing: Option<&str>, reason: &str) -> Option<String> {
+    match existing {
+        Some(e) if e.contains(reason) => None,
+        Some(e) => Some(format!("{e}; {reason}")),
+        None => Some(reason.to_owned()),
+    }
+}
+
+/// [`decide`], and everything its decision writes. Pure.
+pub fn plan(order: &Order, event: &OrderEvent, now: DateTime<Utc>) -> Plan {
+    match decide(order, event, now) {
+        Decision::AlreadyDone => Plan::AlreadyDone,
+        Decision::Apply { order: next, event_kind, emit_paid_event } => {
+            let outbox = emit_paid_event.then(|| OutboxMessage::OrderPaid(OrderPaidEvent::of(&next)));
+            let next_query_at = matches!(event, OrderEvent::PrepayIssued { .. }).then(|| now + FIRST_QUERY_DELAY);
+            Plan::Apply(Transition {
+                order: *next,
+                log: vec![LogEntry { kind: event_kind, detail: event.detail() }],
+                outbox,
+                next_query_at,
+            })
+        }
+        Decision::Reject(reason) => {
+            let merged = reason.review_reason().and_then(|r| merge_review_reason(order.review_reason.as_deref(), &r));
+            let flag = merged.map(|review_reason| {
+                let mut flagged = order.clone();
+                flagged.needs_review = true;
+                flagged.review_reason = Some(review_reason);
+                let detail = json!({ "code": reason.code(), "reason": reason.to_string(), "event": event.detail() });
+                Transition {
+                    order: flagged,
+                    log: vec![LogEntry { kind: EventKind::OrderFlagged, detail }],
+                    outbox: None,
+                    next_query_at: None,
+                }
+            });
+            Plan::Reject { reason, flag }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -253,7 +344,7 @@ mod tests {
         }
     }
 
-    fn applied(d: Decision) -> (Order, &'static str, bool) {
+    fn applied(d: Decision) -> (Order, EventKind, bool) {
         match d {
             Decision::Apply { order, event_kind, emit_paid_event } => (*order, event_kind, emit_paid_event),
             other => panic!("expected Apply, got {other:?}"),
@@ -266,7 +357,7 @@ mod tests {
         assert_eq!(o.status, OrderStatus::Paid);
         assert_eq!(o.fulfilment, Fulfilment::Pending);
         assert_eq!(o.transaction_id.as_ref().map(|t| t.as_str()), Some("T1"));
-        assert_eq!(kind, "order.paid");
+        assert_eq!(kind, EventKind::OrderPaid);
         assert!(emit);
         assert!(!o.needs_review);
         // Same transaction again: duplicate. Another transaction: rejected and flagged.
@@ -299,7 +390,7 @@ mod tests {
         assert_eq!(o.status, OrderStatus::Paid);
         assert!(o.needs_review);
         assert_eq!(o.review_reason.as_deref(), Some(REVIEW_PAID_AFTER_CLOSE));
-        assert_eq!(kind, "order.paid");
+        assert_eq!(kind, EventKind::OrderPaid);
         assert!(emit);
     }
 
@@ -328,7 +419,7 @@ mod tests {
             prepay_expires_at: t0() + Duration::hours(2),
         };
         let (o, kind, _) = applied(decide(&order(), &prepay("wx1"), t0()));
-        assert_eq!((o.status, kind), (OrderStatus::Paying, "order.prepay_issued"));
+        assert_eq!((o.status, kind), (OrderStatus::Paying, EventKind::OrderPrepayIssued));
         assert_eq!(decide(&o, &prepay("wx1"), t0()), Decision::AlreadyDone);
         // A new prepay id replaces the old one (e.g. the old one expired).
         let (o2, _, _) = applied(decide(&o, &prepay("wx2"), t0()));
@@ -343,9 +434,66 @@ mod tests {
         ));
         let (p, _, _) = applied(decide(&o, &paid("T1", 200), t0()));
         let (s, kind, _) = applied(decide(&p, &OrderEvent::Shipped, t0()));
-        assert_eq!((s.fulfilment, kind), (Fulfilment::Shipped, "order.shipped"));
+        assert_eq!((s.fulfilment, kind), (Fulfilment::Shipped, EventKind::OrderShipped));
         assert_eq!(decide(&s, &OrderEvent::Shipped, t0()), Decision::AlreadyDone);
         assert!(matches!(decide(&p, &prepay("wx3"), t0()), Decision::Reject(RejectReason::WrongState { .. })));
+    }
+
+    #[test]
+    fn plan_schedules_the_first_query_after_a_prepay() {
+        let prepay = OrderEvent::PrepayIssued {
+            prepay_id: PrepayId::parse("wx1").unwrap(),
+            prepay_expires_at: t0() + Duration::hours(2),
+        };
+        let Plan::Apply(t) = plan(&order(), &prepay, t0()) else { panic!("expected Apply") };
+        assert_eq!(t.next_query_at, Some(t0() + Duration::seconds(10)));
+        assert_eq!(t.outbox, None);
+        assert_eq!(t.log.len(), 1);
+        assert_eq!(t.log[0].kind, EventKind::OrderPrepayIssued);
+        assert_eq!(t.log[0].detail["prepay_id"], "wx1");
+        // Nothing else schedules a query.
+        let Plan::Apply(t) = plan(&t.order, &paid("T1", 200), t0()) else { panic!("expected Apply") };
+        assert_eq!(t.next_query_at, None);
+    }
+
+    #[test]
+    fn plan_of_a_payment_carries_one_typed_paid_event() {
+        let Plan::Apply(t) = plan(&order(), &paid("T1", 200), t0()) else { panic!("expected Apply") };
+        let Some(OutboxMessage::OrderPaid(e)) = &t.outbox else { panic!("expected order.paid") };
+        assert_eq!((e.order_no.as_str(), e.amount_fen, e.transaction_id.as_deref()), ("WX1", 200, Some("T1")));
+        assert_eq!(e.items.len(), 1);
+        assert_eq!((e.items[0].product_id.as_str(), e.items[0].quantity, e.items[0].unit_price_fen), ("p1", 2, 100));
+        assert!(!e.needs_review);
+        assert_eq!(t.log[0].kind, EventKind::OrderPaid);
+        assert_eq!(t.log[0].detail["source"], "notification");
+        // The payload round-trips through what the store keeps.
+        let msg = t.outbox.clone().unwrap();
+        assert_eq!(OutboxMessage::from_parts(msg.kind(), msg.payload()).unwrap(), msg);
+        assert_eq!(msg.payload()["trade_type"], "JSAPI");
+    }
+
+    #[test]
+    fn plan_flags_a_second_payment_once_and_merges_reasons() {
+        let Plan::Apply(t) = plan(&order(), &paid("T1", 200), t0()) else { panic!("expected Apply") };
+        let mut paid_order = t.order;
+        paid_order.review_reason = Some("earlier".into());
+        paid_order.needs_review = true;
+        let Plan::Reject { reason, flag: Some(flag) } = plan(&paid_order, &paid("T2", 200), t0()) else {
+            panic!("expected a flagged rejection")
+        };
+        assert_eq!(reason.code(), "CONFLICTING_TRANSACTION");
+        let merged = flag.order.review_reason.clone().unwrap();
+        assert!(merged.starts_with("earlier; second payment"), "{merged}");
+        assert_eq!(flag.log[0].kind, EventKind::OrderFlagged);
+        assert_eq!(flag.log[0].detail["code"], "CONFLICTING_TRANSACTION");
+        assert_eq!(flag.order.status, OrderStatus::Paid);
+        assert_eq!(flag.outbox, None);
+        // The same second payment again: the reason is already there, nothing to write.
+        assert!(matches!(plan(&flag.order, &paid("T2", 200), t0()), Plan::Reject { flag: None, .. }));
+        // A refusal that does not touch money writes nothing.
+        assert!(matches!(plan(&order(), &paid("T1", 1), t0()), Plan::Reject { flag: None, .. }));
+        assert_eq!(merge_review_reason(Some("a"), "a"), None);
+        assert_eq!(merge_review_reason(None, "a").as_deref(), Some("a"));
     }
 
     /// One step of a generated history: an event, and how far the clock moves before it.

@@ -1,15 +1,36 @@
 //! The pure domain: products, users, orders and the one transition function that decides every
 //! order state change. No IO and no clock reads here: `now` is always a parameter.
 
+mod events;
 mod machine;
 mod order;
 mod product;
 
-pub use machine::{decide, CloseReason, Decision, OrderEvent, PaymentSource, RejectReason, REVIEW_PAID_AFTER_CLOSE};
+pub use events::{EventKind, OrderPaidEvent, OutboxKind, OutboxMessage, PaidItem};
+pub use machine::{
+    decide, merge_review_reason, plan, CloseReason, Decision, LogEntry, OrderEvent, Payment, PaymentSource, Plan,
+    RejectReason, Transition, FIRST_QUERY_DELAY, REVIEW_PAID_AFTER_CLOSE,
+};
 pub use order::{new_order_no, price_order, Fulfilment, Order, OrderItem, OrderStatus, MAX_LINES, MAX_QUANTITY};
 pub use product::{Product, User};
 
+use serde::de::{DeserializeOwned, IntoDeserializer};
+use serde::Serialize;
 use wxpay_proto::ProductId;
+
+/// The name of a unit enum value as stored and shown (its serde name, e.g. `PAID`, `order.paid`).
+pub fn name_of<T: Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        other => format!("{other:?}"),
+    }
+}
+
+/// A unit enum value back from its name; `field` names what was being read in the error.
+pub fn parse_name<T: DeserializeOwned>(field: &'static str, name: &str) -> Result<T, DomainError> {
+    T::deserialize(name.into_deserializer())
+        .map_err(|_: serde::de::value::Error| DomainError::UnknownValue { field, value: name.to_owned() })
+}
 
 /// Why a request cannot become an order. Messages name the offending product or limit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,9 +1,9 @@
 use std::collections::BTreeMap;
 use std::fmt;
-use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use rand::Rng;
+use serde::{Deserialize, Serialize};
 use wxpay_proto::types::beijing;
 use wxpay_proto::{Fen, Openid, OutTradeNo, PrepayId, ProductId, TradeType, TransactionId};
 
@@ -16,7 +16,8 @@ pub const MAX_LINES: usize = 20;
 
 /// The life of an order. `Paid` is only ever reached from a verified notification or an
 /// `orderquery` answer, never from the client's word.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderStatus {
     Created,
     /// A prepay id has been issued: the user may be paying right now.
@@ -37,17 +38,6 @@ impl OrderStatus {
         OrderStatus::Refunded,
     ];
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OrderStatus::Created => "CREATED",
-            OrderStatus::Paying => "PAYING",
-            OrderStatus::Paid => "PAID",
-            OrderStatus::Closed => "CLOSED",
-            OrderStatus::Refunding => "REFUNDING",
-            OrderStatus::Refunded => "REFUNDED",
-        }
-    }
-
     /// Not paid yet and not closed: WeChat may still take money for it.
     pub fn is_pending(self) -> bool {
         matches!(self, OrderStatus::Created | OrderStatus::Paying)
@@ -59,85 +49,22 @@ impl OrderStatus {
     }
 }
 
-impl FromStr for OrderStatus {
-    type Err = DomainError;
-    fn from_str(s: &str) -> Result<Self, DomainError> {
-        OrderStatus::ALL
-            .into_iter()
-            .find(|v| v.as_str() == s)
-            .ok_or_else(|| DomainError::UnknownValue { field: "status", value: s.to_owned() })
-    }
-}
-
 impl fmt::Display for OrderStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl serde::Serialize for OrderStatus {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for OrderStatus {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        f.write_str(&super::name_of(self))
     }
 }
 
 /// Whether the goods went out. Separate from [`OrderStatus`] because shipping does not change
 /// what happened to the money.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Fulfilment {
     /// Not paid yet: nothing to ship.
     None,
     /// Paid, waiting for shipment.
     Pending,
     Shipped,
-}
-
-impl Fulfilment {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Fulfilment::None => "NONE",
-            Fulfilment::Pending => "PENDING",
-            Fulfilment::Shipped => "SHIPPED",
-        }
-    }
-}
-
-impl FromStr for Fulfilment {
-    type Err = DomainError;
-    fn from_str(s: &str) -> Result<Self, DomainError> {
-        match s {
-            "NONE" => Ok(Fulfilment::None),
-            "PENDING" => Ok(Fulfilment::Pending),
-            "SHIPPED" => Ok(Fulfilment::Shipped),
-            _ => Err(DomainError::UnknownValue { field: "fulfilment", value: s.to_owned() }),
-        }
-    }
-}
-
-impl fmt::Display for Fulfilment {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl serde::Serialize for Fulfilment {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Fulfilment {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
 }
 
 /// One line of an order. Name and unit price are copied from the catalogue at order time so
@@ -369,13 +296,19 @@ mod tests {
 
     #[test]
     fn status_strings_round_trip() {
+        use crate::domain::{name_of, parse_name};
+        let names: Vec<String> = OrderStatus::ALL.iter().map(name_of).collect();
+        assert_eq!(names, ["CREATED", "PAYING", "PAID", "CLOSED", "REFUNDING", "REFUNDED"]);
         for s in OrderStatus::ALL {
-            assert_eq!(s.as_str().parse::<OrderStatus>().unwrap(), s);
-            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
+            assert_eq!(parse_name::<OrderStatus>("status", &name_of(&s)).unwrap(), s);
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));
         }
-        assert!("paid".parse::<OrderStatus>().is_err());
-        for f in [Fulfilment::None, Fulfilment::Pending, Fulfilment::Shipped] {
-            assert_eq!(f.as_str().parse::<Fulfilment>().unwrap(), f);
+        assert!(parse_name::<OrderStatus>("status", "paid").is_err());
+        for (f, name) in
+            [(Fulfilment::None, "NONE"), (Fulfilment::Pending, "PENDING"), (Fulfilment::Shipped, "SHIPPED")]
+        {
+            assert_eq!(name_of(&f), name);
+            assert_eq!(parse_name::<Fulfilment>("fulfilment", name).unwrap(), f);
         }
     }
 

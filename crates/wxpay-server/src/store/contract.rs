@@ -10,10 +10,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use wxpay_proto::{Fen, Openid, OutTradeNo, PrepayId, ProductId, TradeType, TransactionId};
 
-use super::{ApplyOutcome, InboxRecord, NotificationKind, OrderFilter, Store};
+use super::{ApplyOutcome, InboxCause, InboxOutcome, InboxRecord, NotificationKind, OrderFilter, Store};
 use crate::domain::{
-    price_order, CloseReason, Fulfilment, Order, OrderEvent, OrderStatus, PaymentSource, Product, RejectReason,
-    REVIEW_PAID_AFTER_CLOSE,
+    name_of, price_order, CloseReason, Fulfilment, Order, OrderEvent, OrderStatus, PaymentSource, Product,
+    RejectReason, REVIEW_PAID_AFTER_CLOSE,
 };
 
 /// A fresh database for one test case.
@@ -48,6 +48,7 @@ macro_rules! store_contract_tests {
             outbox_claim_deliver_and_fail,
             poll_throttle_is_atomic,
             notification_inbox_keeps_everything,
+            a_notification_is_recorded_with_the_change_it_caused,
             counts_orders_by_status,
             data_survives_restart
         );
@@ -143,7 +144,7 @@ fn applied(outcome: ApplyOutcome) -> Order {
 }
 
 async fn event_kinds(store: &dyn Store, no: &OutTradeNo) -> Vec<String> {
-    store.order_events(no).await.expect("order events").into_iter().map(|e| e.kind).collect()
+    store.order_events(no).await.expect("order events").iter().map(|e| name_of(&e.kind)).collect()
 }
 
 pub async fn users_upsert_is_idempotent(h: &dyn StoreHarness) {
@@ -290,14 +291,15 @@ pub async fn apply_event_happy_path(h: &dyn StoreHarness) {
     let outbox = store.outbox_for_order(no).await.unwrap();
     assert_eq!(outbox.len(), 1);
     let ev = &outbox[0];
-    assert_eq!(ev.kind, "order.paid");
-    assert_eq!(ev.payload["order_no"], no.as_str());
-    assert_eq!(ev.payload["amount_fen"], 399);
-    assert_eq!(ev.payload["openid"], "user-a");
-    assert_eq!(ev.payload["transaction_id"], "TX-1");
-    assert_eq!(ev.payload["items"][0]["product_id"], "apple");
-    assert_eq!(ev.payload["items"][0]["quantity"], 2);
-    assert!(ev.payload["paid_at"].is_string());
+    assert_eq!(name_of(&ev.message.kind()), "order.paid");
+    let payload = ev.message.payload();
+    assert_eq!(payload["order_no"], no.as_str());
+    assert_eq!(payload["amount_fen"], 399);
+    assert_eq!(payload["openid"], "user-a");
+    assert_eq!(payload["transaction_id"], "TX-1");
+    assert_eq!(payload["items"][0]["product_id"], "apple");
+    assert_eq!(payload["items"][0]["quantity"], 2);
+    assert!(payload["paid_at"].is_string());
     assert_eq!(ev.delivered_at, None);
 
     let shipped = applied(store.apply_event(no, &OrderEvent::Shipped, now).await.unwrap());
@@ -415,7 +417,7 @@ pub async fn payment_after_close_is_flagged_for_review(h: &dyn StoreHarness) {
     // Exactly one fulfilment event, flagged so that a human decides between shipping and refunding.
     let outbox = store.outbox_for_order(no).await.unwrap();
     assert_eq!(outbox.len(), 1);
-    assert_eq!(outbox[0].payload["needs_review"], true);
+    assert_eq!(outbox[0].message.payload()["needs_review"], true);
 }
 
 pub async fn cancel_and_expiry_close(h: &dyn StoreHarness) {
@@ -572,13 +574,13 @@ pub async fn notification_inbox_keeps_everything(h: &dyn StoreHarness) {
         out_trade_no: Some(order.order_no.as_str().to_owned()),
         raw_body: "<xml><return_code>SUCCESS</return_code></xml>".into(),
         verified: true,
-        outcome: "applied".into(),
+        outcome: InboxOutcome::Applied,
         reason: None,
         received_at: t0(),
     };
     let forged = InboxRecord {
         verified: false,
-        outcome: "bad_signature".into(),
+        outcome: InboxOutcome::Rejected,
         reason: Some("sign mismatch".into()),
         received_at: t0() + Duration::seconds(1),
         ..ok.clone()
@@ -628,4 +630,46 @@ pub async fn data_survives_restart(h: &dyn StoreHarness) {
     // The duplicate after a restart is still recognised.
     let again = store.apply_event(&paid.order_no, &payment("TX-1", paid.amount), t0()).await.unwrap();
     assert!(matches!(again, ApplyOutcome::AlreadyDone(_)));
+}
+
+/// The inbox row of a notification is written by the same call (and transaction) as the change
+/// it causes, with the outcome of that change.
+pub async fn a_notification_is_recorded_with_the_change_it_caused(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    let order = seed_order(&*store).await;
+    let no = &order.order_no;
+    let cause = |body: &str| InboxCause { kind: NotificationKind::Pay, raw_body: body.into(), received_at: t0() };
+    let apply = |event, body: &'static str| {
+        let store = Arc::clone(&store);
+        let no = no.clone();
+        async move { store.apply_event_with_cause(&no, &event, Some(cause(body)), t0()).await.unwrap() }
+    };
+    applied(apply(payment("TX-1", order.amount), "<xml>first</xml>").await);
+    assert!(matches!(apply(payment("TX-1", order.amount), "<xml>again</xml>").await, ApplyOutcome::AlreadyDone(_)));
+    assert!(matches!(apply(payment("TX-1", Fen::new(1)), "<xml>cheap</xml>").await, ApplyOutcome::Rejected(..)));
+    let got = store.notifications_for_order(no).await.unwrap();
+    let seen: Vec<(&str, bool, InboxOutcome)> =
+        got.iter().map(|n| (n.record.raw_body.as_str(), n.record.verified, n.record.outcome)).collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("<xml>first</xml>", true, InboxOutcome::Applied),
+            ("<xml>again</xml>", true, InboxOutcome::Duplicate),
+            ("<xml>cheap</xml>", false, InboxOutcome::Rejected),
+        ]
+    );
+    assert!(got[2].record.reason.as_deref().unwrap().starts_with("amount_mismatch: "), "{:?}", got[2]);
+    assert!(got.iter().all(|n| n.record.out_trade_no.as_deref() == Some(no.as_str()) && n.record.received_at == t0()));
+    // An unknown order: nothing to change, but the message is still kept.
+    let ghost = OutTradeNo::parse("WXGHOST").unwrap();
+    let ghost_payment = payment("TX-9", Fen::new(5));
+    let outcome = store.apply_event_with_cause(&ghost, &ghost_payment, Some(cause("<xml>ghost</xml>")), t0()).await;
+    assert!(matches!(outcome.unwrap(), ApplyOutcome::NotFound));
+    let ghost_rows = store.notifications_for_order(&ghost).await.unwrap();
+    assert_eq!(ghost_rows.len(), 1);
+    assert_eq!(ghost_rows[0].record.outcome, InboxOutcome::Rejected);
+    assert_eq!(ghost_rows[0].record.reason.as_deref(), Some("unknown_order: WXGHOST"));
+    // Without a cause, nothing is added to the inbox.
+    store.apply_event(no, &OrderEvent::Shipped, t0()).await.unwrap();
+    assert_eq!(store.notifications_for_order(no).await.unwrap().len(), 3);
 }

@@ -4,20 +4,20 @@
 //!
 //! Times are stored with millisecond precision.
 
-use std::fmt;
-use std::str::FromStr;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
 use wxpay_proto::{Openid, OutTradeNo, ProductId};
 
-use crate::domain::{Order, OrderEvent, OrderStatus, Product, RejectReason, User};
+use crate::domain::{EventKind, Order, OrderEvent, OrderStatus, OutboxMessage, Product, RejectReason, User};
 
-mod codec;
-#[doc(hidden)]
+mod apply;
+#[cfg(any(test, feature = "testing"))]
 pub mod contract;
 mod group_commit;
 pub mod postgres;
+mod rows;
+pub mod sql;
 pub mod sqlite;
 
 pub use postgres::{PostgresOptions, PostgresStore};
@@ -71,45 +71,37 @@ impl Default for OrderFilter {
 pub struct OrderEventRecord {
     pub id: i64,
     pub order_no: OutTradeNo,
-    /// e.g. `order.created`, `order.paid`, `order.flagged`.
-    pub kind: String,
+    pub kind: EventKind,
     pub detail: serde_json::Value,
     pub at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum NotificationKind {
     Pay,
     Refund,
     Scan,
 }
 
-impl NotificationKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NotificationKind::Pay => "pay",
-            NotificationKind::Refund => "refund",
-            NotificationKind::Scan => "scan",
-        }
-    }
-}
-
-impl FromStr for NotificationKind {
-    type Err = StoreError;
-    fn from_str(s: &str) -> StoreResult<Self> {
-        match s {
-            "pay" => Ok(NotificationKind::Pay),
-            "refund" => Ok(NotificationKind::Refund),
-            "scan" => Ok(NotificationKind::Scan),
-            _ => Err(StoreError::Corrupt(format!("unknown notification kind {s:?}"))),
-        }
-    }
-}
-
-impl fmt::Display for NotificationKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// What we did with an inbound callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InboxOutcome {
+    /// A payment notification that changed its order.
+    Applied,
+    /// A payment notification the order already reflected.
+    Duplicate,
+    /// Refused: forged, malformed, for another merchant, or not matching the order.
+    Rejected,
+    /// An authentic report of a failed payment (`result_code=FAIL`): nothing to change.
+    NotPaid,
+    /// A refund result, kept.
+    Recorded,
+    /// A Native scan answered with a prepay id.
+    Prepay,
+    /// A Native scan answered with a refusal the user sees.
+    Refused,
 }
 
 /// An inbound WeChat callback as received, kept whatever its fate (audit and replay).
@@ -120,8 +112,7 @@ pub struct InboxRecord {
     pub out_trade_no: Option<String>,
     pub raw_body: String,
     pub verified: bool,
-    /// What we did, e.g. `applied`, `duplicate`, `rejected`, `bad_signature`.
-    pub outcome: String,
+    pub outcome: InboxOutcome,
     pub reason: Option<String>,
     pub received_at: DateTime<Utc>,
 }
@@ -146,8 +137,7 @@ pub struct DueOrder {
 pub struct OutboxEvent {
     pub id: i64,
     pub order_no: OutTradeNo,
-    pub kind: String,
-    pub payload: serde_json::Value,
+    pub message: OutboxMessage,
     pub attempts: u32,
     pub created_at: DateTime<Utc>,
     pub next_attempt_at: DateTime<Utc>,
@@ -155,8 +145,14 @@ pub struct OutboxEvent {
     pub last_error: Option<String>,
 }
 
-/// Delay before the reconciler first asks WeChat about an order that got a prepay id.
-pub const FIRST_QUERY_DELAY_SECS: i64 = 10;
+/// The inbox row of the verified callback that caused a state change, written in the same
+/// transaction as the change; its outcome follows from what the change did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxCause {
+    pub kind: NotificationKind,
+    pub raw_body: String,
+    pub received_at: DateTime<Utc>,
+}
 
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -188,16 +184,27 @@ pub trait Store: Send + Sync {
         now: DateTime<Utc>,
     ) -> StoreResult<Option<Order>>;
 
-    /// Runs [`crate::domain::decide`] on the stored order and writes its decision atomically:
-    /// compare-and-set on `version`, one event-log row, and (for a fulfilment-worthy payment) one
-    /// `order.paid` outbox row unique per order. Safe under concurrent calls.
-    /// `PrepayIssued` also schedules the first reconciler query at `now + 10s`.
+    /// Plans the event on the stored order ([`crate::domain::plan`]) and carries the plan out
+    /// atomically ([`apply`]): compare-and-set on `version`, its event-log rows, its outbox event
+    /// (unique per order and kind), its next query time, and the inbox row of `cause` when given.
+    /// Safe under concurrent calls.
+    async fn apply_event_with_cause(
+        &self,
+        order_no: &OutTradeNo,
+        event: &OrderEvent,
+        cause: Option<InboxCause>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ApplyOutcome>;
+
+    /// [`Store::apply_event_with_cause`] for a change no callback caused.
     async fn apply_event(
         &self,
         order_no: &OutTradeNo,
         event: &OrderEvent,
         now: DateTime<Utc>,
-    ) -> StoreResult<ApplyOutcome>;
+    ) -> StoreResult<ApplyOutcome> {
+        self.apply_event_with_cause(order_no, event, None, now).await
+    }
     /// The order's event log, oldest first.
     async fn order_events(&self, order_no: &OutTradeNo) -> StoreResult<Vec<OrderEventRecord>>;
 
@@ -263,26 +270,6 @@ pub trait Store: Send + Sync {
 
     /// One round trip to the database, for health checks (cheap whatever the table sizes).
     async fn ping(&self) -> StoreResult<()>;
-}
-
-/// The payload of the `order.paid` outbox event: what fulfilment needs, without a second read.
-pub fn paid_event_payload(order: &Order) -> serde_json::Value {
-    serde_json::json!({
-        "order_no": order.order_no.as_str(),
-        "openid": order.openid.as_str(),
-        "amount_fen": order.amount.get(),
-        "transaction_id": order.transaction_id.as_ref().map(|t| t.as_str()),
-        "paid_at": order.paid_at.map(|t| t.to_rfc3339()),
-        "trade_type": order.trade_type.as_str(),
-        "needs_review": order.needs_review,
-        "review_reason": order.review_reason,
-        "items": order.items.iter().map(|i| serde_json::json!({
-            "product_id": i.product_id.as_str(),
-            "name": i.name,
-            "unit_price_fen": i.unit_price.get(),
-            "quantity": i.quantity,
-        })).collect::<Vec<_>>(),
-    })
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -3,35 +3,25 @@
 //! Same schema and behaviour as [`super::SqliteStore`] (money in BIGINT fen, times in BIGINT unix
 //! milliseconds), with PostgreSQL's row locks where SQLite has its single writer lock:
 //!
-//! * [`Store::apply_event`] is one transaction: `SELECT ... FOR UPDATE` on the order row (writers
-//!   of one order queue there; other orders are untouched), [`decide`], a compare-and-set `UPDATE`
-//!   on `version`, the event-log row and the `order.paid` outbox row (`ON CONFLICT DO NOTHING` on
-//!   the unique `(order_no, kind)`).
-//! * [`Store::claim_due_orders`] and [`Store::claim_outbox`] pick rows with
+//! * A state change ([`super::apply`]) is one transaction that starts with `SELECT ... FOR UPDATE`
+//!   on the order row: writers of one order queue there; other orders are untouched.
+//! * [`super::Store::claim_due_orders`] and [`super::Store::claim_outbox`] pick rows with
 //!   `FOR UPDATE SKIP LOCKED` and write a lease (`lease_owner`, `lease_until`) in the same
 //!   statement: two instances claiming at the same moment get disjoint rows, and a row stays
 //!   theirs after the transaction until the lease runs out or is released.
-//! * [`Store::try_mark_queried`] is a single conditional `UPDATE`; under READ COMMITTED a
+//! * [`super::Store::try_mark_queried`] is a single conditional `UPDATE`; under READ COMMITTED a
 //!   concurrent caller waits for the row and re-checks the condition on the new version.
 
 use std::str::FromStr;
 use std::time::Duration as StdDuration;
 
-use async_trait::async_trait;
-use chrono::{DateTime, Duration, Utc};
-use serde_json::json;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{PgConnection, Row};
-use wxpay_proto::{Openid, OutTradeNo, PrepayId, ProductId, TradeType, TransactionId};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{PgConnection, Postgres};
 
-use super::codec::{
-    add_review_reason, corrupt, fen_from_db, fen_to_db, from_ms, ms, opt_from_ms, u32_from_db, CAS_RETRIES, ORDER_COLS,
-};
-use super::{
-    paid_event_payload, ApplyOutcome, DueOrder, InboxRecord, NotificationKind, OrderEventRecord, OrderFilter,
-    OutboxEvent, Store, StoreError, StoreResult, StoredNotification, FIRST_QUERY_DELAY_SECS,
-};
-use crate::domain::{decide, Decision, Fulfilment, Order, OrderEvent, OrderItem, OrderStatus, Product, User};
+use super::group_commit::BoxFuture;
+use super::sql::sql_store;
+use super::StoreResult;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -98,160 +88,34 @@ impl PostgresStore {
     pub async fn close(&self) {
         self.pool.close().await;
     }
-}
 
-/// Inbox text stored as BYTEA (see the migration): back to a `String`.
-fn text_from_bytes(v: Vec<u8>) -> StoreResult<String> {
-    String::from_utf8(v).map_err(corrupt)
-}
-
-fn order_from_row(row: &PgRow, items: Vec<OrderItem>) -> StoreResult<Order> {
-    let s = |col: &str| row.try_get::<String, _>(col);
-    let opt = |col: &str| row.try_get::<Option<String>, _>(col);
-    Ok(Order {
-        order_no: OutTradeNo::parse(s("order_no")?).map_err(corrupt)?,
-        openid: Openid::parse(s("openid")?).map_err(corrupt)?,
-        trade_type: TradeType::from_str(&s("trade_type")?).map_err(corrupt)?,
-        items,
-        amount: fen_from_db(row.try_get("amount_fen")?)?,
-        status: OrderStatus::from_str(&s("status")?).map_err(corrupt)?,
-        fulfilment: Fulfilment::from_str(&s("fulfilment")?).map_err(corrupt)?,
-        created_at: from_ms(row.try_get("created_at")?)?,
-        expires_at: from_ms(row.try_get("expires_at")?)?,
-        prepay_id: opt("prepay_id")?.map(PrepayId::parse).transpose().map_err(corrupt)?,
-        prepay_expires_at: opt_from_ms(row.try_get("prepay_expires_at")?)?,
-        transaction_id: opt("transaction_id")?.map(TransactionId::parse).transpose().map_err(corrupt)?,
-        paid_at: opt_from_ms(row.try_get("paid_at")?)?,
-        closed_at: opt_from_ms(row.try_get("closed_at")?)?,
-        needs_review: row.try_get::<bool, _>("needs_review")?,
-        review_reason: opt("review_reason")?,
-        version: row.try_get("version")?,
-    })
-}
-
-async fn load_items(conn: &mut PgConnection, order_no: &str) -> StoreResult<Vec<OrderItem>> {
-    let rows = sqlx::query(
-        "SELECT product_id, name, unit_price_fen, quantity FROM order_items WHERE order_no = $1 ORDER BY line_no",
-    )
-    .bind(order_no)
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(OrderItem {
-                product_id: ProductId::parse(r.try_get::<String, _>("product_id")?).map_err(corrupt)?,
-                name: r.try_get("name")?,
-                unit_price: fen_from_db(r.try_get("unit_price_fen")?)?,
-                quantity: u32_from_db(r.try_get("quantity")?)?,
-            })
-        })
-        .collect()
-}
-
-/// Turns order rows into orders, loading each one's items (small lists: one query per order).
-async fn orders_from_rows(conn: &mut PgConnection, rows: Vec<PgRow>) -> StoreResult<Vec<Order>> {
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let order_no: String = row.try_get("order_no")?;
-        let items = load_items(conn, &order_no).await?;
-        out.push(order_from_row(&row, items)?);
+    async fn read_conn(&self) -> StoreResult<PoolConnection<Postgres>> {
+        Ok(self.pool.acquire().await?)
     }
-    Ok(out)
-}
 
-/// Loads an order; with `for_update`, also locks its row until the transaction ends.
-async fn load_order(conn: &mut PgConnection, order_no: &str, for_update: bool) -> StoreResult<Option<Order>> {
-    let lock = if for_update { " FOR UPDATE" } else { "" };
-    let row = sqlx::query(&format!("SELECT {ORDER_COLS} FROM orders WHERE order_no = $1{lock}"))
-        .bind(order_no)
-        .fetch_optional(&mut *conn)
-        .await?;
-    match row {
-        Some(row) => Ok(orders_from_rows(conn, vec![row]).await?.pop()),
-        None => Ok(None),
+    /// `op` in one transaction; dropping it without commit (any early return) rolls back.
+    async fn write_tx<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, StoreResult<T>> + Send + 'static,
+    {
+        let mut tx = self.pool.begin().await?;
+        let out = op(&mut tx).await?;
+        tx.commit().await?;
+        Ok(out)
     }
-}
 
-async fn append_event(
-    conn: &mut PgConnection,
-    order_no: &str,
-    kind: &str,
-    detail: &serde_json::Value,
-    at: DateTime<Utc>,
-) -> StoreResult<()> {
-    sqlx::query("INSERT INTO order_events (order_no, kind, detail, at) VALUES ($1, $2, $3, $4)")
-        .bind(order_no)
-        .bind(kind)
-        .bind(detail.to_string())
-        .bind(ms(at))
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
+    /// A single statement: its own transaction, one round trip.
+    async fn write_one<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, StoreResult<T>> + Send + 'static,
+    {
+        let mut conn = self.pool.acquire().await?;
+        op(&mut conn).await
+    }
 
-/// Writes the mutable fields of `next` if the row still has `expected_version`. Returns whether
-/// it did (false: someone else wrote first).
-async fn write_order_cas(
-    conn: &mut PgConnection,
-    next: &Order,
-    expected_version: i64,
-    next_query_at: Option<DateTime<Utc>>,
-    now: DateTime<Utc>,
-) -> StoreResult<bool> {
-    let done = sqlx::query(
-        "UPDATE orders SET status = $1, fulfilment = $2, prepay_id = $3, prepay_expires_at = $4, \
-         transaction_id = $5, paid_at = $6, closed_at = $7, needs_review = $8, review_reason = $9, \
-         version = version + 1, updated_at = $10, next_query_at = COALESCE($11, next_query_at) \
-         WHERE order_no = $12 AND version = $13",
-    )
-    .bind(next.status.as_str())
-    .bind(next.fulfilment.as_str())
-    .bind(next.prepay_id.as_ref().map(|p| p.as_str()))
-    .bind(next.prepay_expires_at.map(ms))
-    .bind(next.transaction_id.as_ref().map(|t| t.as_str()))
-    .bind(next.paid_at.map(ms))
-    .bind(next.closed_at.map(ms))
-    .bind(next.needs_review)
-    .bind(next.review_reason.as_deref())
-    .bind(ms(now))
-    .bind(next_query_at.map(ms))
-    .bind(next.order_no.as_str())
-    .bind(expected_version)
-    .execute(&mut *conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-const OUTBOX_COLS: &str =
-    "id, order_no, kind, payload, attempts, created_at, next_attempt_at, delivered_at, last_error";
-
-fn outbox_from_row(row: &PgRow) -> StoreResult<OutboxEvent> {
-    let payload: String = row.try_get("payload")?;
-    Ok(OutboxEvent {
-        id: row.try_get("id")?,
-        order_no: OutTradeNo::parse(row.try_get::<String, _>("order_no")?).map_err(corrupt)?,
-        kind: row.try_get("kind")?,
-        payload: serde_json::from_str(&payload).map_err(corrupt)?,
-        attempts: u32_from_db(row.try_get("attempts")?)?,
-        created_at: from_ms(row.try_get("created_at")?)?,
-        next_attempt_at: from_ms(row.try_get("next_attempt_at")?)?,
-        delivered_at: opt_from_ms(row.try_get("delivered_at")?)?,
-        last_error: row.try_get("last_error")?,
-    })
-}
-
-fn product_from_row(row: &PgRow) -> StoreResult<Product> {
-    Ok(Product {
-        id: ProductId::parse(row.try_get::<String, _>("id")?).map_err(corrupt)?,
-        name: row.try_get("name")?,
-        price: fen_from_db(row.try_get("price_fen")?)?,
-        active: row.try_get("active")?,
-    })
-}
-
-#[async_trait]
-impl Store for PostgresStore {
-    async fn migrate(&self) -> StoreResult<()> {
+    async fn run_migrations(&self) -> StoreResult<()> {
         // sqlx takes an advisory lock, so instances starting together migrate one at a time.
         // Migrations are not requests: a waiting instance or a long index build must not hit the
         // request timeouts, so they are lifted on this connection, which is then closed rather
@@ -265,316 +129,26 @@ impl Store for PostgresStore {
         MIGRATOR.run_direct(&mut *conn).await?;
         Ok(())
     }
+}
 
-    async fn upsert_user(&self, openid: &Openid, unionid: Option<&str>, now: DateTime<Utc>) -> StoreResult<User> {
-        let row = sqlx::query(
-            "INSERT INTO users (openid, unionid, created_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (openid) DO UPDATE SET unionid = COALESCE(excluded.unionid, users.unionid) \
-             RETURNING unionid, created_at",
-        )
-        .bind(openid.as_str())
-        .bind(unionid)
-        .bind(ms(now))
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(User {
-            openid: openid.clone(),
-            unionid: row.try_get("unionid")?,
-            created_at: from_ms(row.try_get("created_at")?)?,
-        })
+/// What PostgreSQL says differently.
+mod dialect {
+    use crate::store::rows::{ORDER_COLS, OUTBOX_COLS};
+
+    /// Writers of one order queue on its row; other orders are untouched.
+    pub(super) const LOCK_ROW: &str = " FOR UPDATE";
+
+    /// What a caller sent is kept as BYTEA (see the migration): a TEXT cannot hold NUL.
+    pub(super) fn caller_text(text: &str) -> &[u8] {
+        text.as_bytes()
     }
 
-    async fn get_user(&self, openid: &Openid) -> StoreResult<Option<User>> {
-        let row = sqlx::query("SELECT unionid, created_at FROM users WHERE openid = $1")
-            .bind(openid.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|row| {
-            Ok(User {
-                openid: openid.clone(),
-                unionid: row.try_get("unionid")?,
-                created_at: from_ms(row.try_get("created_at")?)?,
-            })
-        })
-        .transpose()
-    }
-
-    async fn upsert_product(&self, product: &Product) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO products (id, name, price_fen, active) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (id) DO UPDATE SET name = excluded.name, price_fen = excluded.price_fen, \
-             active = excluded.active",
-        )
-        .bind(product.id.as_str())
-        .bind(&product.name)
-        .bind(fen_to_db(product.price)?)
-        .bind(product.active)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    async fn list_products(&self, active_only: bool) -> StoreResult<Vec<Product>> {
-        let rows = sqlx::query("SELECT id, name, price_fen, active FROM products WHERE active OR NOT $1 ORDER BY id")
-            .bind(active_only)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(product_from_row).collect()
-    }
-
-    async fn get_product(&self, id: &ProductId) -> StoreResult<Option<Product>> {
-        let row = sqlx::query("SELECT id, name, price_fen, active FROM products WHERE id = $1")
-            .bind(id.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(product_from_row).transpose()
-    }
-
-    async fn create_order(&self, order: &Order) -> StoreResult<()> {
-        let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO orders (order_no, openid, trade_type, amount_fen, status, fulfilment, created_at, \
-             expires_at, prepay_id, prepay_expires_at, transaction_id, paid_at, closed_at, needs_review, \
-             review_reason, version, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
-             ON CONFLICT (order_no) DO NOTHING",
-        )
-        .bind(order.order_no.as_str())
-        .bind(order.openid.as_str())
-        .bind(order.trade_type.as_str())
-        .bind(fen_to_db(order.amount)?)
-        .bind(order.status.as_str())
-        .bind(order.fulfilment.as_str())
-        .bind(ms(order.created_at))
-        .bind(ms(order.expires_at))
-        .bind(order.prepay_id.as_ref().map(|p| p.as_str()))
-        .bind(order.prepay_expires_at.map(ms))
-        .bind(order.transaction_id.as_ref().map(|t| t.as_str()))
-        .bind(order.paid_at.map(ms))
-        .bind(order.closed_at.map(ms))
-        .bind(order.needs_review)
-        .bind(order.review_reason.as_deref())
-        .bind(order.version)
-        .bind(ms(order.created_at))
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            return Err(StoreError::Conflict(format!("order {} already exists", order.order_no)));
-        }
-        for (line_no, item) in order.items.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO order_items (order_no, line_no, product_id, name, unit_price_fen, quantity) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
-            )
-            .bind(order.order_no.as_str())
-            .bind(i64::try_from(line_no).map_err(corrupt)?)
-            .bind(item.product_id.as_str())
-            .bind(&item.name)
-            .bind(fen_to_db(item.unit_price)?)
-            .bind(i64::from(item.quantity))
-            .execute(&mut *tx)
-            .await?;
-        }
-        let detail = json!({
-            "amount_fen": order.amount.get(),
-            "trade_type": order.trade_type.as_str(),
-            "lines": order.items.len(),
-        });
-        append_event(&mut tx, order.order_no.as_str(), "order.created", &detail, order.created_at).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    async fn get_order(&self, order_no: &OutTradeNo) -> StoreResult<Option<Order>> {
-        // No transaction needed: items never change after create_order.
-        let mut conn = self.pool.acquire().await?;
-        load_order(&mut conn, order_no.as_str(), false).await
-    }
-
-    async fn list_user_orders(&self, openid: &Openid, limit: u32) -> StoreResult<Vec<Order>> {
-        self.list_orders(&OrderFilter { status: None, openid: Some(openid.clone()), limit, offset: 0 }).await
-    }
-
-    async fn list_orders(&self, filter: &OrderFilter) -> StoreResult<Vec<Order>> {
-        let mut conn = self.pool.acquire().await?;
-        let rows = sqlx::query(&format!(
-            "SELECT {ORDER_COLS} FROM orders WHERE ($1::TEXT IS NULL OR status = $1) \
-             AND ($2::TEXT IS NULL OR openid = $2) \
-             ORDER BY created_at DESC, order_no DESC LIMIT $3 OFFSET $4"
-        ))
-        .bind(filter.status.map(OrderStatus::as_str))
-        .bind(filter.openid.as_ref().map(|o| o.as_str()))
-        .bind(i64::from(filter.limit))
-        .bind(i64::from(filter.offset))
-        .fetch_all(&mut *conn)
-        .await?;
-        orders_from_rows(&mut conn, rows).await
-    }
-
-    async fn find_payable_native_order(
-        &self,
-        openid: &Openid,
-        product_id: &ProductId,
-        now: DateTime<Utc>,
-    ) -> StoreResult<Option<Order>> {
-        let mut conn = self.pool.acquire().await?;
-        let rows = sqlx::query(&format!(
-            "SELECT {ORDER_COLS} FROM orders o WHERE o.openid = $1 AND o.trade_type = 'NATIVE' \
-             AND o.status IN ('CREATED', 'PAYING') AND o.expires_at > $3 \
-             AND (SELECT COUNT(*) FROM order_items i WHERE i.order_no = o.order_no) = 1 \
-             AND EXISTS (SELECT 1 FROM order_items i WHERE i.order_no = o.order_no AND i.product_id = $2) \
-             ORDER BY o.created_at DESC, o.order_no DESC LIMIT 1"
-        ))
-        .bind(openid.as_str())
-        .bind(product_id.as_str())
-        .bind(ms(now))
-        .fetch_all(&mut *conn)
-        .await?;
-        Ok(orders_from_rows(&mut conn, rows).await?.pop())
-    }
-
-    async fn apply_event(
-        &self,
-        order_no: &OutTradeNo,
-        event: &OrderEvent,
-        now: DateTime<Utc>,
-    ) -> StoreResult<ApplyOutcome> {
-        for _ in 0..CAS_RETRIES {
-            // Dropping `tx` without commit rolls back (and unlocks), so every early return is safe.
-            let mut tx = self.pool.begin().await?;
-            let Some(order) = load_order(&mut tx, order_no.as_str(), true).await? else {
-                return Ok(ApplyOutcome::NotFound);
-            };
-            match decide(&order, event, now) {
-                Decision::AlreadyDone => return Ok(ApplyOutcome::AlreadyDone(order)),
-                Decision::Reject(reason) => {
-                    let new_reason =
-                        reason.review_reason().and_then(|r| add_review_reason(order.review_reason.as_deref(), &r));
-                    let Some(review_reason) = new_reason else {
-                        return Ok(ApplyOutcome::Rejected(order, reason));
-                    };
-                    let mut flagged = order.clone();
-                    flagged.needs_review = true;
-                    flagged.review_reason = Some(review_reason);
-                    if !write_order_cas(&mut tx, &flagged, order.version, None, now).await? {
-                        continue;
-                    }
-                    let detail =
-                        json!({ "code": reason.code(), "reason": reason.to_string(), "event": event.detail() });
-                    append_event(&mut tx, order_no.as_str(), "order.flagged", &detail, now).await?;
-                    tx.commit().await?;
-                    flagged.version += 1;
-                    return Ok(ApplyOutcome::Rejected(flagged, reason));
-                }
-                Decision::Apply { order: next, event_kind, emit_paid_event } => {
-                    let mut next = *next;
-                    let schedule = matches!(event, OrderEvent::PrepayIssued { .. })
-                        .then(|| now + Duration::seconds(FIRST_QUERY_DELAY_SECS));
-                    if !write_order_cas(&mut tx, &next, order.version, schedule, now).await? {
-                        continue;
-                    }
-                    append_event(&mut tx, order_no.as_str(), event_kind, &event.detail(), now).await?;
-                    if emit_paid_event {
-                        // The unique (order_no, kind) makes a second insert a no-op: one
-                        // fulfilment per order even if a bug ever decided "paid" twice.
-                        sqlx::query(
-                            "INSERT INTO outbox (order_no, kind, payload, created_at, next_attempt_at) \
-                             VALUES ($1, 'order.paid', $2, $3, $3) ON CONFLICT (order_no, kind) DO NOTHING",
-                        )
-                        .bind(order_no.as_str())
-                        .bind(paid_event_payload(&next).to_string())
-                        .bind(ms(now))
-                        .execute(&mut *tx)
-                        .await?;
-                    }
-                    tx.commit().await?;
-                    next.version = order.version + 1;
-                    return Ok(ApplyOutcome::Applied(next));
-                }
-            }
-        }
-        Err(StoreError::Conflict(format!("order {order_no} kept changing; gave up after {CAS_RETRIES} attempts")))
-    }
-
-    async fn order_events(&self, order_no: &OutTradeNo) -> StoreResult<Vec<OrderEventRecord>> {
-        let rows = sqlx::query("SELECT id, kind, detail, at FROM order_events WHERE order_no = $1 ORDER BY id")
-            .bind(order_no.as_str())
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let detail: String = r.try_get("detail")?;
-                Ok(OrderEventRecord {
-                    id: r.try_get("id")?,
-                    order_no: order_no.clone(),
-                    kind: r.try_get("kind")?,
-                    detail: serde_json::from_str(&detail).map_err(corrupt)?,
-                    at: from_ms(r.try_get("at")?)?,
-                })
-            })
-            .collect()
-    }
-
-    async fn record_notification(&self, record: &InboxRecord) -> StoreResult<i64> {
-        let row = sqlx::query(
-            "INSERT INTO notification_inbox (kind, out_trade_no, raw_body, verified, outcome, reason, received_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-        )
-        .bind(record.kind.as_str())
-        .bind(record.out_trade_no.as_deref().map(str::as_bytes))
-        .bind(record.raw_body.as_bytes())
-        .bind(record.verified)
-        .bind(&record.outcome)
-        .bind(record.reason.as_deref().map(str::as_bytes))
-        .bind(ms(record.received_at))
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get("id")?)
-    }
-
-    async fn notifications_for_order(&self, order_no: &OutTradeNo) -> StoreResult<Vec<StoredNotification>> {
-        let rows = sqlx::query(
-            "SELECT id, kind, out_trade_no, raw_body, verified, outcome, reason, received_at \
-             FROM notification_inbox WHERE out_trade_no = $1 ORDER BY id",
-        )
-        .bind(order_no.as_str().as_bytes())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredNotification {
-                    id: r.try_get("id")?,
-                    record: InboxRecord {
-                        kind: NotificationKind::from_str(&r.try_get::<String, _>("kind")?)?,
-                        out_trade_no: r
-                            .try_get::<Option<Vec<u8>>, _>("out_trade_no")?
-                            .map(text_from_bytes)
-                            .transpose()?,
-                        raw_body: text_from_bytes(r.try_get("raw_body")?)?,
-                        verified: r.try_get("verified")?,
-                        outcome: r.try_get("outcome")?,
-                        reason: r.try_get::<Option<Vec<u8>>, _>("reason")?.map(text_from_bytes).transpose()?,
-                        received_at: from_ms(r.try_get("received_at")?)?,
-                    },
-                })
-            })
-            .collect()
-    }
-
-    async fn claim_due_orders(
-        &self,
-        now: DateTime<Utc>,
-        owner: &str,
-        lease: Duration,
-        limit: u32,
-    ) -> StoreResult<Vec<DueOrder>> {
-        let lease_until = now + lease;
-        let mut tx = self.pool.begin().await?;
-        // SKIP LOCKED: rows another instance is claiming right now (or an apply_event is writing)
-        // are left to them instead of waiting; a row claimed and committed meanwhile is re-checked
-        // against its new lease by the row lock, so it is skipped too. MATERIALIZED makes the pick
-        // run exactly once.
-        let claimed = sqlx::query(&format!(
+    /// SKIP LOCKED: rows another instance is claiming right now (or a state change is writing)
+    /// are left to them instead of waiting; a row claimed and committed meanwhile is re-checked
+    /// against its new lease by the row lock, so it is skipped too. MATERIALIZED makes the pick
+    /// run exactly once.
+    pub(super) fn claim_due_orders_sql() -> String {
+        format!(
             "WITH due AS MATERIALIZED ( \
                 SELECT order_no FROM orders WHERE status IN ('CREATED', 'PAYING') \
                 AND ((next_query_at IS NOT NULL AND next_query_at <= $3) OR expires_at <= $3) \
@@ -584,175 +158,23 @@ impl Store for PostgresStore {
              UPDATE orders SET lease_owner = $1, lease_until = $2 \
              WHERE order_no IN (SELECT order_no FROM due) \
              RETURNING {ORDER_COLS}, query_attempts, next_query_at"
-        ))
-        .bind(owner)
-        .bind(ms(lease_until))
-        .bind(ms(now))
-        .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut out = Vec::with_capacity(claimed.len());
-        for row in claimed {
-            let order_no: String = row.try_get("order_no")?;
-            let items = load_items(&mut tx, &order_no).await?;
-            out.push(DueOrder {
-                order: order_from_row(&row, items)?,
-                query_attempts: u32_from_db(row.try_get("query_attempts")?)?,
-                next_query_at: opt_from_ms(row.try_get("next_query_at")?)?,
-                lease_until,
-            });
-        }
-        tx.commit().await?;
-        // RETURNING gives no order guarantee: hand back the most overdue first.
-        out.sort_by_key(|d| {
-            let due = d.next_query_at.map_or(d.order.expires_at, |q| q.min(d.order.expires_at));
-            (due, d.order.order_no.clone())
-        });
-        Ok(out)
-    }
-
-    async fn reschedule_query(
-        &self,
-        order_no: &OutTradeNo,
-        owner: &str,
-        next_query_at: DateTime<Utc>,
-        attempts: u32,
-    ) -> StoreResult<bool> {
-        let done = sqlx::query(
-            "UPDATE orders SET next_query_at = $1, query_attempts = $2, lease_owner = NULL, lease_until = NULL \
-             WHERE order_no = $3 AND lease_owner = $4",
         )
-        .bind(ms(next_query_at))
-        .bind(i64::from(attempts))
-        .bind(order_no.as_str())
-        .bind(owner)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
     }
 
-    async fn release_lease(&self, order_no: &OutTradeNo, owner: &str) -> StoreResult<bool> {
-        let done = sqlx::query(
-            "UPDATE orders SET lease_owner = NULL, lease_until = NULL WHERE order_no = $1 AND lease_owner = $2",
-        )
-        .bind(order_no.as_str())
-        .bind(owner)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn try_mark_queried(
-        &self,
-        order_no: &OutTradeNo,
-        now: DateTime<Utc>,
-        min_interval: Duration,
-    ) -> StoreResult<bool> {
-        // One UPDATE with the condition in its WHERE clause: a concurrent caller blocks on the row
-        // lock, then re-evaluates the condition against the committed new value and matches nothing.
-        let row = sqlx::query(
-            "UPDATE orders SET last_queried_at = $1 WHERE order_no = $2 \
-             AND (last_queried_at IS NULL OR last_queried_at <= $3) RETURNING order_no",
-        )
-        .bind(ms(now))
-        .bind(order_no.as_str())
-        .bind(ms(now - min_interval))
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(row.is_some())
-    }
-
-    async fn claim_outbox(
-        &self,
-        now: DateTime<Utc>,
-        owner: &str,
-        lease: Duration,
-        limit: u32,
-    ) -> StoreResult<Vec<OutboxEvent>> {
-        // A single statement is its own transaction; see claim_due_orders for the locking.
-        let rows = sqlx::query(&format!(
+    /// A single statement is its own transaction; see [`claim_due_orders_sql`] for the locking.
+    pub(super) fn claim_outbox_sql() -> String {
+        format!(
             "WITH due AS MATERIALIZED ( \
                 SELECT id FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= $3 \
                 AND (lease_until IS NULL OR lease_until <= $3) ORDER BY id LIMIT $4 \
                 FOR UPDATE SKIP LOCKED) \
              UPDATE outbox SET lease_owner = $1, lease_until = $2 WHERE id IN (SELECT id FROM due) \
              RETURNING {OUTBOX_COLS}"
-        ))
-        .bind(owner)
-        .bind(ms(now + lease))
-        .bind(ms(now))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        let mut out = rows.iter().map(outbox_from_row).collect::<StoreResult<Vec<_>>>()?;
-        out.sort_by_key(|e| e.id);
-        Ok(out)
-    }
-
-    async fn outbox_delivered(&self, id: i64, now: DateTime<Utc>) -> StoreResult<()> {
-        let done = sqlx::query(
-            "UPDATE outbox SET delivered_at = COALESCE(delivered_at, $1), lease_owner = NULL, lease_until = NULL \
-             WHERE id = $2",
         )
-        .bind(ms(now))
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("outbox event {id}")));
-        }
-        Ok(())
-    }
-
-    async fn outbox_failed(
-        &self,
-        id: i64,
-        owner: &str,
-        next_attempt_at: DateTime<Utc>,
-        error: &str,
-    ) -> StoreResult<bool> {
-        // A TEXT column cannot hold NUL; the error is diagnostics, so replace it rather than fail.
-        let error = error.replace('\0', "\u{FFFD}");
-        let done = sqlx::query(
-            "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2, lease_owner = NULL, \
-             lease_until = NULL WHERE id = $3 AND delivered_at IS NULL AND lease_owner = $4",
-        )
-        .bind(ms(next_attempt_at))
-        .bind(error)
-        .bind(id)
-        .bind(owner)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
-    }
-
-    async fn outbox_for_order(&self, order_no: &OutTradeNo) -> StoreResult<Vec<OutboxEvent>> {
-        let rows = sqlx::query(&format!("SELECT {OUTBOX_COLS} FROM outbox WHERE order_no = $1 ORDER BY id"))
-            .bind(order_no.as_str())
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(outbox_from_row).collect()
-    }
-
-    async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
-    }
-
-    async fn count_orders_by_status(&self) -> StoreResult<Vec<(OrderStatus, i64)>> {
-        let rows =
-            sqlx::query("SELECT status, COUNT(*) AS n FROM orders GROUP BY status").fetch_all(&self.pool).await?;
-        let mut counts: Vec<(OrderStatus, i64)> = OrderStatus::ALL.iter().map(|s| (*s, 0)).collect();
-        for row in rows {
-            let status = OrderStatus::from_str(&row.try_get::<String, _>("status")?).map_err(corrupt)?;
-            let n: i64 = row.try_get("n")?;
-            if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == status) {
-                slot.1 = n;
-            }
-        }
-        Ok(counts)
     }
 }
+
+sql_store!(PostgresStore, sqlx::PgConnection);
 
 /// Throwaway databases for tests (this crate's and the end-to-end suite).
 #[doc(hidden)]

@@ -8,9 +8,9 @@ use chrono::Duration;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::error::AppError;
+use crate::domain::name_of;
 use crate::state::AppState;
-use crate::store::OutboxEvent;
+use crate::store::{OutboxEvent, StoreError};
 
 const BATCH: u32 = 20;
 
@@ -34,7 +34,7 @@ pub struct DeliveryReport {
     pub failed: usize,
 }
 
-pub async fn deliver_once(state: &AppState) -> Result<DeliveryReport, AppError> {
+pub async fn deliver_once(state: &AppState) -> Result<DeliveryReport, StoreError> {
     let now = state.clock.now();
     let events = state.store.claim_outbox(now, &state.instance_id, super::lease(state), BATCH).await?;
     let mut report = DeliveryReport::default();
@@ -78,10 +78,10 @@ async fn deliver(state: &AppState, event: &OutboxEvent) -> Result<(), String> {
     };
     let body = serde_json::json!({
         "id": event.id,
-        "kind": event.kind,
+        "kind": event.message.kind(),
         "order_no": event.order_no.as_str(),
         "created_at": event.created_at.to_rfc3339(),
-        "data": event.payload,
+        "data": event.message.payload(),
     })
     .to_string();
     let timestamp = state.clock.now().timestamp();
@@ -89,7 +89,7 @@ async fn deliver(state: &AppState, event: &OutboxEvent) -> Result<(), String> {
         .http
         .post(url)
         .header("content-type", "application/json")
-        .header("x-wxpay-event", event.kind.as_str())
+        .header("x-wxpay-event", name_of(&event.message.kind()))
         .header("x-wxpay-event-id", event.id.to_string())
         .header("x-wxpay-timestamp", timestamp.to_string())
         .header("x-wxpay-signature", signature(state.config.webhook.secret.expose(), timestamp, &body))

@@ -6,9 +6,9 @@
 use chrono::Duration;
 
 use crate::domain::{CloseReason, OrderEvent, OrderStatus};
-use crate::error::AppError;
-use crate::payments;
+use crate::payments::{self, PayError};
 use crate::state::AppState;
+use crate::store::StoreError;
 
 /// What one step did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -30,7 +30,7 @@ pub fn query_backoff(attempts: u32) -> Duration {
 /// Retry delay after a WeChat or database error.
 const ERROR_RETRY: Duration = Duration::seconds(15);
 
-pub async fn reconcile_once(state: &AppState) -> Result<ReconcileReport, AppError> {
+pub async fn reconcile_once(state: &AppState) -> Result<ReconcileReport, StoreError> {
     let now = state.clock.now();
     let owner = state.instance_id.as_str();
     let due = state.store.claim_due_orders(now, owner, super::lease(state), BATCH).await?;
@@ -45,13 +45,12 @@ pub async fn reconcile_once(state: &AppState) -> Result<ReconcileReport, AppErro
         let expired = now >= order.expires_at;
         let result = if expired && order.prepay_id.is_none() {
             // WeChat never heard of this order: nothing can have been paid.
-            payments::apply(state, &order.order_no, &OrderEvent::CloseRequested { reason: CloseReason::Expired })
-                .await
-                .map(|_| OrderStatus::Closed)
+            let close = OrderEvent::CloseRequested { reason: CloseReason::Expired };
+            payments::apply(state, &order.order_no, &close, None).await.map(|_| OrderStatus::Closed)
         } else if expired {
             match payments::close(state, &order, CloseReason::Expired).await {
                 Ok(o) => Ok(o.status),
-                Err(e) if e.code == "ORDER_PAID" => Ok(OrderStatus::Paid),
+                Err(PayError::AlreadyPaid(_)) => Ok(OrderStatus::Paid),
                 Err(e) => Err(e),
             }
         } else {

@@ -1,13 +1,15 @@
 //! The one error type of the HTTP API, mapped to a status and a JSON body
-//! `{"code": "STABLE_CODE", "message": "human text"}` in one place.
+//! `{"code": "STABLE_CODE", "message": "human text"}` in one place: the use cases' errors
+//! ([`PayError`], store, cache, WeChat failures) become HTTP here and nowhere else.
 
+use crate::cache::CacheError;
+use crate::domain::DomainError;
+use crate::payments::PayError;
+use crate::store::StoreError;
+use crate::wechat::WeChatFailure;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use wxpay_proto::client::ClientError;
-
-use crate::cache::CacheError;
-use crate::store::StoreError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppError {
@@ -45,17 +47,40 @@ impl AppError {
     pub fn order_not_found() -> Self {
         Self::not_found("ORDER_NOT_FOUND", "no such order")
     }
+}
 
-    /// A failed WeChat API call: temporary (503, try again) or not (502).
-    pub fn wechat(e: &ClientError) -> Self {
-        if e.is_retryable() {
-            Self::new(
+impl From<WeChatFailure> for AppError {
+    /// Temporary (503, try again) or not (502).
+    fn from(f: WeChatFailure) -> Self {
+        match f {
+            WeChatFailure::Transient(e) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "WECHAT_UNAVAILABLE",
                 format!("WeChat Pay is not answering, try again: {e}"),
-            )
-        } else {
-            Self::new(StatusCode::BAD_GATEWAY, "WECHAT_ERROR", format!("WeChat Pay refused the request: {e}"))
+            ),
+            WeChatFailure::Refused(e) => {
+                Self::new(StatusCode::BAD_GATEWAY, "WECHAT_ERROR", format!("WeChat Pay refused the request: {e}"))
+            }
+        }
+    }
+}
+
+impl From<PayError> for AppError {
+    fn from(e: PayError) -> Self {
+        let message = e.to_string();
+        match e {
+            PayError::OrderNotFound => Self::order_not_found(),
+            PayError::AlreadyPaid(_) => Self::conflict("ORDER_PAID", message),
+            PayError::Closed => Self::conflict("ORDER_CLOSED", message),
+            PayError::Expired(_) => Self::conflict("ORDER_EXPIRED", message),
+            PayError::WrongTradeType => Self::conflict("WRONG_TRADE_TYPE", message),
+            PayError::BadOrder(DomainError::UnknownProduct(_)) => Self::not_found("PRODUCT_NOT_FOUND", message),
+            PayError::BadOrder(DomainError::InactiveProduct(_)) => Self::conflict("PRODUCT_UNAVAILABLE", message),
+            PayError::BadOrder(_) => Self::invalid_input(message),
+            PayError::NotShippable(_) => Self::conflict("NOT_SHIPPABLE", message),
+            PayError::WeChatUnavailable(e) => WeChatFailure::Transient(e).into(),
+            PayError::WeChatRefused(e) => WeChatFailure::Refused(e).into(),
+            PayError::Store(e) => e.into(),
         }
     }
 }

@@ -1,0 +1,645 @@
+//! What the SQL stores share: every statement, written once. SQLite and PostgreSQL both accept
+//! `$N` placeholders, `ON CONFLICT`, `RETURNING` and `CAST(... AS TEXT)`, so the text is the
+//! same; what differs is supplied by each backend's `dialect` module (row locks, the claim
+//! statements, how caller-sent text is stored) and by how it hands out connections:
+//!
+//! * `read_conn()`: a pooled connection for reads;
+//! * `write_tx(op)`: `op` inside one transaction, answered after the commit (SQLite: the
+//!   group-commit writer; PostgreSQL: a pooled transaction);
+//! * `write_one(op)`: a single write statement (SQLite: the writer; PostgreSQL: autocommit);
+//! * `run_migrations()`.
+//!
+//! [`sql_store!`] expands, in a backend's module, to the [`SqlConn`] primitives for its
+//! connection type and to its [`super::Store`] implementation. State changes go through
+//! [`super::apply`], which uses only the primitives.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{InboxRecord, StoreResult};
+use crate::domain::{EventKind, Order, OutboxMessage};
+
+pub use super::group_commit::BoxFuture;
+
+/// The backend primitives a state change is written with (see [`super::apply`]).
+#[async_trait]
+pub trait SqlConn: Send {
+    /// The order with its items; with `lock`, its row stays locked until the transaction ends
+    /// (where the backend has row locks).
+    async fn load_order(&mut self, order_no: &str, lock: bool) -> StoreResult<Option<Order>>;
+    /// Writes the mutable fields of `next` if the row still has `expected_version`, bumping it;
+    /// false when someone else wrote first. `next_query_at` replaces the stored one when given.
+    async fn cas_order(
+        &mut self,
+        next: &Order,
+        expected_version: i64,
+        next_query_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+    async fn append_event(
+        &mut self,
+        order_no: &str,
+        kind: EventKind,
+        detail: &serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()>;
+    /// At most one event per order and kind: a second insert is a no-op.
+    async fn insert_outbox(&mut self, order_no: &str, message: &OutboxMessage, now: DateTime<Utc>) -> StoreResult<()>;
+    async fn insert_inbox(&mut self, record: &InboxRecord) -> StoreResult<i64>;
+}
+
+/// A diagnostic text made storable everywhere (a PostgreSQL TEXT cannot hold NUL).
+pub(crate) fn storable(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
+}
+
+/// The shared statements of a SQL store; see the module docs. `$store` is the store type and
+/// `$conn` its connection type, both defined beside a `dialect` module in the invoking module.
+macro_rules! sql_store {
+    ($store:ident, $conn:ty) => {
+        mod shared_sql {
+            use super::{dialect, $store};
+            use $crate::domain::{name_of, EventKind, Order, OrderEvent, OrderStatus, OutboxMessage, Product, User};
+            use $crate::store::rows::{
+                convert, fen_to_db, ms, DueRow, EventRow, InboxRow, ItemRow, OrderRow, OutboxRow, ProductRow,
+                StatusCountRow, UserRow, INBOX_COLS, ORDER_COLS, OUTBOX_COLS,
+            };
+            use $crate::store::sql::{storable, SqlConn};
+            use $crate::store::{
+                ApplyOutcome, DueOrder, InboxCause, InboxRecord, OrderEventRecord, OrderFilter, OutboxEvent, Store,
+                StoreError, StoreResult, StoredNotification,
+            };
+
+            async fn load_items(conn: &mut $conn, order_no: &str) -> StoreResult<Vec<$crate::domain::OrderItem>> {
+                let rows: Vec<ItemRow> = sqlx::query_as(
+                    "SELECT product_id, name, unit_price_fen, quantity FROM order_items WHERE order_no = $1 \
+                     ORDER BY line_no",
+                )
+                .bind(order_no)
+                .fetch_all(&mut *conn)
+                .await?;
+                convert(rows)
+            }
+
+            /// Order rows with their items (small lists: one query per order).
+            async fn with_items(conn: &mut $conn, rows: Vec<OrderRow>) -> StoreResult<Vec<Order>> {
+                let mut out = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let items = load_items(conn, row.order_no()).await?;
+                    out.push(row.into_order(items)?);
+                }
+                Ok(out)
+            }
+
+            #[async_trait::async_trait]
+            impl SqlConn for $conn {
+                async fn load_order(&mut self, order_no: &str, lock: bool) -> StoreResult<Option<Order>> {
+                    let lock = if lock { dialect::LOCK_ROW } else { "" };
+                    let row: Option<OrderRow> =
+                        sqlx::query_as(&format!("SELECT {ORDER_COLS} FROM orders WHERE order_no = $1{lock}"))
+                            .bind(order_no)
+                            .fetch_optional(&mut *self)
+                            .await?;
+                    Ok(with_items(self, row.into_iter().collect()).await?.pop())
+                }
+
+                async fn cas_order(
+                    &mut self,
+                    next: &Order,
+                    expected_version: i64,
+                    next_query_at: Option<chrono::DateTime<chrono::Utc>>,
+                    now: chrono::DateTime<chrono::Utc>,
+                ) -> StoreResult<bool> {
+                    let done = sqlx::query(
+                        "UPDATE orders SET status = $1, fulfilment = $2, prepay_id = $3, prepay_expires_at = $4, \
+                         transaction_id = $5, paid_at = $6, closed_at = $7, needs_review = $8, review_reason = $9, \
+                         version = version + 1, updated_at = $10, next_query_at = COALESCE($11, next_query_at) \
+                         WHERE order_no = $12 AND version = $13",
+                    )
+                    .bind(name_of(&next.status))
+                    .bind(name_of(&next.fulfilment))
+                    .bind(next.prepay_id.as_ref().map(|p| p.as_str()))
+                    .bind(next.prepay_expires_at.map(ms))
+                    .bind(next.transaction_id.as_ref().map(|t| t.as_str()))
+                    .bind(next.paid_at.map(ms))
+                    .bind(next.closed_at.map(ms))
+                    .bind(next.needs_review)
+                    .bind(next.review_reason.as_deref())
+                    .bind(ms(now))
+                    .bind(next_query_at.map(ms))
+                    .bind(next.order_no.as_str())
+                    .bind(expected_version)
+                    .execute(&mut *self)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn append_event(
+                    &mut self,
+                    order_no: &str,
+                    kind: EventKind,
+                    detail: &serde_json::Value,
+                    at: chrono::DateTime<chrono::Utc>,
+                ) -> StoreResult<()> {
+                    sqlx::query("INSERT INTO order_events (order_no, kind, detail, at) VALUES ($1, $2, $3, $4)")
+                        .bind(order_no)
+                        .bind(name_of(&kind))
+                        .bind(detail.to_string())
+                        .bind(ms(at))
+                        .execute(&mut *self)
+                        .await?;
+                    Ok(())
+                }
+
+                async fn insert_outbox(
+                    &mut self,
+                    order_no: &str,
+                    message: &OutboxMessage,
+                    now: chrono::DateTime<chrono::Utc>,
+                ) -> StoreResult<()> {
+                    // The unique (order_no, kind) makes a second insert a no-op: one fulfilment per
+                    // order even if a bug ever decided "paid" twice.
+                    sqlx::query(
+                        "INSERT INTO outbox (order_no, kind, payload, created_at, next_attempt_at) \
+                         VALUES ($1, $2, $3, $4, $4) ON CONFLICT (order_no, kind) DO NOTHING",
+                    )
+                    .bind(order_no)
+                    .bind(name_of(&message.kind()))
+                    .bind(message.payload().to_string())
+                    .bind(ms(now))
+                    .execute(&mut *self)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn insert_inbox(&mut self, record: &InboxRecord) -> StoreResult<i64> {
+                    let id: i64 = sqlx::query_scalar(
+                        "INSERT INTO notification_inbox (kind, out_trade_no, raw_body, verified, outcome, reason, \
+                         received_at) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                    )
+                    .bind(name_of(&record.kind))
+                    .bind(record.out_trade_no.as_deref().map(dialect::caller_text))
+                    .bind(dialect::caller_text(&record.raw_body))
+                    .bind(record.verified)
+                    .bind(name_of(&record.outcome))
+                    .bind(record.reason.as_deref().map(dialect::caller_text))
+                    .bind(ms(record.received_at))
+                    .fetch_one(&mut *self)
+                    .await?;
+                    Ok(id)
+                }
+            }
+
+            #[async_trait::async_trait]
+            impl Store for $store {
+                async fn migrate(&self) -> StoreResult<()> {
+                    self.run_migrations().await
+                }
+
+                async fn upsert_user(
+                    &self,
+                    openid: &wxpay_proto::Openid,
+                    unionid: Option<&str>,
+                    now: chrono::DateTime<chrono::Utc>,
+                ) -> StoreResult<User> {
+                    let (openid, unionid) = (openid.to_string(), unionid.map(str::to_owned));
+                    self.write_one(move |conn| {
+                        Box::pin(async move {
+                            let row: UserRow = sqlx::query_as(
+                                "INSERT INTO users (openid, unionid, created_at) VALUES ($1, $2, $3) \
+                                 ON CONFLICT (openid) DO UPDATE SET unionid = COALESCE(excluded.unionid, users.unionid) \
+                                 RETURNING openid, unionid, created_at",
+                            )
+                            .bind(openid)
+                            .bind(unionid)
+                            .bind(ms(now))
+                            .fetch_one(&mut *conn)
+                            .await?;
+                            User::try_from(row)
+                        })
+                    })
+                    .await
+                }
+
+                async fn get_user(&self, openid: &wxpay_proto::Openid) -> StoreResult<Option<User>> {
+                    let mut conn = self.read_conn().await?;
+                    let row: Option<UserRow> =
+                        sqlx::query_as("SELECT openid, unionid, created_at FROM users WHERE openid = $1")
+                            .bind(openid.as_str())
+                            .fetch_optional(&mut *conn)
+                            .await?;
+                    row.map(User::try_from).transpose()
+                }
+
+                async fn upsert_product(&self, product: &Product) -> StoreResult<()> {
+                    let (id, name, price, active) =
+                        (product.id.to_string(), product.name.clone(), fen_to_db(product.price)?, product.active);
+                    self.write_one(move |conn| {
+                        Box::pin(async move {
+                            sqlx::query(
+                                "INSERT INTO products (id, name, price_fen, active) VALUES ($1, $2, $3, $4) \
+                                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, price_fen = excluded.price_fen, \
+                                 active = excluded.active",
+                            )
+                            .bind(id)
+                            .bind(name)
+                            .bind(price)
+                            .bind(active)
+                            .execute(&mut *conn)
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .await
+                }
+
+                async fn list_products(&self, active_only: bool) -> StoreResult<Vec<Product>> {
+                    let mut conn = self.read_conn().await?;
+                    let rows: Vec<ProductRow> = sqlx::query_as(
+                        "SELECT id, name, price_fen, active FROM products WHERE active OR NOT $1 ORDER BY id",
+                    )
+                    .bind(active_only)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    convert(rows)
+                }
+
+                async fn get_product(&self, id: &wxpay_proto::ProductId) -> StoreResult<Option<Product>> {
+                    let mut conn = self.read_conn().await?;
+                    let row: Option<ProductRow> =
+                        sqlx::query_as("SELECT id, name, price_fen, active FROM products WHERE id = $1")
+                            .bind(id.as_str())
+                            .fetch_optional(&mut *conn)
+                            .await?;
+                    row.map(Product::try_from).transpose()
+                }
+
+                async fn create_order(&self, order: &Order) -> StoreResult<()> {
+                    let order = order.clone();
+                    self.write_tx(move |conn| {
+                        Box::pin(async move {
+                            let inserted = sqlx::query(
+                                "INSERT INTO orders (order_no, openid, trade_type, amount_fen, status, fulfilment, \
+                                 created_at, expires_at, prepay_id, prepay_expires_at, transaction_id, paid_at, \
+                                 closed_at, needs_review, review_reason, version, updated_at) \
+                                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $7) \
+                                 ON CONFLICT (order_no) DO NOTHING",
+                            )
+                            .bind(order.order_no.as_str())
+                            .bind(order.openid.as_str())
+                            .bind(order.trade_type.as_str())
+                            .bind(fen_to_db(order.amount)?)
+                            .bind(name_of(&order.status))
+                            .bind(name_of(&order.fulfilment))
+                            .bind(ms(order.created_at))
+                            .bind(ms(order.expires_at))
+                            .bind(order.prepay_id.as_ref().map(|p| p.as_str()))
+                            .bind(order.prepay_expires_at.map(ms))
+                            .bind(order.transaction_id.as_ref().map(|t| t.as_str()))
+                            .bind(order.paid_at.map(ms))
+                            .bind(order.closed_at.map(ms))
+                            .bind(order.needs_review)
+                            .bind(order.review_reason.as_deref())
+                            .bind(order.version)
+                            .execute(&mut *conn)
+                            .await?;
+                            if inserted.rows_affected() == 0 {
+                                return Err(StoreError::Conflict(format!("order {} already exists", order.order_no)));
+                            }
+                            for (line_no, item) in (0_i64..).zip(&order.items) {
+                                sqlx::query(
+                                    "INSERT INTO order_items (order_no, line_no, product_id, name, unit_price_fen, \
+                                     quantity) VALUES ($1, $2, $3, $4, $5, $6)",
+                                )
+                                .bind(order.order_no.as_str())
+                                .bind(line_no)
+                                .bind(item.product_id.as_str())
+                                .bind(&item.name)
+                                .bind(fen_to_db(item.unit_price)?)
+                                .bind(i64::from(item.quantity))
+                                .execute(&mut *conn)
+                                .await?;
+                            }
+                            let detail = serde_json::json!({
+                                "amount_fen": order.amount.get(),
+                                "trade_type": order.trade_type.as_str(),
+                                "lines": order.items.len(),
+                            });
+                            conn.append_event(order.order_no.as_str(), EventKind::OrderCreated, &detail, order.created_at)
+                                .await
+                        })
+                    })
+                    .await
+                }
+
+                async fn get_order(&self, order_no: &wxpay_proto::OutTradeNo) -> StoreResult<Option<Order>> {
+                    // No transaction needed: items never change after create_order.
+                    let mut conn = self.read_conn().await?;
+                    conn.load_order(order_no.as_str(), false).await
+                }
+
+                async fn list_user_orders(&self, openid: &wxpay_proto::Openid, limit: u32) -> StoreResult<Vec<Order>> {
+                    self.list_orders(&OrderFilter { status: None, openid: Some(openid.clone()), limit, offset: 0 }).await
+                }
+
+                async fn list_orders(&self, filter: &OrderFilter) -> StoreResult<Vec<Order>> {
+                    let mut conn = self.read_conn().await?;
+                    let rows: Vec<OrderRow> = sqlx::query_as(&format!(
+                        "SELECT {ORDER_COLS} FROM orders WHERE (CAST($1 AS TEXT) IS NULL OR status = $1) \
+                         AND (CAST($2 AS TEXT) IS NULL OR openid = $2) \
+                         ORDER BY created_at DESC, order_no DESC LIMIT $3 OFFSET $4"
+                    ))
+                    .bind(filter.status.as_ref().map(name_of))
+                    .bind(filter.openid.as_ref().map(|o| o.as_str()))
+                    .bind(i64::from(filter.limit))
+                    .bind(i64::from(filter.offset))
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    with_items(&mut conn, rows).await
+                }
+
+                async fn find_payable_native_order(
+                    &self,
+                    openid: &wxpay_proto::Openid,
+                    product_id: &wxpay_proto::ProductId,
+                    now: chrono::DateTime<chrono::Utc>,
+                ) -> StoreResult<Option<Order>> {
+                    let mut conn = self.read_conn().await?;
+                    let rows: Vec<OrderRow> = sqlx::query_as(&format!(
+                        "SELECT {ORDER_COLS} FROM orders o WHERE o.openid = $1 AND o.trade_type = 'NATIVE' \
+                         AND o.status IN ('CREATED', 'PAYING') AND o.expires_at > $3 \
+                         AND (SELECT COUNT(*) FROM order_items i WHERE i.order_no = o.order_no) = 1 \
+                         AND EXISTS (SELECT 1 FROM order_items i WHERE i.order_no = o.order_no AND i.product_id = $2) \
+                         ORDER BY o.created_at DESC, o.order_no DESC LIMIT 1"
+                    ))
+                    .bind(openid.as_str())
+                    .bind(product_id.as_str())
+                    .bind(ms(now))
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    Ok(with_items(&mut conn, rows).await?.pop())
+                }
+
+                async fn apply_event_with_cause(
+                    &self,
+                    order_no: &wxpay_proto::OutTradeNo,
+                    event: &OrderEvent,
+                    cause: Option<InboxCause>,
+                    now: chrono::DateTime<chrono::Utc>,
+                ) -> StoreResult<ApplyOutcome> {
+                    let (order_no, event) = (order_no.clone(), event.clone());
+                    self.write_tx(move |conn| {
+                        Box::pin(async move { $crate::store::apply::apply(conn, &order_no, &event, cause, now).await })
+                    })
+                    .await
+                }
+
+                async fn order_events(&self, order_no: &wxpay_proto::OutTradeNo) -> StoreResult<Vec<OrderEventRecord>> {
+                    let mut conn = self.read_conn().await?;
+                    let rows: Vec<EventRow> = sqlx::query_as(
+                        "SELECT id, order_no, kind, detail, at FROM order_events WHERE order_no = $1 ORDER BY id",
+                    )
+                    .bind(order_no.as_str())
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    convert(rows)
+                }
+
+                async fn record_notification(&self, record: &InboxRecord) -> StoreResult<i64> {
+                    let record = record.clone();
+                    self.write_one(move |conn| Box::pin(async move { conn.insert_inbox(&record).await })).await
+                }
+
+                async fn notifications_for_order(
+                    &self,
+                    order_no: &wxpay_proto::OutTradeNo,
+                ) -> StoreResult<Vec<StoredNotification>> {
+                    let mut conn = self.read_conn().await?;
+                    let rows: Vec<InboxRow> = sqlx::query_as(&format!(
+                        "SELECT {INBOX_COLS} FROM notification_inbox WHERE out_trade_no = $1 ORDER BY id"
+                    ))
+                    .bind(dialect::caller_text(order_no.as_str()))
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    convert(rows)
+                }
+
+                async fn claim_due_orders(
+                    &self,
+                    now: chrono::DateTime<chrono::Utc>,
+                    owner: &str,
+                    lease: chrono::Duration,
+                    limit: u32,
+                ) -> StoreResult<Vec<DueOrder>> {
+                    let (owner, lease_until) = (owner.to_owned(), now + lease);
+                    let mut out = self
+                        .write_tx(move |conn| {
+                            Box::pin(async move {
+                                let rows: Vec<DueRow> = sqlx::query_as(&dialect::claim_due_orders_sql())
+                                    .bind(owner)
+                                    .bind(ms(lease_until))
+                                    .bind(ms(now))
+                                    .bind(i64::from(limit))
+                                    .fetch_all(&mut *conn)
+                                    .await?;
+                                let mut out = Vec::with_capacity(rows.len());
+                                for row in rows {
+                                    let items = load_items(conn, row.order.order_no()).await?;
+                                    out.push(row.into_due(items, lease_until)?);
+                                }
+                                Ok(out)
+                            })
+                        })
+                        .await?;
+                    // RETURNING gives no order guarantee: hand back the most overdue first.
+                    out.sort_by_key(|d| {
+                        let due = d.next_query_at.map_or(d.order.expires_at, |q| q.min(d.order.expires_at));
+                        (due, d.order.order_no.clone())
+                    });
+                    Ok(out)
+                }
+
+                async fn reschedule_query(
+                    &self,
+                    order_no: &wxpay_proto::OutTradeNo,
+                    owner: &str,
+                    next_query_at: chrono::DateTime<chrono::Utc>,
+                    attempts: u32,
+                ) -> StoreResult<bool> {
+                    let (order_no, owner) = (order_no.to_string(), owner.to_owned());
+                    self.write_one(move |conn| {
+                        Box::pin(async move {
+                            let done = sqlx::query(
+                                "UPDATE orders SET next_query_at = $1, query_attempts = $2, lease_owner = NULL, \
+                                 lease_until = NULL WHERE order_no = $3 AND lease_owner = $4",
+                            )
+                            .bind(ms(next_query_at))
+                            .bind(i64::from(attempts))
+                            .bind(order_no)
+                            .bind(owner)
+                            .execute(&mut *conn)
+                            .await?;
+                            Ok(done.rows_affected() == 1)
+                        })
+                    })
+                    .await
+                }
+
+                async fn release_lease(&self, order_no: &wxpay_proto::OutTradeNo, owner: &str) -> StoreResult<bool> {
+                    let (order_no, owner) = (order_no.to_string(), owner.to_owned());
+                    self.write_one(move |conn| {
+                        Box::pin(async move {
+                            let done = sqlx::query(
+                                "UPDATE orders SET lease_owner = NULL, lease_until = NULL \
+                                 WHERE order_no = $1 AND lease_owner = $2",
+                            )
+                            .bind(order_no)
+                            .bind(owner)
+                            .execute(&mut *conn)
+                            .await?;
+                            Ok(done.rows_affected() == 1)
+                        })
+                    })
+                    .await
+                }
+
+                async fn try_mark_queried(
+                    &self,
+                    order_no: &wxpay_proto::OutTradeNo,
+                    now: chrono::DateTime<chrono::Utc>,
+                    min_interval: chrono::Duration,
+                ) -> StoreResult<bool> {
+                    let order_no = order_no.to_string();
+                    // One UPDATE with the condition in its WHERE clause: atomic without a transaction
+                    // (a concurrent PostgreSQL caller waits for the row, then re-checks the condition).
+                    self.write_one(move |conn| {
+                        Box::pin(async move {
+                            let done = sqlx::query(
+                                "UPDATE orders SET last_queried_at = $1 WHERE order_no = $2 \
+                                 AND (last_queried_at IS NULL OR last_queried_at <= $3)",
+                            )
+                            .bind(ms(now))
+                            .bind(order_no)
+                            .bind(ms(now - min_interval))
+                            .execute(&mut *conn)
+                            .await?;
+                            Ok(done.rows_affected() == 1)
+                        })
+                    })
+                    .await
+                }
+
+                async fn claim_outbox(
+                    &self,
+                    now: chrono::DateTime<chrono::Utc>,
+                    owner: &str,
+                    lease: chrono::Duration,
+                    limit: u32,
+                ) -> StoreResult<Vec<OutboxEvent>> {
+                    let owner = owner.to_owned();
+                    let rows = self
+                        .write_one(move |conn| {
+                            Box::pin(async move {
+                                let rows: Vec<OutboxRow> = sqlx::query_as(&dialect::claim_outbox_sql())
+                                    .bind(owner)
+                                    .bind(ms(now + lease))
+                                    .bind(ms(now))
+                                    .bind(i64::from(limit))
+                                    .fetch_all(&mut *conn)
+                                    .await?;
+                                Ok(rows)
+                            })
+                        })
+                        .await?;
+                    let mut out: Vec<OutboxEvent> = convert(rows)?;
+                    out.sort_by_key(|e| e.id);
+                    Ok(out)
+                }
+
+                async fn outbox_delivered(&self, id: i64, now: chrono::DateTime<chrono::Utc>) -> StoreResult<()> {
+                    self.write_one(move |conn| {
+                        Box::pin(async move {
+                            let done = sqlx::query(
+                                "UPDATE outbox SET delivered_at = COALESCE(delivered_at, $1), lease_owner = NULL, \
+                                 lease_until = NULL WHERE id = $2",
+                            )
+                            .bind(ms(now))
+                            .bind(id)
+                            .execute(&mut *conn)
+                            .await?;
+                            if done.rows_affected() == 0 {
+                                return Err(StoreError::NotFound(format!("outbox event {id}")));
+                            }
+                            Ok(())
+                        })
+                    })
+                    .await
+                }
+
+                async fn outbox_failed(
+                    &self,
+                    id: i64,
+                    owner: &str,
+                    next_attempt_at: chrono::DateTime<chrono::Utc>,
+                    error: &str,
+                ) -> StoreResult<bool> {
+                    let (owner, error) = (owner.to_owned(), storable(error));
+                    self.write_one(move |conn| {
+                        Box::pin(async move {
+                            let done = sqlx::query(
+                                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2, \
+                                 lease_owner = NULL, lease_until = NULL \
+                                 WHERE id = $3 AND delivered_at IS NULL AND lease_owner = $4",
+                            )
+                            .bind(ms(next_attempt_at))
+                            .bind(error)
+                            .bind(id)
+                            .bind(owner)
+                            .execute(&mut *conn)
+                            .await?;
+                            Ok(done.rows_affected() == 1)
+                        })
+                    })
+                    .await
+                }
+
+                async fn outbox_for_order(&self, order_no: &wxpay_proto::OutTradeNo) -> StoreResult<Vec<OutboxEvent>> {
+                    let mut conn = self.read_conn().await?;
+                    let rows: Vec<OutboxRow> =
+                        sqlx::query_as(&format!("SELECT {OUTBOX_COLS} FROM outbox WHERE order_no = $1 ORDER BY id"))
+                            .bind(order_no.as_str())
+                            .fetch_all(&mut *conn)
+                            .await?;
+                    convert(rows)
+                }
+
+                async fn count_orders_by_status(&self) -> StoreResult<Vec<(OrderStatus, i64)>> {
+                    let mut conn = self.read_conn().await?;
+                    let rows: Vec<StatusCountRow> =
+                        sqlx::query_as("SELECT status, COUNT(*) AS n FROM orders GROUP BY status")
+                            .fetch_all(&mut *conn)
+                            .await?;
+                    let found: Vec<(OrderStatus, i64)> = convert(rows)?;
+                    Ok(OrderStatus::ALL
+                        .iter()
+                        .map(|s| (*s, found.iter().find(|(f, _)| f == s).map_or(0, |(_, n)| *n)))
+                        .collect())
+                }
+
+                async fn ping(&self) -> StoreResult<()> {
+                    let mut conn = self.read_conn().await?;
+                    sqlx::query("SELECT 1").execute(&mut *conn).await?;
+                    // The write path too: a writer that stopped must show in health checks.
+                    self.write_one(|conn| {
+                        Box::pin(async move {
+                            sqlx::query("SELECT 1").execute(&mut *conn).await?;
+                            Ok(())
+                        })
+                    })
+                    .await
+                }
+            }
+        }
+    };
+}
+pub(crate) use sql_store;
