@@ -16,7 +16,7 @@ use wxpay_proto::msg::{err_code, ApiRequest, Merchant};
 use wxpay_proto::{AppId, MchId, OutTradeNo, PrepayId};
 
 use crate::config::Config;
-use crate::domain::Payment;
+use crate::domain::{Payment, Reported};
 use crate::metrics::Metrics;
 
 /// A call that gave no answer to act on.
@@ -201,6 +201,11 @@ impl WeChat {
                     transaction_id: paid.transaction_id,
                     amount: paid.total_fee,
                     paid_at: paid.time_end.to_utc(),
+                    reported: Reported {
+                        payer: answer.openid.clone(),
+                        trade_type: answer.trade_type,
+                        fee_type: answer.fee_type.clone(),
+                    },
                 }),
                 Ok(None) => QueryOutcome::NotPaid,
                 Err(e) => QueryOutcome::Failed(WeChatFailure::Refused(format!("orderquery: {e}"))),

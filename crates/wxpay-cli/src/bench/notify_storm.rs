@@ -15,7 +15,7 @@ use chrono::Utc;
 use serde_json::{json, Value};
 use wxpay_proto::msg::notify::{build_pay_notification, reply_is_success, PayNotification};
 use wxpay_proto::sign::{ApiKey, SignType};
-use wxpay_proto::types::{AppId, BeijingTime, Fen, MchId, Openid, OutTradeNo, TradeType, TransactionId};
+use wxpay_proto::types::{AppId, BeijingTime, Fen, MchId, Openid, OutTradeNo, TransactionId};
 use wxpay_proto::xml::to_xml;
 
 use super::check::Expect;
@@ -72,26 +72,15 @@ impl Storm {
     fn body(&self, t: &Target, i: usize) -> Result<String, FlowError> {
         let p = &self.pending[i];
         let bad = |e: wxpay_proto::FieldError| fail("notify.build", e);
-        let n = PayNotification {
-            appid: AppId::parse(t.appid.as_str()).map_err(bad)?,
-            mch_id: MchId::parse(t.mch_id.as_str()).map_err(bad)?,
-            result_code: "SUCCESS".into(),
-            err_code: None,
-            err_code_des: None,
-            openid: Openid::parse(p.openid.as_str()).map_err(bad)?,
-            is_subscribe: Some("N".into()),
-            trade_type: TradeType::Jsapi,
-            bank_type: "OTHERS".into(),
-            total_fee: Fen::new(p.amount),
-            settlement_total_fee: None,
-            fee_type: Some("CNY".into()),
-            cash_fee: Some(Fen::new(p.amount)),
-            transaction_id: TransactionId::parse(self.transaction_id(i)).map_err(bad)?,
-            out_trade_no: OutTradeNo::parse(p.order_no.as_str()).map_err(bad)?,
-            attach: None,
-            time_end: BeijingTime::from_utc(Utc::now()),
-            device_info: None,
-        };
+        let n = PayNotification::success(
+            AppId::parse(t.appid.as_str()).map_err(bad)?,
+            MchId::parse(t.mch_id.as_str()).map_err(bad)?,
+            Openid::parse(p.openid.as_str()).map_err(bad)?,
+            OutTradeNo::parse(p.order_no.as_str()).map_err(bad)?,
+            TransactionId::parse(self.transaction_id(i)).map_err(bad)?,
+            Fen::new(p.amount),
+            BeijingTime::from_utc(Utc::now()),
+        );
         Ok(to_xml(&build_pay_notification(&n, &ApiKey::new(t.api_key.as_str()), SignType::Md5)))
     }
 }

@@ -35,6 +35,40 @@ pub struct PayNotification {
 }
 
 impl PayNotification {
+    /// A successful JSAPI payment as WeChat reports it (CNY, cash paid in full, not subscribed,
+    /// bank `OTHERS`): the one constructor for simulators, tests and benchmarks; change the
+    /// public fields for anything else.
+    pub fn success(
+        appid: AppId,
+        mch_id: MchId,
+        openid: Openid,
+        out_trade_no: OutTradeNo,
+        transaction_id: TransactionId,
+        total_fee: Fen,
+        time_end: BeijingTime,
+    ) -> PayNotification {
+        PayNotification {
+            appid,
+            mch_id,
+            result_code: SUCCESS.into(),
+            err_code: None,
+            err_code_des: None,
+            openid,
+            is_subscribe: Some("N".into()),
+            trade_type: TradeType::Jsapi,
+            bank_type: "OTHERS".into(),
+            total_fee,
+            settlement_total_fee: None,
+            fee_type: Some("CNY".into()),
+            cash_fee: Some(total_fee),
+            transaction_id,
+            out_trade_no,
+            attach: None,
+            time_end,
+            device_info: None,
+        }
+    }
+
     pub fn is_success(&self) -> bool {
         self.result_code == SUCCESS
     }

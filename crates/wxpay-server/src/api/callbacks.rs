@@ -16,7 +16,7 @@ use wxpay_proto::msg::{Message, SUCCESS};
 use wxpay_proto::sign;
 use wxpay_proto::xml::{self, XmlLimits};
 
-use crate::domain::{name_of, Payment, PaymentSource};
+use crate::domain::{name_of, Payment, PaymentSource, Reported};
 use crate::payments;
 use crate::scan::{scan_to_prepay, ScanRefusal};
 use crate::state::{AppState, SharedState};
@@ -153,8 +153,16 @@ pub async fn pay_notify(State(state): State<SharedState>, body: Body) -> Respons
         let reason = n.err_code_des.clone();
         return acknowledge_once_stored(&state, kind, Some(order_no), &raw, InboxOutcome::NotPaid, reason).await;
     }
-    let payment =
-        Payment { transaction_id: n.transaction_id.clone(), amount: n.total_fee, paid_at: n.time_end.to_utc() };
+    let payment = Payment {
+        transaction_id: n.transaction_id.clone(),
+        amount: n.total_fee,
+        paid_at: n.time_end.to_utc(),
+        reported: Reported {
+            payer: Some(n.openid.clone()),
+            trade_type: Some(n.trade_type),
+            fee_type: n.fee_type.clone(),
+        },
+    };
     // The inbox row is written in the same transaction as the change it causes.
     let cause =
         InboxCause { kind, raw_body: String::from_utf8_lossy(&raw).into_owned(), received_at: state.clock.now() };

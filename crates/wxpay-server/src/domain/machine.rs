@@ -6,7 +6,7 @@
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use serde_json::json;
-use wxpay_proto::{Fen, PrepayId, TransactionId};
+use wxpay_proto::{Fen, Openid, OutTradeNo, PrepayId, TradeType, TransactionId};
 
 use super::events::{EventKind, OrderPaidEvent, OutboxMessage};
 use super::{Fulfilment, Order, OrderStatus};
@@ -35,20 +35,45 @@ pub struct Payment {
     pub transaction_id: TransactionId,
     pub amount: Fen,
     pub paid_at: DateTime<Utc>,
+    pub reported: Reported,
 }
+
+/// What WeChat reported beside the money, checked against the order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reported {
+    /// Who paid (`openid`); for a JSAPI order it must be the order's user.
+    pub payer: Option<Openid>,
+    pub trade_type: Option<TradeType>,
+    /// `fee_type`; absent means CNY.
+    pub fee_type: Option<String>,
+}
+
+/// The only currency our orders are priced in.
+pub const CURRENCY: &str = "CNY";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrderEvent {
-    PrepayIssued { prepay_id: PrepayId, prepay_expires_at: DateTime<Utc> },
-    PaymentConfirmed { transaction_id: TransactionId, amount: Fen, paid_at: DateTime<Utc>, source: PaymentSource },
-    CloseRequested { reason: CloseReason },
+    PrepayIssued {
+        prepay_id: PrepayId,
+        prepay_expires_at: DateTime<Utc>,
+    },
+    PaymentConfirmed {
+        transaction_id: TransactionId,
+        amount: Fen,
+        paid_at: DateTime<Utc>,
+        source: PaymentSource,
+        reported: Reported,
+    },
+    CloseRequested {
+        reason: CloseReason,
+    },
     Shipped,
 }
 
 impl OrderEvent {
     pub fn paid(payment: Payment, source: PaymentSource) -> OrderEvent {
-        let Payment { transaction_id, amount, paid_at } = payment;
-        OrderEvent::PaymentConfirmed { transaction_id, amount, paid_at, source }
+        let Payment { transaction_id, amount, paid_at, reported } = payment;
+        OrderEvent::PaymentConfirmed { transaction_id, amount, paid_at, source, reported }
     }
 
     pub fn name(&self) -> &'static str {
@@ -66,11 +91,14 @@ impl OrderEvent {
             OrderEvent::PrepayIssued { prepay_id, prepay_expires_at } => {
                 json!({ "prepay_id": prepay_id.as_str(), "prepay_expires_at": prepay_expires_at.to_rfc3339() })
             }
-            OrderEvent::PaymentConfirmed { transaction_id, amount, paid_at, source } => json!({
+            OrderEvent::PaymentConfirmed { transaction_id, amount, paid_at, source, reported } => json!({
                 "transaction_id": transaction_id.as_str(),
                 "amount_fen": amount.get(),
                 "paid_at": paid_at.to_rfc3339(),
                 "source": source,
+                "payer": reported.payer.as_ref().map(|p| p.as_str()),
+                "trade_type": reported.trade_type.map(|t| t.as_str()),
+                "fee_type": reported.fee_type,
             }),
             OrderEvent::CloseRequested { reason } => json!({ "reason": reason }),
             OrderEvent::Shipped => json!({}),
@@ -92,6 +120,10 @@ pub enum RejectReason {
     Expired { expires_at: DateTime<Utc> },
     #[error("order does not expire before {expires_at}")]
     NotExpired { expires_at: DateTime<Utc> },
+    #[error("payment in {got}, the order is in CNY")]
+    WrongCurrency { got: String },
+    #[error("transaction {transaction_id} already paid order {paid_order}")]
+    TransactionOfAnotherOrder { transaction_id: TransactionId, paid_order: OutTradeNo },
 }
 
 impl RejectReason {
@@ -103,6 +135,8 @@ impl RejectReason {
             RejectReason::WrongState { .. } => "WRONG_STATE",
             RejectReason::Expired { .. } => "ORDER_EXPIRED",
             RejectReason::NotExpired { .. } => "NOT_EXPIRED",
+            RejectReason::WrongCurrency { .. } => "WRONG_CURRENCY",
+            RejectReason::TransactionOfAnotherOrder { .. } => "TRANSACTION_OF_ANOTHER_ORDER",
         }
     }
 
@@ -111,6 +145,9 @@ impl RejectReason {
     pub fn review_reason(&self) -> Option<String> {
         match self {
             RejectReason::ConflictingTransaction { .. } => Some(format!("second payment: {self}")),
+            RejectReason::WrongCurrency { .. } | RejectReason::TransactionOfAnotherOrder { .. } => {
+                Some(format!("payment refused: {self}"))
+            }
             _ => None,
         }
     }
@@ -152,10 +189,14 @@ pub fn decide(order: &Order, event: &OrderEvent, now: DateTime<Utc>) -> Decision
             }
             Paid | Closed | Refunding | Refunded => wrong_state(),
         },
-        OrderEvent::PaymentConfirmed { transaction_id, amount, paid_at, .. } => {
+        OrderEvent::PaymentConfirmed { transaction_id, amount, paid_at, reported, .. } => {
             // The amount is checked first and in every state: a mismatch never changes anything.
             if *amount != order.amount {
                 return Decision::Reject(RejectReason::AmountMismatch { expected: order.amount, got: *amount });
+            }
+            // Money in another currency is not this order's payment (but a human must know).
+            if let Some(got) = reported.fee_type.as_ref().filter(|f| f.as_str() != CURRENCY) {
+                return Decision::Reject(RejectReason::WrongCurrency { got: got.clone() });
             }
             match order.status {
                 Paid | Refunding | Refunded => match &order.transaction_id {
@@ -181,6 +222,14 @@ pub fn decide(order: &Order, event: &OrderEvent, now: DateTime<Utc>) -> Decision
                         // to choose between shipping and refunding.
                         next.needs_review = true;
                         next.review_reason = Some(REVIEW_PAID_AFTER_CLOSE.to_owned());
+                    }
+                    // Money moved, so the payment stands; a report that does not match the
+                    // order is held for a human.
+                    for reason in mismatches(order, reported) {
+                        if let Some(merged) = merge_review_reason(next.review_reason.as_deref(), &reason) {
+                            next.needs_review = true;
+                            next.review_reason = Some(merged);
+                        }
                     }
                     apply(next, EventKind::OrderPaid, true)
                 }
@@ -209,6 +258,22 @@ pub fn decide(order: &Order, event: &OrderEvent, now: DateTime<Utc>) -> Decision
             _ => wrong_state(),
         },
     }
+}
+
+/// Where a payment report disagrees with the order (payer of a JSAPI order, trade type).
+fn mismatches(order: &Order, reported: &Reported) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(payer) = &reported.payer {
+        if order.trade_type == TradeType::Jsapi && payer != &order.openid {
+            out.push(format!("payer {payer} is not the order's user {}", order.openid));
+        }
+    }
+    if let Some(trade_type) = reported.trade_type {
+        if trade_type != order.trade_type {
+            out.push(format!("paid as {} but ordered as {}", trade_type.as_str(), order.trade_type.as_str()));
+        }
+    }
+    out
 }
 
 fn apply(order: Order, event_kind: EventKind, emit_paid_event: bool) -> Decision {
@@ -272,9 +337,19 @@ pub fn merge_review_reason(existing: Option<&str>, reason: &str) -> Option<Strin
     }
 }
 
-/// [`decide`], and everything its decision writes. Pure.
-pub fn plan(order: &Order, event: &OrderEvent, now: DateTime<Utc>) -> Plan {
-    match decide(order, event, now) {
+/// [`decide`], and everything its decision writes. Pure. `transaction_owner` is the order that
+/// a payment's transaction already paid, if any (one WeChat payment pays one order only).
+pub fn plan(order: &Order, event: &OrderEvent, now: DateTime<Utc>, transaction_owner: Option<&OutTradeNo>) -> Plan {
+    let decision = match (event, transaction_owner) {
+        (OrderEvent::PaymentConfirmed { transaction_id, .. }, Some(owner)) if owner != &order.order_no => {
+            Decision::Reject(RejectReason::TransactionOfAnotherOrder {
+                transaction_id: transaction_id.clone(),
+                paid_order: owner.clone(),
+            })
+        }
+        _ => decide(order, event, now),
+    };
+    match decision {
         Decision::AlreadyDone => Plan::AlreadyDone,
         Decision::Apply { order: next, event_kind, emit_paid_event } => {
             let outbox = emit_paid_event.then(|| OutboxMessage::OrderPaid(OrderPaidEvent::of(&next)));
@@ -341,6 +416,7 @@ mod tests {
             amount: Fen::new(amount),
             paid_at: t0() + Duration::minutes(1),
             source: PaymentSource::Notification,
+            reported: Reported::default(),
         }
     }
 
@@ -445,20 +521,20 @@ mod tests {
             prepay_id: PrepayId::parse("wx1").unwrap(),
             prepay_expires_at: t0() + Duration::hours(2),
         };
-        let Plan::Apply(t) = plan(&order(), &prepay, t0()) else { panic!("expected Apply") };
+        let Plan::Apply(t) = plan(&order(), &prepay, t0(), None) else { panic!("expected Apply") };
         assert_eq!(t.next_query_at, Some(t0() + Duration::seconds(10)));
         assert_eq!(t.outbox, None);
         assert_eq!(t.log.len(), 1);
         assert_eq!(t.log[0].kind, EventKind::OrderPrepayIssued);
         assert_eq!(t.log[0].detail["prepay_id"], "wx1");
         // Nothing else schedules a query.
-        let Plan::Apply(t) = plan(&t.order, &paid("T1", 200), t0()) else { panic!("expected Apply") };
+        let Plan::Apply(t) = plan(&t.order, &paid("T1", 200), t0(), None) else { panic!("expected Apply") };
         assert_eq!(t.next_query_at, None);
     }
 
     #[test]
     fn plan_of_a_payment_carries_one_typed_paid_event() {
-        let Plan::Apply(t) = plan(&order(), &paid("T1", 200), t0()) else { panic!("expected Apply") };
+        let Plan::Apply(t) = plan(&order(), &paid("T1", 200), t0(), None) else { panic!("expected Apply") };
         let Some(OutboxMessage::OrderPaid(e)) = &t.outbox else { panic!("expected order.paid") };
         assert_eq!((e.order_no.as_str(), e.amount_fen, e.transaction_id.as_deref()), ("WX1", 200, Some("T1")));
         assert_eq!(e.items.len(), 1);
@@ -474,11 +550,11 @@ mod tests {
 
     #[test]
     fn plan_flags_a_second_payment_once_and_merges_reasons() {
-        let Plan::Apply(t) = plan(&order(), &paid("T1", 200), t0()) else { panic!("expected Apply") };
+        let Plan::Apply(t) = plan(&order(), &paid("T1", 200), t0(), None) else { panic!("expected Apply") };
         let mut paid_order = t.order;
         paid_order.review_reason = Some("earlier".into());
         paid_order.needs_review = true;
-        let Plan::Reject { reason, flag: Some(flag) } = plan(&paid_order, &paid("T2", 200), t0()) else {
+        let Plan::Reject { reason, flag: Some(flag) } = plan(&paid_order, &paid("T2", 200), t0(), None) else {
             panic!("expected a flagged rejection")
         };
         assert_eq!(reason.code(), "CONFLICTING_TRANSACTION");
@@ -489,11 +565,69 @@ mod tests {
         assert_eq!(flag.order.status, OrderStatus::Paid);
         assert_eq!(flag.outbox, None);
         // The same second payment again: the reason is already there, nothing to write.
-        assert!(matches!(plan(&flag.order, &paid("T2", 200), t0()), Plan::Reject { flag: None, .. }));
+        assert!(matches!(plan(&flag.order, &paid("T2", 200), t0(), None), Plan::Reject { flag: None, .. }));
         // A refusal that does not touch money writes nothing.
-        assert!(matches!(plan(&order(), &paid("T1", 1), t0()), Plan::Reject { flag: None, .. }));
+        assert!(matches!(plan(&order(), &paid("T1", 1), t0(), None), Plan::Reject { flag: None, .. }));
         assert_eq!(merge_review_reason(Some("a"), "a"), None);
         assert_eq!(merge_review_reason(None, "a").as_deref(), Some("a"));
+    }
+
+    fn paid_with(reported: Reported) -> OrderEvent {
+        match paid("T1", 200) {
+            OrderEvent::PaymentConfirmed { transaction_id, amount, paid_at, source, .. } => {
+                OrderEvent::PaymentConfirmed { transaction_id, amount, paid_at, source, reported }
+            }
+            other => other,
+        }
+    }
+
+    #[test]
+    fn a_payment_in_another_currency_is_refused_and_flagged() {
+        let usd = paid_with(Reported { fee_type: Some("USD".into()), ..Reported::default() });
+        let Plan::Reject { reason, flag: Some(flag) } = plan(&order(), &usd, t0(), None) else {
+            panic!("expected a flagged refusal")
+        };
+        assert_eq!(reason, RejectReason::WrongCurrency { got: "USD".into() });
+        assert_eq!(flag.order.status, OrderStatus::Created);
+        assert!(flag.order.review_reason.unwrap().contains("USD"));
+        // CNY, spelt out or absent, pays.
+        let cny = paid_with(Reported { fee_type: Some("CNY".into()), ..Reported::default() });
+        assert!(matches!(plan(&order(), &cny, t0(), None), Plan::Apply(_)));
+    }
+
+    #[test]
+    fn a_transaction_that_paid_another_order_is_refused_and_flagged() {
+        let other = OutTradeNo::parse("WX2").unwrap();
+        let Plan::Reject { reason, flag: Some(flag) } = plan(&order(), &paid("T1", 200), t0(), Some(&other)) else {
+            panic!("expected a flagged refusal")
+        };
+        assert_eq!(reason.code(), "TRANSACTION_OF_ANOTHER_ORDER");
+        assert!(flag.order.review_reason.unwrap().contains("WX2"));
+        // The order that owns it: a plain duplicate check.
+        let own = OutTradeNo::parse("WX1").unwrap();
+        assert!(matches!(plan(&order(), &paid("T1", 200), t0(), Some(&own)), Plan::Apply(_)));
+    }
+
+    #[test]
+    fn a_payment_by_someone_else_or_of_another_kind_stands_but_is_flagged() {
+        let stranger = paid_with(Reported { payer: Some(Openid::parse("o-stranger").unwrap()), ..Reported::default() });
+        let Plan::Apply(t) = plan(&order(), &stranger, t0(), None) else { panic!("expected Apply") };
+        assert_eq!(t.order.status, OrderStatus::Paid);
+        assert!(t.order.needs_review);
+        assert!(t.order.review_reason.as_deref().unwrap().contains("o-stranger"), "{:?}", t.order.review_reason);
+        let Some(OutboxMessage::OrderPaid(e)) = &t.outbox else { panic!("expected order.paid") };
+        assert!(e.needs_review);
+        let native = paid_with(Reported { trade_type: Some(TradeType::Native), ..Reported::default() });
+        let Plan::Apply(t) = plan(&order(), &native, t0(), None) else { panic!("expected Apply") };
+        assert!(t.order.review_reason.as_deref().unwrap().contains("NATIVE"));
+        // What matches changes nothing.
+        let same = paid_with(Reported {
+            payer: Some(Openid::parse("o1").unwrap()),
+            trade_type: Some(TradeType::Jsapi),
+            fee_type: None,
+        });
+        let Plan::Apply(t) = plan(&order(), &same, t0(), None) else { panic!("expected Apply") };
+        assert!(!t.order.needs_review);
     }
 
     /// One step of a generated history: an event, and how far the clock moves before it.
@@ -509,6 +643,7 @@ mod tests {
                     amount: Fen::new(amount),
                     paid_at: t0(),
                     source: if by_query { PaymentSource::Query } else { PaymentSource::Notification },
+                    reported: Reported::default(),
                 }
             }),
             prop_oneof![Just(CloseReason::UserCancelled), Just(CloseReason::Expired)]

@@ -9,7 +9,7 @@ mod product;
 pub use events::{EventKind, OrderPaidEvent, OutboxKind, OutboxMessage, PaidItem};
 pub use machine::{
     decide, merge_review_reason, plan, CloseReason, Decision, LogEntry, OrderEvent, Payment, PaymentSource, Plan,
-    RejectReason, Transition, FIRST_QUERY_DELAY, REVIEW_PAID_AFTER_CLOSE,
+    RejectReason, Reported, Transition, CURRENCY, FIRST_QUERY_DELAY, REVIEW_PAID_AFTER_CLOSE,
 };
 pub use order::{new_order_no, price_order, Fulfilment, Order, OrderItem, OrderStatus, MAX_LINES, MAX_QUANTITY};
 pub use product::{Product, User};

@@ -29,7 +29,12 @@ pub(crate) async fn apply<C: SqlConn + ?Sized>(
             record_cause(conn, cause, order_no, &ApplyOutcome::NotFound).await?;
             return Ok(ApplyOutcome::NotFound);
         };
-        let outcome = match plan(&order, event, now) {
+        // One WeChat payment pays one order only: who already holds this transaction?
+        let owner = match event {
+            OrderEvent::PaymentConfirmed { transaction_id, .. } => conn.transaction_owner(transaction_id).await?,
+            _ => None,
+        };
+        let outcome = match plan(&order, event, now, owner.as_ref()) {
             Plan::AlreadyDone => ApplyOutcome::AlreadyDone(order),
             Plan::Reject { reason, flag: None } => ApplyOutcome::Rejected(order, reason),
             Plan::Reject { reason, flag: Some(flag) } => match write(conn, &order, flag, now).await? {

@@ -13,7 +13,7 @@ use wxpay_proto::{Fen, Openid, OutTradeNo, PrepayId, ProductId, TradeType, Trans
 use super::{ApplyOutcome, InboxCause, InboxOutcome, InboxRecord, NotificationKind, OrderFilter, Store};
 use crate::domain::{
     name_of, price_order, CloseReason, Fulfilment, Order, OrderEvent, OrderStatus, PaymentSource, Product,
-    RejectReason, REVIEW_PAID_AFTER_CLOSE,
+    RejectReason, Reported, REVIEW_PAID_AFTER_CLOSE,
 };
 
 /// A fresh database for one test case.
@@ -49,6 +49,7 @@ macro_rules! store_contract_tests {
             poll_throttle_is_atomic,
             notification_inbox_keeps_everything,
             a_notification_is_recorded_with_the_change_it_caused,
+            one_transaction_pays_one_order_only,
             counts_orders_by_status,
             data_survives_restart
         );
@@ -122,6 +123,7 @@ fn payment(tx: &str, amount: Fen) -> OrderEvent {
         amount,
         paid_at: t0() + Duration::minutes(2),
         source: PaymentSource::Notification,
+        reported: Reported::default(),
     }
 }
 
@@ -672,4 +674,27 @@ pub async fn a_notification_is_recorded_with_the_change_it_caused(h: &dyn StoreH
     // Without a cause, nothing is added to the inbox.
     store.apply_event(no, &OrderEvent::Shipped, t0()).await.unwrap();
     assert_eq!(store.notifications_for_order(no).await.unwrap().len(), 3);
+}
+
+/// A WeChat transaction that already paid one order is refused for any other (answered, not
+/// retried for ever), and the order it was reported for is flagged for a human.
+pub async fn one_transaction_pays_one_order_only(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    let first = seed_order(&*store).await;
+    let second = make_order("WXSECOND", "user-a", TradeType::Jsapi, &[("apple", 2), ("pear", 1)], t0());
+    store.create_order(&second).await.unwrap();
+    applied(store.apply_event(&first.order_no, &payment("TX-SAME", first.amount), t0()).await.unwrap());
+    let outcome = store.apply_event(&second.order_no, &payment("TX-SAME", second.amount), t0()).await.unwrap();
+    let ApplyOutcome::Rejected(flagged, reason) = outcome else { panic!("expected a refusal, got {outcome:?}") };
+    assert_eq!(reason.code(), "TRANSACTION_OF_ANOTHER_ORDER");
+    assert_eq!(flagged.status, OrderStatus::Created);
+    assert!(flagged.needs_review);
+    assert_eq!(must_get(&*store, &second.order_no).await, flagged);
+    assert_eq!(event_kinds(&*store, &second.order_no).await, vec!["order.created", "order.flagged"]);
+    assert!(store.outbox_for_order(&second.order_no).await.unwrap().is_empty());
+    // The first order keeps its payment, and a retry of the refused report changes nothing more.
+    assert_eq!(must_get(&*store, &first.order_no).await.status, OrderStatus::Paid);
+    let again = store.apply_event(&second.order_no, &payment("TX-SAME", second.amount), t0()).await.unwrap();
+    assert!(matches!(again, ApplyOutcome::Rejected(..)));
+    assert_eq!(event_kinds(&*store, &second.order_no).await.len(), 2);
 }

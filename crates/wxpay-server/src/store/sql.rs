@@ -15,6 +15,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use wxpay_proto::{OutTradeNo, TransactionId};
 
 use super::{InboxRecord, StoreResult};
 use crate::domain::{EventKind, Order, OutboxMessage};
@@ -46,6 +47,8 @@ pub trait SqlConn: Send {
     /// At most one event per order and kind: a second insert is a no-op.
     async fn insert_outbox(&mut self, order_no: &str, message: &OutboxMessage, now: DateTime<Utc>) -> StoreResult<()>;
     async fn insert_inbox(&mut self, record: &InboxRecord) -> StoreResult<i64>;
+    /// The order a WeChat transaction paid, if any.
+    async fn transaction_owner(&mut self, transaction_id: &TransactionId) -> StoreResult<Option<OutTradeNo>>;
 }
 
 /// A diagnostic text made storable everywhere (a PostgreSQL TEXT cannot hold NUL).
@@ -187,6 +190,18 @@ macro_rules! sql_store {
                     .fetch_one(&mut *self)
                     .await?;
                     Ok(id)
+                }
+
+                async fn transaction_owner(
+                    &mut self,
+                    transaction_id: &wxpay_proto::TransactionId,
+                ) -> StoreResult<Option<wxpay_proto::OutTradeNo>> {
+                    let owner: Option<String> =
+                        sqlx::query_scalar("SELECT order_no FROM orders WHERE transaction_id = $1")
+                            .bind(transaction_id.as_str())
+                            .fetch_optional(&mut *self)
+                            .await?;
+                    owner.map(wxpay_proto::OutTradeNo::parse).transpose().map_err($crate::store::rows::corrupt)
                 }
             }
 

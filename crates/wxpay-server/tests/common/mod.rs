@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use tempfile::TempDir;
 use wxpay_proto::clock::ManualClock;
 use wxpay_proto::msg::notify::{build_pay_notification, PayNotification};
-use wxpay_proto::{ApiKey, AppId, BeijingTime, Fen, MchId, Openid, OutTradeNo, SignType, TradeType, TransactionId};
+use wxpay_proto::{ApiKey, AppId, BeijingTime, Fen, MchId, Openid, OutTradeNo, SignType, TransactionId};
 use wxpay_server::app::{build_state, serve, RunningServer};
 use wxpay_server::config::Config;
 use wxpay_sim::{FaultConfig, FaultSet, SimConfig, SimHandle};
@@ -313,30 +313,28 @@ pub fn inbox_with_outcome<'a>(detail: &'a Value, outcome: &str) -> Vec<&'a Value
     detail["notifications"].as_array().unwrap().iter().filter(|n| n["outcome"] == outcome).collect()
 }
 
-/// A successful payment notification for an order as WeChat would send it, signed with `key`
-/// (MD5), as the XML body.
+/// A successful payment notification for an order as WeChat would send it (change its fields for
+/// anything else), with a transaction id of its own.
+pub fn pay_notification(order_no: &str, openid: &str, total_fee: u64) -> PayNotification {
+    PayNotification::success(
+        AppId::parse(APPID).unwrap(),
+        MchId::parse(MCH_ID).unwrap(),
+        Openid::parse(openid).unwrap(),
+        OutTradeNo::parse(order_no).unwrap(),
+        TransactionId::parse("4200000000202401010000000001").unwrap(),
+        Fen::new(total_fee),
+        BeijingTime::from_utc(chrono::Utc::now()),
+    )
+}
+
+/// The XML body of a notification signed with `key` (MD5).
+pub fn signed(n: &PayNotification, key: &str) -> String {
+    wxpay_proto::xml::to_xml(&build_pay_notification(n, &ApiKey::new(key), SignType::Md5))
+}
+
+/// A successful payment notification for an order, signed with `key` (MD5), as the XML body.
 pub fn signed_pay_notification(order_no: &str, openid: &str, total_fee: u64, key: &str) -> String {
-    let n = PayNotification {
-        appid: AppId::parse(APPID).unwrap(),
-        mch_id: MchId::parse(MCH_ID).unwrap(),
-        result_code: "SUCCESS".into(),
-        err_code: None,
-        err_code_des: None,
-        openid: Openid::parse(openid).unwrap(),
-        is_subscribe: Some("N".into()),
-        trade_type: TradeType::Jsapi,
-        bank_type: "OTHERS".into(),
-        total_fee: Fen::new(total_fee),
-        settlement_total_fee: None,
-        fee_type: Some("CNY".into()),
-        cash_fee: Some(Fen::new(total_fee)),
-        transaction_id: TransactionId::parse("4200000000202401010000000001").unwrap(),
-        out_trade_no: OutTradeNo::parse(order_no).unwrap(),
-        attach: None,
-        time_end: BeijingTime::from_utc(chrono::Utc::now()),
-        device_info: None,
-    };
-    wxpay_proto::xml::to_xml(&build_pay_notification(&n, &ApiKey::new(key), SignType::Md5))
+    signed(&pay_notification(order_no, openid, total_fee), key)
 }
 
 /// A random suffix to keep test resources (Redis prefixes, databases) apart.
