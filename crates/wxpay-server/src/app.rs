@@ -131,6 +131,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<Shared
         instance_id: format!("{}-{}", std::process::id(), random_hex(4)),
         http,
         short_links: ShortLinkCache::default(),
+        outbox_wake: tokio::sync::Notify::new(),
     }))
 }
 

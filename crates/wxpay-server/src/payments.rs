@@ -96,6 +96,8 @@ pub async fn confirm_payment(
     let outcome = apply(state, order_no, &OrderEvent::paid(payment, source), cause).await?;
     if let ApplyOutcome::Applied(order) = &outcome {
         tracing::info!(%order_no, %transaction_id, source = ?source, review = order.needs_review, "order paid");
+        // Its `order.paid` event is committed: deliver it now rather than at the next tick.
+        state.outbox_wake.notify_one();
     }
     Ok(outcome)
 }

@@ -25,6 +25,8 @@ pub struct AppState {
     /// For webhook deliveries.
     pub http: reqwest::Client,
     pub short_links: ShortLinkCache,
+    /// Wakes the outbox worker when a change committed an event to deliver.
+    pub outbox_wake: tokio::sync::Notify,
 }
 
 pub type SharedState = Arc<AppState>;

@@ -36,6 +36,8 @@ pub struct Verdict {
     pub paid: usize,
     pub mismatches: Vec<String>,
     pub drain_secs: f64,
+    /// Milliseconds from each `order.paid` event's commit to its delivery, sorted.
+    pub delivery_lags_ms: Vec<f64>,
 }
 
 impl Verdict {
@@ -47,12 +49,35 @@ impl Verdict {
             "mismatches": self.mismatches.len(),
             "examples": self.mismatches.iter().take(10).collect::<Vec<_>>(),
             "check_secs": (self.drain_secs * 100.0).round() / 100.0,
+            "delivery_lag_ms": {
+                "p50": percentile(&self.delivery_lags_ms, 0.50),
+                "p99": percentile(&self.delivery_lags_ms, 0.99),
+                "max": self.delivery_lags_ms.last(),
+            },
         })
     }
 }
 
-/// `Ok(paid)` when the order is consistent, else what is wrong.
-async fn check_one(t: &Target, e: &Expect) -> Result<bool, String> {
+/// The `q` quantile of sorted values (`None` when there are none).
+fn percentile(sorted: &[f64], q: f64) -> Option<f64> {
+    let last = sorted.len().checked_sub(1)?;
+    // Nearest rank; the casts are of small counts.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss, clippy::cast_precision_loss)]
+    let i = ((last as f64) * q).round() as usize;
+    sorted.get(i.min(last)).copied()
+}
+
+/// Milliseconds between two RFC 3339 times of one outbox row.
+fn lag_ms(event: &Value) -> Option<f64> {
+    let at = |k: &str| chrono::DateTime::parse_from_rfc3339(event[k].as_str()?).ok();
+    let ms = (at("delivered_at")? - at("created_at")?).num_milliseconds();
+    #[allow(clippy::cast_precision_loss)]
+    Some(ms as f64)
+}
+
+/// `Ok(Some(delivery lag))` when the order is consistent and paid, `Ok(None)` when consistent
+/// and unpaid, else what is wrong.
+async fn check_one(t: &Target, e: &Expect) -> Result<Option<f64>, String> {
     let order_no = e.order_no();
     let (sim_paid, want_tx) = match e {
         Expect::PaidBy { transaction_id, .. } => (true, Some(transaction_id.clone())),
@@ -82,7 +107,7 @@ async fn check_one(t: &Target, e: &Expect) -> Result<bool, String> {
         .map_err(|e| format!("{order_no}: server unreachable: {e}"))?;
     let status = resp.status().as_u16();
     if status == 404 {
-        return if sim_paid { Err(format!("{order_no}: paid at WeChat, unknown here")) } else { Ok(false) };
+        return if sim_paid { Err(format!("{order_no}: paid at WeChat, unknown here")) } else { Ok(None) };
     }
     if status != 200 {
         return Err(format!("{order_no}: admin API answered HTTP {status}"));
@@ -107,12 +132,12 @@ async fn check_one(t: &Target, e: &Expect) -> Result<bool, String> {
                 events.len()
             ));
         }
-        Ok(true)
+        Ok(Some(lag_ms(events[0]).unwrap_or(f64::NAN)))
     } else {
         if ours == "PAID" || !events.is_empty() {
             return Err(format!("{order_no}: not paid at WeChat, {ours} here with {} order.paid events", events.len()));
         }
-        Ok(false)
+        Ok(None)
     }
 }
 
@@ -124,6 +149,7 @@ pub async fn run(t: &Arc<Target>, expectations: Vec<Expect>) -> Verdict {
     let mut todo = expectations;
     let checked = todo.len();
     let mut paid = 0;
+    let mut lags = Vec::new();
     loop {
         if let Some(state) = &t.state {
             // Deliver what the outbox worker has not got to yet (as another worker would).
@@ -135,7 +161,8 @@ pub async fn run(t: &Arc<Target>, expectations: Vec<Expect>) -> Verdict {
             }
         }
         let (now_paid, wrong) = check_all(t, &todo).await;
-        paid += now_paid;
+        paid += now_paid.len();
+        lags.extend(now_paid);
         if wrong.is_empty() || Instant::now() > deadline {
             let mismatches: Vec<String> = wrong.into_iter().map(|(_, why)| why).collect();
             return Verdict {
@@ -144,6 +171,11 @@ pub async fn run(t: &Arc<Target>, expectations: Vec<Expect>) -> Verdict {
                 paid,
                 mismatches,
                 drain_secs: start.elapsed().as_secs_f64(),
+                delivery_lags_ms: {
+                    lags.retain(|l: &f64| l.is_finite());
+                    lags.sort_by(f64::total_cmp);
+                    lags
+                },
             };
         }
         todo = wrong.into_iter().map(|(e, _)| e).collect();
@@ -151,12 +183,12 @@ pub async fn run(t: &Arc<Target>, expectations: Vec<Expect>) -> Verdict {
     }
 }
 
-/// (consistent and paid, inconsistent with why).
-async fn check_all(t: &Arc<Target>, todo: &[Expect]) -> (usize, Vec<(Expect, String)>) {
+/// (the delivery lags of the consistent paid orders, inconsistent with why).
+async fn check_all(t: &Arc<Target>, todo: &[Expect]) -> (Vec<f64>, Vec<(Expect, String)>) {
     let todo = Arc::new(todo.to_vec());
     let next = Arc::new(AtomicUsize::new(0));
     let wrong = Arc::new(Mutex::new(Vec::new()));
-    let paid = Arc::new(AtomicUsize::new(0));
+    let paid = Arc::new(Mutex::new(Vec::new()));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..32 {
         let (t, todo, next, wrong, paid) = (t.clone(), todo.clone(), next.clone(), wrong.clone(), paid.clone());
@@ -165,10 +197,8 @@ async fn check_all(t: &Arc<Target>, todo: &[Expect]) -> (usize, Vec<(Expect, Str
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(e) = todo.get(i) else { break };
                 match check_one(&t, e).await {
-                    Ok(true) => {
-                        paid.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Ok(false) => {}
+                    Ok(Some(lag)) => paid.lock().unwrap_or_else(|p| p.into_inner()).push(lag),
+                    Ok(None) => {}
                     Err(why) => wrong.lock().unwrap_or_else(|p| p.into_inner()).push((e.clone(), why)),
                 }
             }
@@ -176,5 +206,6 @@ async fn check_all(t: &Arc<Target>, todo: &[Expect]) -> (usize, Vec<(Expect, Str
     }
     while tasks.join_next().await.is_some() {}
     let wrong = std::mem::take(&mut *wrong.lock().unwrap_or_else(|p| p.into_inner()));
-    (paid.load(Ordering::Relaxed), wrong)
+    let paid = std::mem::take(&mut *paid.lock().unwrap_or_else(|p| p.into_inner()));
+    (paid, wrong)
 }

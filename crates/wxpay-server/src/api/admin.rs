@@ -76,6 +76,7 @@ pub async fn order_detail(
             "id": o.id,
             "kind": o.message.kind(),
             "attempts": o.attempts,
+            "created_at": o.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             "delivered_at": o.delivered_at.map(|t| t.to_rfc3339()),
             "last_error": o.last_error,
             "payload": o.message.payload(),

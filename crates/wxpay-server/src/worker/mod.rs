@@ -1,12 +1,17 @@
 //! Background work, each written as a step function that tests can drive directly:
-//! [`reconciler::reconcile_once`] and [`outbox::deliver_once`]. [`run`] ticks both until shutdown.
+//! [`reconciler::reconcile_once`] and [`outbox::deliver_once`]. [`run`] runs them as two
+//! independent loops until shutdown: the reconciler every tick; the outbox continuously (it drains
+//! while there is work, and otherwise sleeps until a commit wakes it or the tick passes, which
+//! also picks up retries and events other instances committed).
 
+use std::future::Future;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use crate::state::{AppState, SharedState};
+use crate::store::StoreError;
 
 pub mod outbox;
 pub mod reconciler;
@@ -24,31 +29,62 @@ pub(crate) fn lease_has_room(state: &AppState, claimed_at: DateTime<Utc>) -> boo
     state.clock.now() + step < claimed_at + lease(state)
 }
 
-/// Runs both workers every `tick` until `shutdown` turns true.
-pub async fn run(state: SharedState, tick: Duration, mut shutdown: watch::Receiver<bool>) {
-    let mut interval = tokio::time::interval(tick);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+/// Runs both workers until `shutdown` turns true.
+pub async fn run(state: SharedState, tick: Duration, shutdown: watch::Receiver<bool>) {
+    let reconciler = tokio::spawn(reconcile_loop(state.clone(), tick, shutdown.clone()));
+    outbox_loop(state, tick, shutdown).await;
+    let _ = reconciler.await;
+}
+
+/// A step never outlives the lease on what it claimed (e.g. stuck on a silent network): past it,
+/// another instance may be doing the same work, so this one is cancelled. Its unfinished items
+/// stay leased until the lease lapses, then are claimed again.
+async fn bounded<T>(state: &AppState, what: &str, step: impl Future<Output = Result<T, StoreError>>) -> Option<T> {
+    let bound = lease(state).to_std().unwrap_or(Duration::from_secs(60));
+    match tokio::time::timeout(bound, step).await {
+        Ok(Ok(report)) => Some(report),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "{what} step failed");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("{what} step cancelled: it outlived its lease");
+            None
+        }
+    }
+}
+
+/// True when shutdown was asked for while waiting `tick` (or for `wake`).
+async fn wait(tick: Duration, shutdown: &mut watch::Receiver<bool>, wake: Option<&tokio::sync::Notify>) -> bool {
+    let woken = async {
+        match wake {
+            Some(n) => n.notified().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::sleep(tick) => {}
+        _ = woken => {}
+        _ = shutdown.changed() => {}
+    }
+    *shutdown.borrow()
+}
+
+async fn reconcile_loop(state: SharedState, tick: Duration, mut shutdown: watch::Receiver<bool>) {
+    while !wait(tick, &mut shutdown, None).await {
+        bounded(&state, "reconciler", reconciler::reconcile_once(&state)).await;
+    }
+}
+
+async fn outbox_loop(state: SharedState, tick: Duration, mut shutdown: watch::Receiver<bool>) {
     loop {
-        tokio::select! {
-            _ = interval.tick() => {}
-            _ = shutdown.changed() => break,
-        }
-        if *shutdown.borrow() {
+        // A full batch means there may be more: go again at once, until the backlog is drained.
+        let drained = match bounded(&state, "outbox", outbox::deliver_once(&state)).await {
+            Some(report) => report.claimed < outbox::BATCH as usize,
+            None => true,
+        };
+        if *shutdown.borrow() || (drained && wait(tick, &mut shutdown, Some(&state.outbox_wake)).await) {
             break;
-        }
-        // A step never outlives the lease on what it claimed (e.g. stuck on a silent network):
-        // past it, another instance may be doing the same work, so this one is cancelled.
-        // Its unfinished items stay leased until the lease lapses, then are claimed again.
-        let bound = lease(&state).to_std().unwrap_or(Duration::from_secs(60));
-        match tokio::time::timeout(bound, reconciler::reconcile_once(&state)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "reconciler step failed"),
-            Err(_) => tracing::warn!("reconciler step cancelled: it outlived its lease"),
-        }
-        match tokio::time::timeout(bound, outbox::deliver_once(&state)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "outbox step failed"),
-            Err(_) => tracing::warn!("outbox step cancelled: it outlived its lease"),
         }
     }
 }
