@@ -18,7 +18,12 @@ use crate::state::{derive_unionid, CODE_TTL_SECS};
 use crate::Simulator;
 
 pub(crate) fn routes() -> Router<Arc<Simulator>> {
-    Router::new().route("/sns/jscode2session", get(jscode2session)).route("/cgi-bin/token", get(token))
+    Router::new()
+        .route("/sns/jscode2session", get(jscode2session))
+        // wechatpy (1.8) calls `sns/jscode2session` under its `/cgi-bin/` base URL; accepted
+        // there too so that it works unchanged.
+        .route("/cgi-bin/sns/jscode2session", get(jscode2session))
+        .route("/cgi-bin/token", get(token))
 }
 
 fn json_value(v: &serde_json::Value) -> Response {
