@@ -34,6 +34,17 @@ pub struct SimConfig {
     pub refund_settle_secs: u64,
     /// jscode2session calls allowed per user per minute before 45011.
     pub sns_rate_limit_per_minute: u32,
+    /// A new refund on an order this soon (simulated seconds) after its previous one is
+    /// `FREQUENCY_LIMITED` (WeChat: 1 minute); 0 = off.
+    pub refund_min_interval_secs: u64,
+    /// Refund calls per merchant per (simulated) second before `FREQUENCY_LIMITED` (WeChat: 150);
+    /// 0 = off.
+    pub refund_qps_limit: u32,
+    /// Failed refund calls per merchant per (simulated) second before `INVALID_REQ_TOO_MUCH`
+    /// (WeChat: 6); 0 = off.
+    pub refund_error_qps_limit: u32,
+    /// How long (real milliseconds) a merchant has to answer a notification (WeChat: 5 s).
+    pub notify_reply_timeout_ms: u64,
     /// Seed of the random source (ids, codes, fault dice); absent = from entropy.
     pub seed: Option<u64>,
     /// How often (real milliseconds) the background notifier runs; 0 = only on `run_notifier_once`.
@@ -52,6 +63,10 @@ impl Default for SimConfig {
             closeorder_min_age_secs: 300,
             refund_settle_secs: 0,
             sns_rate_limit_per_minute: 100,
+            refund_min_interval_secs: 60,
+            refund_qps_limit: 150,
+            refund_error_qps_limit: 6,
+            notify_reply_timeout_ms: 5000,
             seed: None,
             notifier_tick_ms: 20,
             faults: FaultConfig::default(),

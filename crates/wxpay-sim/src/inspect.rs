@@ -21,7 +21,7 @@ pub(crate) fn routes() -> Router<Arc<Simulator>> {
         .route("/sim/healthz", get(|| async { "ok" }))
         .route("/sim/orders/{mch_id}/{out_trade_no}", get(order))
         .route("/sim/notifications", get(notifications))
-        .route("/sim/users/{user}", get(user))
+        .route("/sim/users/{user}", get(user).post(set_user))
         .route("/sim/faults", get(get_faults).post(set_faults).delete(clear_faults))
         .route("/sim/merchants/{mch_id}/scan_callback_url", post(set_scan_callback))
 }
@@ -54,6 +54,35 @@ async fn user(AxState(sim): AxState<Arc<Simulator>>, Path(user): Path<String>) -
         Some(u) => Json(json!({ "name": user, "balance_fen": u.balance_fen, "risky": u.risky })).into_response(),
         None => not_found("user"),
     }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserBody {
+    risky: Option<bool>,
+    balance_fen: Option<u64>,
+}
+
+/// `POST /sim/users/{user}` `{"risky": true, "balance_fen": 100}` (either key optional): flags a
+/// high-risk user (jscode2session answers 40226) or sets the wallet, creating the user.
+async fn set_user(AxState(sim): AxState<Arc<Simulator>>, Path(name): Path<String>, body: Bytes) -> Response {
+    let b = match serde_json::from_slice::<UserBody>(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            let msg = format!("expected {{\"risky\": bool, \"balance_fen\": fen}} (both optional): {e}");
+            return (StatusCode::BAD_REQUEST, Json(json!({ "error": msg }))).into_response();
+        }
+    };
+    if name.is_empty() {
+        return (StatusCode::BAD_REQUEST, Json(json!({ "error": "user name is empty" }))).into_response();
+    }
+    if let Some(r) = b.risky {
+        sim.set_risky(&name, r);
+    }
+    if let Some(f) = b.balance_fen {
+        sim.set_balance(&name, f);
+    }
+    user(AxState(sim), Path(name)).await
 }
 
 async fn get_faults(AxState(sim): AxState<Arc<Simulator>>) -> Response {

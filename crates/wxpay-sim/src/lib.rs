@@ -58,8 +58,8 @@ pub struct Simulator {
     clock: Arc<dyn Clock>,
     config: SimConfig,
     http: reqwest::Client,
-    /// Serialises notifier steps (see [`notifier::run_once`]).
-    step_lock: tokio::sync::Mutex<()>,
+    /// Itself, for the notifier's delivery tasks.
+    me: std::sync::Weak<Simulator>,
 }
 
 impl Simulator {
@@ -104,7 +104,10 @@ impl Simulator {
             long_to_short: HashMap::new(),
             codes: HashMap::new(),
             sns_calls: HashMap::new(),
+            refund_calls: HashMap::new(),
+            refund_errors: HashMap::new(),
             jobs: Vec::new(),
+            in_flight: 0,
             next_job_id: 0,
             attempts: Vec::new(),
             rng,
@@ -128,13 +131,7 @@ impl Simulator {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| SimError::Config(format!("HTTP client: {e}")))?;
-        Ok(Arc::new(Simulator {
-            state: Mutex::new(state),
-            clock,
-            config,
-            http,
-            step_lock: tokio::sync::Mutex::new(()),
-        }))
+        Ok(Arc::new_cyclic(|me| Simulator { state: Mutex::new(state), clock, config, http, me: me.clone() }))
     }
 
     /// Every route: pay API, sns, phone and `/sim/...`.
@@ -144,7 +141,12 @@ impl Simulator {
             .merge(sns::routes())
             .merge(phone::routes())
             .merge(inspect::routes())
+            .fallback(unknown_endpoint)
             .with_state(self.clone())
+    }
+
+    pub(crate) fn arc(&self) -> Option<Arc<Simulator>> {
+        self.me.upgrade()
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -211,9 +213,10 @@ impl Simulator {
         st.attempts.iter().filter(|a| out_trade_no.is_none_or(|o| a.out_trade_no == o)).cloned().collect()
     }
 
-    /// Notifications waiting for their due time.
+    /// Notifications waiting for their due time or being delivered.
     pub fn pending_notifications(&self) -> usize {
-        self.lock().jobs.len()
+        let st = self.lock();
+        st.jobs.len() + st.in_flight
     }
 
     pub fn balance(&self, user: &str) -> Option<u64> {
@@ -247,6 +250,21 @@ impl Simulator {
             state::LoginCode { appid: appid.to_owned(), user: user.to_owned(), issued_at: now, used: false },
         );
         Some(code)
+    }
+}
+
+/// What a path nobody routes gets: the sns host answers JSON `errcode`, the pay host XML
+/// `return_code=FAIL`, both naming the path; `/sim/...` a JSON 404.
+async fn unknown_endpoint(uri: axum::http::Uri) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = uri.path();
+    if path.starts_with("/sns/") || path.starts_with("/cgi-bin/") {
+        sns::unknown_endpoint(path)
+    } else if path.starts_with("/sim/") {
+        let msg = format!("{path}: no such simulator endpoint (see the wxpay-sim README, Inspection)");
+        (axum::http::StatusCode::NOT_FOUND, axum::Json(serde_json::json!({ "error": msg }))).into_response()
+    } else {
+        payapi::unknown_endpoint(path)
     }
 }
 
@@ -363,7 +381,7 @@ pub async fn serve(config: SimConfig, listener: TcpListener, clock: Arc<dyn Cloc
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 every.tick().await;
-                sim.run_notifier_once().await;
+                notifier::dispatch_due(&sim);
             }
         })
     });

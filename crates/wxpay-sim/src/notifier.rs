@@ -1,10 +1,14 @@
 //! The notifier: payment and refund notifications, WeChat's retry schedule, faults, and a record
 //! of every attempt.
 //!
-//! Notifications are queued as [`Job`]s with a due time on the injected clock. [`run_once`]
-//! delivers everything due at the clock's now (a background task calls it every few ms of real
-//! time; tests call it directly after moving a `ManualClock`). Steps are serialised by an async
-//! lock, so when `run_once` returns every delivery that was due has finished and been recorded.
+//! Notifications are queued as [`Job`]s with a due time on the injected clock. Every few ms of
+//! real time a background task takes the due jobs off the queue and starts each delivery on its
+//! own task, with its own reply budget (5 s); each attempt is recorded when it ends and its retry
+//! is scheduled from that moment, so one slow merchant never delays another's notifications.
+//! Tests call [`run_once`] after moving a `ManualClock`: it starts what is due and returns when
+//! those deliveries are recorded.
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 use serde::{Serialize, Serializer};
@@ -21,8 +25,6 @@ use crate::Simulator;
 /// WeChat's intervals between attempts (spec §8.4): first send at t=0, one retry after each.
 pub const RETRY_INTERVALS_SECS: [u64; 15] =
     [15, 15, 30, 180, 600, 1200, 1800, 1800, 1800, 3600, 10800, 10800, 10800, 21600, 21600];
-/// The merchant must answer within 5 seconds (real time).
-pub const REPLY_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
 const EXCERPT_CHARS: usize = 512;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -241,7 +243,7 @@ struct CopyResult {
     elapsed_ms: u64,
 }
 
-async fn deliver(http: reqwest::Client, url: String, body: String) -> CopyResult {
+async fn deliver(http: reqwest::Client, url: String, body: String, budget: std::time::Duration) -> CopyResult {
     let started = std::time::Instant::now();
     let send = async {
         let resp = http.post(&url).header(reqwest::header::CONTENT_TYPE, "text/xml").body(body).send().await?;
@@ -249,8 +251,8 @@ async fn deliver(http: reqwest::Client, url: String, body: String) -> CopyResult
         let bytes = resp.bytes().await?;
         Ok::<_, reqwest::Error>((status, bytes))
     };
-    let (http_status, reply, outcome, error) = match tokio::time::timeout(REPLY_BUDGET, send).await {
-        Err(_) => (None, String::new(), Outcome::Timeout, Some("no reply within 5 s".to_owned())),
+    let (http_status, reply, outcome, error) = match tokio::time::timeout(budget, send).await {
+        Err(_) => (None, String::new(), Outcome::Timeout, Some(format!("no reply within {} ms", budget.as_millis()))),
         Ok(Err(e)) => (None, String::new(), Outcome::Error, Some(e.to_string())),
         Ok(Ok((status, bytes))) => {
             let ok = status.is_success() && reply_is_success(&bytes);
@@ -261,91 +263,112 @@ async fn deliver(http: reqwest::Client, url: String, body: String) -> CopyResult
     CopyResult { http_status, reply, outcome, error, elapsed_ms: started.elapsed().as_millis() as u64 }
 }
 
-/// Delivers every job due at the clock's now; returns how many jobs were handled.
-pub async fn run_once(sim: &Simulator) -> usize {
-    let _step = sim.step_lock.lock().await;
+/// Takes every job due at the clock's now off the queue and starts delivering each on its own
+/// task; returns the tasks. A job in flight is off the queue, so no later step sends it twice,
+/// and no delivery waits for another (one hanging merchant delays nobody else).
+fn dispatch(sim: &Arc<Simulator>) -> JoinSet<()> {
     let now = sim.now();
-    let due: Vec<Job> = {
+    let mut due: Vec<Job> = {
         let mut st = sim.lock();
-        let (mut due, rest): (Vec<Job>, Vec<Job>) =
-            std::mem::take(&mut st.jobs).into_iter().partition(|j| j.due <= now);
+        let (due, rest): (Vec<Job>, Vec<Job>) = std::mem::take(&mut st.jobs).into_iter().partition(|j| j.due <= now);
         st.jobs = rest;
-        due.sort_by_key(|j| (j.due, j.id));
+        st.in_flight += due.len();
         due
     };
-    if due.is_empty() {
-        return 0;
-    }
-    let count = due.len();
+    due.sort_by_key(|j| (j.due, j.id));
     let mut set = JoinSet::new();
-    for (idx, job) in due.iter().enumerate() {
-        if job.drop {
-            continue;
-        }
-        for copy in 1..=job.copies {
-            let fut = deliver(sim.http.clone(), job.url.clone(), job.body.clone());
-            set.spawn(async move { (idx, copy, fut.await) });
-        }
+    for job in due {
+        let sim = sim.clone();
+        set.spawn(async move { attempt(&sim, job, now).await });
     }
-    let mut results: Vec<Vec<(u32, CopyResult)>> = (0..due.len()).map(|_| Vec::new()).collect();
-    while let Some(joined) = set.join_next().await {
-        if let Ok((idx, copy, r)) = joined {
-            if let Some(slot) = results.get_mut(idx) {
-                slot.push((copy, r));
+    set
+}
+
+/// Starts every delivery due now without waiting for them (the background ticker).
+pub(crate) fn dispatch_due(sim: &Arc<Simulator>) -> usize {
+    let mut set = dispatch(sim);
+    let n = set.len();
+    set.detach_all();
+    n
+}
+
+/// Delivers every job due at the clock's now and waits until each is recorded (and its retry, if
+/// any, queued); returns how many jobs were handled. Deliveries already in flight from an
+/// earlier step are not waited for.
+pub async fn run_once(sim: &Simulator) -> usize {
+    let Some(sim) = sim.arc() else { return 0 };
+    let mut set = dispatch(&sim);
+    let n = set.len();
+    while set.join_next().await.is_some() {}
+    n
+}
+
+/// One attempt of one job: every copy concurrently, each with its own reply budget; then the
+/// record and, on failure, the next attempt scheduled from this attempt's own end.
+async fn attempt(sim: &Simulator, job: Job, started: DateTime<Utc>) {
+    let mut copies: Vec<(u32, CopyResult)> = Vec::new();
+    if !job.drop {
+        let budget = std::time::Duration::from_millis(sim.config.notify_reply_timeout_ms);
+        let mut set = JoinSet::new();
+        for copy in 1..=job.copies {
+            let fut = deliver(sim.http.clone(), job.url.clone(), job.body.clone(), budget);
+            set.spawn(async move { (copy, fut.await) });
+        }
+        while let Some(joined) = set.join_next().await {
+            if let Ok(r) = joined {
+                copies.push(r);
             }
         }
+        copies.sort_by_key(|(c, _)| *c);
     }
-
+    let finished = sim.now();
     let scale = sim.config.time_scale;
     let mut st = sim.lock();
-    for (job, mut copies) in due.into_iter().zip(results) {
-        copies.sort_by_key(|(c, _)| *c);
-        let attempt = job.attempts_made + 1;
-        let record = |st: &mut State, copy: u32, r: CopyResult| {
-            let seq = st.attempts.len() as u64 + 1;
-            st.attempts.push(NotificationAttempt {
-                seq,
-                kind: job.kind,
-                mch_id: job.mch_id.clone(),
-                out_trade_no: job.out_trade_no.clone(),
-                out_refund_no: job.out_refund_no.clone(),
-                attempt,
-                copy,
-                scheduled_at: job.due,
-                time: now,
-                url: job.url.clone(),
-                http_status: r.http_status,
-                reply: r.reply,
-                outcome: r.outcome,
-                error: r.error,
-                elapsed_ms: r.elapsed_ms,
-                request_body: job.body.clone(),
-            });
+    st.in_flight = st.in_flight.saturating_sub(1);
+    let attempt = job.attempts_made + 1;
+    let record = |st: &mut State, copy: u32, r: CopyResult| {
+        let seq = st.attempts.len() as u64 + 1;
+        st.attempts.push(NotificationAttempt {
+            seq,
+            kind: job.kind,
+            mch_id: job.mch_id.clone(),
+            out_trade_no: job.out_trade_no.clone(),
+            out_refund_no: job.out_refund_no.clone(),
+            attempt,
+            copy,
+            scheduled_at: job.due,
+            time: started,
+            url: job.url.clone(),
+            http_status: r.http_status,
+            reply: r.reply,
+            outcome: r.outcome,
+            error: r.error,
+            elapsed_ms: r.elapsed_ms,
+            request_body: job.body.clone(),
+        });
+    };
+    if job.drop {
+        let r = CopyResult {
+            http_status: None,
+            reply: String::new(),
+            outcome: Outcome::Dropped,
+            error: Some("dropped by fault".into()),
+            elapsed_ms: 0,
         };
-        if job.drop {
-            let r = CopyResult {
-                http_status: None,
-                reply: String::new(),
-                outcome: Outcome::Dropped,
-                error: Some("dropped by fault".into()),
-                elapsed_ms: 0,
-            };
-            record(&mut st, 1, r);
-            continue;
-        }
-        let succeeded = copies.iter().any(|(_, r)| r.outcome == Outcome::Success);
-        for (copy, r) in copies {
-            record(&mut st, copy, r);
-        }
-        let made = job.attempts_made as usize;
-        if !succeeded && job.retry && made < RETRY_INTERVALS_SECS.len() {
-            let next = Job {
-                due: now + scaled(RETRY_INTERVALS_SECS[made], scale),
-                attempts_made: job.attempts_made + 1,
-                ..job
-            };
-            push_job(&mut st, next);
-        }
+        record(&mut st, 1, r);
+        return;
     }
-    count
+    let succeeded = copies.iter().any(|(_, r)| r.outcome == Outcome::Success);
+    for (copy, r) in copies {
+        record(&mut st, copy, r);
+    }
+    let made = job.attempts_made as usize;
+    if !succeeded && job.retry && made < RETRY_INTERVALS_SECS.len() {
+        let next = Job {
+            due: finished + scaled(RETRY_INTERVALS_SECS[made], scale),
+            attempts_made: job.attempts_made + 1,
+            ..job
+        };
+        push_job(&mut st, next);
+    }
 }

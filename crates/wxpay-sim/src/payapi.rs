@@ -29,7 +29,7 @@ use wxpay_proto::msg::refund::RefundRequest;
 use wxpay_proto::msg::refundquery::{RefundQueryRequest, RefundQueryResponse, RefundRecord, RefundRef};
 use wxpay_proto::msg::shorturl::ShortUrlRequest;
 use wxpay_proto::msg::unifiedorder::UnifiedOrderRequest;
-use wxpay_proto::msg::{business_fail, err_code, protocol_fail, Message};
+use wxpay_proto::msg::{business_fail, err_code, protocol_fail, ApiRequest, Message};
 use wxpay_proto::sign::{canonical_string, verify};
 use wxpay_proto::types::BeijingTime;
 use wxpay_proto::xml::{parse_with, to_xml, XmlError, XmlLimits};
@@ -76,12 +76,81 @@ impl Endpoint {
 pub(crate) fn routes() -> Router<Arc<Simulator>> {
     let mut r = Router::new();
     for ep in Endpoint::ALL {
-        r = r.route(
-            ep.path(),
-            any(move |AxState(sim): AxState<Arc<Simulator>>, method: Method, body: Body| handle(sim, method, body, ep)),
-        );
+        let h = move |AxState(sim): AxState<Arc<Simulator>>, method: Method, body: Body| handle(sim, method, body, ep);
+        r = r.route(ep.path(), any(h));
+        // The old sandbox (仿真测试系统) prefix; its refund path has no `secapi`.
+        let sandbox = format!("/sandboxnew{}", ep.path().trim_start_matches("/secapi"));
+        r = r.route(&sandbox, any(h));
     }
-    r
+    r.route("/sandboxnew/pay/getsignkey", any(getsignkey))
+}
+
+/// Pay-host endpoints that SDKs call but the simulator does not simulate: a documented FAIL.
+pub const UNSUPPORTED: [&str; 5] =
+    ["/pay/downloadbill", "/pay/micropay", "/secapi/pay/reverse", "/pay/downloadfundflow", "/pay/batchqueryevaluation"];
+
+/// Any path the simulator does not route on the pay host: WeChat answers XML, not an empty 404.
+pub(crate) fn unknown_endpoint(path: &str) -> Response {
+    let bare = path.strip_prefix("/sandboxnew").unwrap_or(path);
+    let bare = if bare.starts_with("/pay/reverse") { "/secapi/pay/reverse" } else { bare };
+    let msg = if UNSUPPORTED.contains(&bare) {
+        format!("NOT_SUPPORTED: {path} is not simulated by wxpay-sim (模拟器不支持该接口)")
+    } else {
+        format!("NOT_FOUND: {path} is not a WeChat Pay v2 endpoint (接口不存在)")
+    };
+    xml_response(&protocol_fail(&msg))
+}
+
+/// `/sandboxnew/pay/getsignkey`: the sandbox key (仿真测试系统验签密钥). The simulator hands back
+/// the merchant's own API key, so an SDK in sandbox mode keeps signing with a key it accepts.
+async fn getsignkey(AxState(sim): AxState<Arc<Simulator>>, method: Method, body: Body) -> Response {
+    let bytes = to_bytes(body, MAX_BODY).await.ok();
+    let reply = (|| {
+        if method != Method::POST {
+            return protocol_fail("post数据为空");
+        }
+        let Some(body) = bytes.as_deref().filter(|b| !b.is_empty()) else { return protocol_fail("post数据为空") };
+        let Ok(fields) = parse_with(body, XmlLimits::default()) else { return protocol_fail("XML格式错误") };
+        if !root_is_xml(body) {
+            return protocol_fail("XML格式错误");
+        }
+        let Some(mch_id) = fields.non_empty("mch_id") else { return protocol_fail("mch_id参数格式错误") };
+        let Some(m) = sim.lock().merchant(mch_id).cloned() else { return protocol_fail("商户号mch_id不存在") };
+        if verify(&fields, &m.merchant.key, SignType::Md5).is_err() {
+            return protocol_fail("签名错误");
+        }
+        let mut f = Fields::new();
+        f.set("return_code", "SUCCESS")
+            .set("return_msg", "ok")
+            .set("mch_id", m.mch_id())
+            .set("sandbox_signkey", m.merchant.key.expose());
+        f
+    })();
+    xml_response(&reply)
+}
+
+/// Is the document's root element `<xml>`? (after an optional prolog, comments and blanks)
+pub(crate) fn root_is_xml(body: &[u8]) -> bool {
+    let mut rest = body.strip_prefix(b"\xEF\xBB\xBF".as_slice()).unwrap_or(body);
+    loop {
+        let trimmed = rest.iter().position(|b| !b.is_ascii_whitespace()).map_or(&rest[rest.len()..], |i| &rest[i..]);
+        rest = trimmed;
+        let skip_to = |end: &[u8]| rest.windows(end.len()).position(|w| w == end).map(|i| i + end.len());
+        if rest.starts_with(b"<?") {
+            match skip_to(b"?>") {
+                Some(i) => rest = &rest[i..],
+                None => return false,
+            }
+        } else if rest.starts_with(b"<!--") {
+            match skip_to(b"-->") {
+                Some(i) => rest = &rest[i..],
+                None => return false,
+            }
+        } else {
+            return rest.starts_with(b"<xml")
+                && matches!(rest.get(4), Some(b'>' | b'/') | Some(b' ' | b'\t' | b'\r' | b'\n'));
+        }
+    }
 }
 
 /// Always HTTP 200 with `content-type: text/plain`, as observed on the real hosts.
@@ -137,6 +206,9 @@ fn process(sim: &Simulator, method: &Method, body: Option<&[u8]>, ep: Endpoint) 
         Err(XmlError::NotUtf8 { .. }) => return (protocol_fail("NOT_UTF8"), None),
         Err(_) => return (protocol_fail("XML格式错误"), None),
     };
+    if !root_is_xml(body) {
+        return (protocol_fail("XML格式错误"), None);
+    }
     let Ok(sign_type) = SignType::from_fields(&fields) else {
         return (protocol_fail("sign_type参数格式错误"), None);
     };
@@ -150,15 +222,27 @@ fn process(sim: &Simulator, method: &Method, body: Option<&[u8]>, ep: Endpoint) 
         f.set("err_code", err_code::MCHID_NOT_EXIST);
         return (f, None);
     };
-    if verify(&fields, &m.merchant.key, sign_type).is_err() {
-        return (protocol_fail("签名错误"), None);
-    }
-    let seal = |f: Fields| m.merchant.seal_reply(f, sign_type);
+    // shorturl: the doc says to sign the raw long_url and URL-encode it for transport, so a
+    // URL-encoded long_url is verified (and used) decoded; one signed as sent is accepted too.
+    let fields = match verify(&fields, &m.merchant.key, sign_type) {
+        Ok(()) => decoded_long_url(&fields, ep).unwrap_or(fields),
+        Err(_) => match decoded_long_url(&fields, ep) {
+            Some(decoded) if verify(&decoded, &m.merchant.key, sign_type).is_ok() => decoded,
+            _ => return (protocol_fail("签名错误"), None),
+        },
+    };
+    // Success and business-failure answers carry return_msg OK, as the official examples do.
+    let seal = |f: Fields| m.merchant.seal_reply(f.with("return_msg", "OK"), sign_type);
     match fields.non_empty("appid") {
         None => return (seal(business_fail(err_code::LACK_PARAMS, "缺少参数appid")), None),
         Some(a) if a != m.appid() => {
             return (seal(business_fail(err_code::APPID_MCHID_NOT_MATCH, "appid和mch_id不匹配")), None)
         }
+        Some(_) => {}
+    }
+    match fields.non_empty("nonce_str") {
+        None => return (seal(business_fail(err_code::LACK_PARAMS, "缺少参数nonce_str")), None),
+        Some(n) if n.chars().count() > 32 => return (protocol_fail("nonce_str参数格式错误"), None),
         Some(_) => {}
     }
 
@@ -178,7 +262,7 @@ fn process(sim: &Simulator, method: &Method, body: Option<&[u8]>, ep: Endpoint) 
         Endpoint::UnifiedOrder => unifiedorder(&mut st, &ctx),
         Endpoint::OrderQuery => orderquery(&mut st, &ctx),
         Endpoint::CloseOrder => closeorder(&mut st, &ctx),
-        Endpoint::Refund => refund(&mut st, &ctx),
+        Endpoint::Refund => refund_limited(&mut st, &ctx),
         Endpoint::RefundQuery => refundquery(&mut st, &ctx),
         Endpoint::ShortUrl => shorturl(&mut st, &ctx),
     };
@@ -188,6 +272,27 @@ fn process(sim: &Simulator, method: &Method, body: Option<&[u8]>, ep: Endpoint) 
         Err(ApiFail::Business(code, des)) => seal(business_fail(code, &des)),
     };
     (reply, hold)
+}
+
+/// A copy of the request with `long_url` URL-decoded, when it is a whole URL-encoded link
+/// (`weixin%3A%2F%2F...`). A raw link (whose own query may hold `%XX` escapes) is left alone.
+fn decoded_long_url(fields: &Fields, ep: Endpoint) -> Option<Fields> {
+    if ep != Endpoint::ShortUrl {
+        return None;
+    }
+    let raw = fields.get("long_url")?;
+    if raw.starts_with("weixin://") || !raw.contains('%') {
+        return None;
+    }
+    let decoded: String = url::form_urlencoded::parse(format!("u={}", raw.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())?;
+    if !decoded.starts_with("weixin://") {
+        return None;
+    }
+    let mut out = fields.clone();
+    out.set("long_url", decoded);
+    Some(out)
 }
 
 struct Ctx<'a> {
@@ -213,13 +318,43 @@ impl Ctx<'_> {
     }
 }
 
-/// The business fields a re-entry must repeat exactly (everything signed but the envelope).
-fn fingerprint(fields: &Fields) -> String {
-    canonical_string(fields.iter().filter(|(k, _)| !matches!(*k, "nonce_str" | "sign" | "sign_type")))
+/// The business fields a re-entry must repeat exactly (everything signed but nonce and sign),
+/// plus the signing algorithm: a re-entry with another `sign_type` is a changed request (the
+/// order's paySign and notification use one algorithm).
+fn fingerprint(fields: &Fields, sign_type: SignType) -> String {
+    let business = canonical_string(fields.iter().filter(|(k, _)| !matches!(*k, "nonce_str" | "sign" | "sign_type")));
+    format!("{business}#{}", sign_type.as_str())
 }
 
+/// product_id as WeChat documents it: String(32), "商户定义的商品id 或者订单号", no character
+/// set given. The simulator accepts 1-32 characters of any kind but control characters.
+pub(crate) fn product_id_ok(p: &str) -> bool {
+    !p.is_empty() && p.chars().count() <= 32 && !p.chars().any(char::is_control)
+}
+
+/// Placeholder for a valid product_id that the protocol crate's stricter ASCII type would refuse.
+const PRODUCT_ID_PLACEHOLDER: &str = "product";
+
 fn unifiedorder(st: &mut State, c: &Ctx<'_>) -> Result<Fields, ApiFail> {
-    let req = UnifiedOrderRequest::from_fields(c.fields).map_err(field_fail)?;
+    // The protocol crate's ProductId is printable ASCII (the server's catalogue rule); WeChat
+    // takes any String(32). Check it here and parse the rest with a placeholder.
+    let product_id = c.fields.non_empty("product_id").map(str::to_owned);
+    let mut parsed = c.fields.clone();
+    if let Some(p) = &product_id {
+        if !product_id_ok(p) {
+            return Err(ApiFail::Protocol("product_id参数格式错误".into()));
+        }
+        parsed.set("product_id", PRODUCT_ID_PLACEHOLDER);
+    }
+    let req = UnifiedOrderRequest::from_fields(&parsed).map_err(field_fail)?;
+    if req.spbill_create_ip.parse::<std::net::IpAddr>().is_err() {
+        return Err(ApiFail::Protocol("spbill_create_ip参数格式错误".into()));
+    }
+    if let (Some(start), Some(end)) = (req.time_start, req.time_expire) {
+        if start.to_utc() > end.to_utc() {
+            return Err(ApiFail::Protocol("time_start参数格式错误".into()));
+        }
+    }
     if req.trade_type == TradeType::Micropay {
         return Err(ApiFail::Protocol("trade_type参数格式错误".into()));
     }
@@ -237,7 +372,7 @@ fn unifiedorder(st: &mut State, c: &Ctx<'_>) -> Result<Fields, ApiFail> {
             _ => return Err(business(err_code::PARAM_ERROR, "appid和openid不匹配")),
         }
     }
-    let fp = fingerprint(c.fields);
+    let fp = fingerprint(c.fields, c.sign_type);
     let key = c.key(req.out_trade_no.as_str());
     let mut reply = Fields::new();
     reply.set("trade_type", req.trade_type.as_str());
@@ -284,7 +419,7 @@ fn unifiedorder(st: &mut State, c: &Ctx<'_>) -> Result<Fields, ApiFail> {
         total_fee: req.total_fee.get(),
         trade_type: req.trade_type,
         openid: req.openid.as_ref().map(|o| o.as_str().to_owned()),
-        product_id: req.product_id.as_ref().map(|p| p.as_str().to_owned()),
+        product_id,
         attach: req.attach.clone(),
         device_info: req.device_info.clone(),
         notify_url: req.notify_url.clone(),
@@ -395,6 +530,42 @@ fn refund_reply(o: &Order, r: &Refund) -> Fields {
     f
 }
 
+/// Calls within the last (simulated) second, after dropping older ones.
+fn recent(q: &mut std::collections::VecDeque<DateTime<Utc>>, now: DateTime<Utc>) -> usize {
+    while q.front().is_some_and(|t| *t <= now - Duration::seconds(1)) {
+        q.pop_front();
+    }
+    q.len()
+}
+
+/// The per-merchant refund rates of spec §7.1 around [`refund`]: 150 calls a second
+/// (`FREQUENCY_LIMITED`) and 6 failed calls a second (`INVALID_REQ_TOO_MUCH`), both configurable.
+fn refund_limited(st: &mut State, c: &Ctx<'_>) -> Result<Fields, ApiFail> {
+    let cfg = &c.sim.config;
+    let mch = c.m.mch_id().to_owned();
+    if cfg.refund_error_qps_limit > 0 {
+        let errors = st.refund_errors.entry(mch.clone()).or_default();
+        if recent(errors, c.now) >= cfg.refund_error_qps_limit as usize {
+            return Err(business(err_code::INVALID_REQ_TOO_MUCH, "无效请求过多，请稍后再试"));
+        }
+    }
+    if cfg.refund_qps_limit > 0 {
+        let calls = st.refund_calls.entry(mch.clone()).or_default();
+        if recent(calls, c.now) >= cfg.refund_qps_limit as usize {
+            return Err(business(err_code::FREQUENCY_LIMITED, "频率限制，请降低请求频率后重试"));
+        }
+        calls.push_back(c.now);
+    }
+    let result = refund(st, c);
+    if result.is_err() && cfg.refund_error_qps_limit > 0 {
+        st.refund_errors.entry(mch).or_default().push_back(c.now);
+    }
+    result
+}
+
+/// Refunds are possible for a year after payment (spec §7.1).
+const REFUND_WINDOW_DAYS: i64 = 365;
+
 fn refund(st: &mut State, c: &Ctx<'_>) -> Result<Fields, ApiFail> {
     let req = RefundRequest::from_fields(c.fields).map_err(field_fail)?;
     let key = c.find(st, &req.order).ok_or_else(|| business(err_code::ORDERNOTEXIST, "订单不存在"))?;
@@ -419,6 +590,13 @@ fn refund(st: &mut State, c: &Ctx<'_>) -> Result<Fields, ApiFail> {
     }
     if o.total_fee != req.total_fee.get() {
         return Err(business(err_code::INVALID_REQUEST, REFUND_MISMATCH));
+    }
+    if o.time_end.is_some_and(|paid| c.now >= paid + Duration::days(REFUND_WINDOW_DAYS)) {
+        return Err(business(err_code::TRADE_OVERDUE, "订单已经超过可退款的最大期限(支付后一年内可退款)"));
+    }
+    let min_gap = c.sim.config.refund_min_interval_secs;
+    if min_gap > 0 && o.refunds.iter().any(|r| c.now < r.created_at + Duration::seconds(min_gap as i64)) {
+        return Err(business(err_code::FREQUENCY_LIMITED, "单笔订单请求频率过高,请于1分钟后重试."));
     }
     if o.refunds.len() >= 50 {
         return Err(business(err_code::ERROR, "退款次数超过限制(50次)"));
@@ -507,7 +685,13 @@ fn refundquery(st: &mut State, c: &Ctx<'_>) -> Result<Fields, ApiFail> {
 }
 
 fn shorturl(st: &mut State, c: &Ctx<'_>) -> Result<Fields, ApiFail> {
-    let req = ShortUrlRequest::from_fields(c.fields).map_err(field_fail)?;
+    // Already URL-decoded by `process` when it was sent encoded; a raw link is used as sent (its
+    // own query may hold %XX escapes, e.g. an encoded product_id).
+    let Some(long_url) = c.fields.non_empty("long_url").map(str::to_owned) else {
+        return Err(business(err_code::LACK_PARAMS, "缺少参数long_url"));
+    };
+    let req = ShortUrlRequest { long_url };
+    req.validate().map_err(field_fail)?;
     let short = match st.long_to_short.get(&req.long_url) {
         Some(s) => s.clone(),
         None => {

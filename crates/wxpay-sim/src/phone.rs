@@ -13,11 +13,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use wxpay_proto::msg::jsapi::JsapiPayParams;
-use wxpay_proto::msg::native::{BizPayUrl, ScanCallback};
-use wxpay_proto::msg::Message;
-use wxpay_proto::sign::{sign_fields, verify_notification};
+use wxpay_proto::sign::{sign_fields, verify, verify_notification};
 use wxpay_proto::xml::{parse_with, to_xml, XmlLimits};
-use wxpay_proto::{Openid, ProductId, SignType, TradeType};
+use wxpay_proto::{Fields, SignType, TradeType};
 
 use crate::notifier;
 use crate::state::OrderKey;
@@ -194,27 +192,26 @@ async fn scan(AxState(sim): AxState<Arc<Simulator>>, body: Bytes) -> Response {
     }
 
     // Mode 1: verify the link with the merchant's key; a bad link never reaches the merchant.
-    let Ok((link, _)) = BizPayUrl::parse_unverified(&url) else { return scan_fail(URL_ERROR, None) };
+    let Some(link) = ModeOneLink::parse(&url) else { return scan_fail(URL_ERROR, None) };
     let (callback_url, body, merchant) = {
         let mut st = sim.lock();
-        let Some(m) = st.merchant(link.mch_id.as_str()).cloned() else { return scan_fail(URL_ERROR, None) };
-        if m.appid() != link.appid.as_str() || BizPayUrl::parse_and_verify(&url, &m.merchant.key).is_err() {
+        let Some(m) = st.merchant(&link.mch_id).cloned() else { return scan_fail(URL_ERROR, None) };
+        if m.appid() != link.appid || verify(&link.fields, &m.merchant.key, SignType::Md5).is_err() {
             return scan_fail(URL_ERROR, None);
         }
         let Some(cb) = m.scan_callback_url.clone() else {
             return scan_fail("商户未配置扫码支付回调链接", None);
         };
         let openid = st.openid_for(m.appid(), &req.user);
-        let Ok(openid) = Openid::parse(openid) else { return scan_fail("系统错误", None) };
-        let callback = ScanCallback {
-            appid: link.appid.clone(),
-            mch_id: link.mch_id.clone(),
-            openid,
-            is_subscribe: Some("N".into()),
-            product_id: link.product_id.clone(),
-        };
-        let mut f = callback.to_fields();
-        f.set("nonce_str", wxpay_proto::types::nonce());
+        // The scan callback (spec §9.1), built field by field: its product_id is the link's,
+        // whatever characters it has.
+        let mut f = Fields::new();
+        f.set("appid", link.appid.as_str())
+            .set("mch_id", link.mch_id.as_str())
+            .set("openid", openid)
+            .set("is_subscribe", "N")
+            .set("product_id", link.product_id.as_str())
+            .set("nonce_str", wxpay_proto::types::nonce());
         sign_fields(&mut f, &m.merchant.key, SignType::Md5);
         (cb, to_xml(&f), m)
     };
@@ -265,13 +262,49 @@ async fn scan(AxState(sim): AxState<Arc<Simulator>>, body: Bytes) -> Response {
     finish_scan(&sim, &key, &req.user, req.action, Some(&link.product_id), Some(cb_info))
 }
 
+/// A mode-1 link `weixin://wxpay/bizpayurl?appid=..&mch_id=..&product_id=..&time_stamp=..&nonce_str=..&sign=..`
+/// with its query URL-decoded (an SDK may percent-encode a product_id with spaces or CJK); the
+/// signature is over the decoded values.
+struct ModeOneLink {
+    appid: String,
+    mch_id: String,
+    product_id: String,
+    fields: Fields,
+}
+
+impl ModeOneLink {
+    fn parse(url: &str) -> Option<ModeOneLink> {
+        let query = url.strip_prefix("weixin://wxpay/bizpayurl?")?;
+        let mut fields = Fields::new();
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            if fields.contains(&k) {
+                return None; // a parameter twice
+            }
+            fields.set(k.into_owned(), v.into_owned());
+        }
+        let nonce = fields.non_empty("nonce_str")?;
+        let time_stamp = fields.non_empty("time_stamp")?;
+        if nonce.chars().count() > 32 || time_stamp.len() > 10 || !time_stamp.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        fields.non_empty("sign")?;
+        let product_id = fields.non_empty("product_id").filter(|p| crate::payapi::product_id_ok(p))?.to_owned();
+        Some(ModeOneLink {
+            appid: fields.non_empty("appid")?.to_owned(),
+            mch_id: fields.non_empty("mch_id")?.to_owned(),
+            product_id,
+            fields,
+        })
+    }
+}
+
 /// The checks after a prepay is known, then pay or cancel.
 fn finish_scan(
     sim: &Simulator,
     key: &OrderKey,
     user: &str,
     action: Action,
-    product_id: Option<&ProductId>,
+    product_id: Option<&str>,
     cb: Option<Value>,
 ) -> Response {
     let now = sim.now();
@@ -281,7 +314,7 @@ fn finish_scan(
         return scan_fail("prepay_id不是NATIVE订单", cb);
     }
     if let Some(p) = product_id {
-        if order.product_id.as_deref() != Some(p.as_str()) {
+        if order.product_id.as_deref() != Some(p) {
             return scan_fail("商品信息不匹配", cb);
         }
     }

@@ -18,7 +18,59 @@ use crate::state::{derive_unionid, CODE_TTL_SECS};
 use crate::Simulator;
 
 pub(crate) fn routes() -> Router<Arc<Simulator>> {
-    Router::new().route("/sns/jscode2session", get(jscode2session))
+    Router::new()
+        .route("/sns/jscode2session", get(jscode2session))
+        // wechatpy (1.8) calls `sns/jscode2session` under its `/cgi-bin/` base URL; accepted
+        // there too so that it works unchanged.
+        .route("/cgi-bin/sns/jscode2session", get(jscode2session))
+        .route("/cgi-bin/token", get(token))
+}
+
+fn json_value(v: &serde_json::Value) -> Response {
+    ([(header::CONTENT_TYPE, "application/json; encoding=utf-8")], v.to_string()).into_response()
+}
+
+/// An unrouted path on the sns host (`/sns/...`, `/cgi-bin/...`): WeChat answers JSON errcode.
+pub(crate) fn unknown_endpoint(path: &str) -> Response {
+    json_value(&serde_json::json!({
+        "errcode": 40066,
+        "errmsg": format!("invalid url: {path} is not simulated by wxpay-sim (不支持的接口)"),
+    }))
+}
+
+/// `GET /cgi-bin/token?grant_type=client_credential&appid=...&secret=...`: the client-credential
+/// access token some SDKs fetch at start-up. Any token is accepted nowhere else; it only has to
+/// look right: `{"access_token": "...", "expires_in": 7200}`.
+async fn token(AxState(sim): AxState<Arc<Simulator>>, RawQuery(query): RawQuery) -> Response {
+    let mut appid = None;
+    let mut secret = None;
+    let mut grant_type = None;
+    for (k, v) in url::form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        let v = Some(v.into_owned()).filter(|v| !v.is_empty());
+        match k.as_ref() {
+            "appid" => appid = v,
+            "secret" => secret = v,
+            "grant_type" => grant_type = v,
+            _ => {}
+        }
+    }
+    let mut st = sim.lock();
+    let rid = st.random_alnum(16).to_lowercase();
+    let fail = |code: i64, msg: &str| {
+        json_value(&serde_json::json!({ "errcode": code, "errmsg": format!("{msg}, rid: {rid}") }))
+    };
+    let Some(grant_type) = grant_type else { return fail(41001, "grant_type missing") };
+    if grant_type != "client_credential" {
+        return fail(40002, "invalid grant_type");
+    }
+    let Some(appid) = appid else { return fail(41002, "appid missing") };
+    let Some(secret) = secret else { return fail(41004, "appsecret missing") };
+    let Some(m) = st.merchant_by_appid(&appid) else { return fail(errcode::INVALID_APPID, "invalid appid") };
+    if m.app_secret != secret {
+        return fail(errcode::INVALID_SECRET, "invalid appsecret");
+    }
+    let token = st.random_alnum(136);
+    json_value(&serde_json::json!({ "access_token": token, "expires_in": 7200 }))
 }
 
 fn json(wire: &Code2SessionWire) -> Response {

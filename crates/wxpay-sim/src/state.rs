@@ -163,7 +163,12 @@ pub struct State {
     pub long_to_short: HashMap<String, String>,
     pub codes: HashMap<String, LoginCode>,
     pub sns_calls: HashMap<String, VecDeque<DateTime<Utc>>>,
+    /// Refund calls and failed refund calls per mch_id, for the per-second limits.
+    pub refund_calls: HashMap<String, VecDeque<DateTime<Utc>>>,
+    pub refund_errors: HashMap<String, VecDeque<DateTime<Utc>>>,
     pub jobs: Vec<Job>,
+    /// Jobs taken off `jobs` whose delivery has not been recorded yet.
+    pub in_flight: usize,
     pub next_job_id: u64,
     pub attempts: Vec<NotificationAttempt>,
     pub rng: StdRng,

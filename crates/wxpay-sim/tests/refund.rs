@@ -24,7 +24,7 @@ fn refund_fields(out_trade_no: &str, out_refund_no: &str, total: u64, fee: u64) 
 
 #[tokio::test]
 async fn partial_refunds_idempotency_query_and_notification() {
-    let sim = start(SimConfig { refund_settle_secs: 10, ..config() }).await;
+    let sim = start(SimConfig { refund_settle_secs: 10, refund_min_interval_secs: 0, ..config() }).await;
     let base = sim.url();
     let refund_rx = Receiver::success().await;
     let client = pay_client(&base, SignType::Md5);

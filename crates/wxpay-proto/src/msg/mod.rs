@@ -41,6 +41,12 @@ pub mod err_code {
     pub const OUT_TRADE_NO_USED: &str = "OUT_TRADE_NO_USED";
     pub const TRADE_STATE_ERROR: &str = "TRADE_STATE_ERROR";
     pub const ERROR: &str = "ERROR";
+    /// Refund: the order was paid more than a year ago.
+    pub const TRADE_OVERDUE: &str = "TRADE_OVERDUE";
+    /// Refund: too many requests (per order or per merchant).
+    pub const FREQUENCY_LIMITED: &str = "FREQUENCY_LIMITED";
+    /// Refund: too many invalid requests.
+    pub const INVALID_REQ_TOO_MUCH: &str = "INVALID_REQ_TOO_MUCH";
 
     /// Errors after which the same request may be sent again unchanged.
     pub fn is_retryable(code: &str) -> bool {

@@ -40,11 +40,16 @@ impl BizPayUrl {
     }
 
     /// The link, parameters sorted with `sign` last (MD5: the link carries no `sign_type`).
-    /// Values are plain ASCII identifiers, so no percent-encoding is needed.
+    /// The signature is over the raw values; the values are URL-encoded in the link, so a
+    /// product_id with `&`, `=`, `+`, `%` or `#` survives (plain identifiers come out unchanged).
     pub fn to_url(&self, key: &ApiKey) -> String {
         let f = self.fields();
         let signature = sign::sign(f.iter(), key, SignType::Md5);
-        format!("{BIZPAYURL_PREFIX}{}&sign={signature}", sign::canonical_string(f.iter()))
+        let query: Vec<String> = f
+            .iter()
+            .map(|(k, v)| format!("{k}={}", url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()))
+            .collect();
+        format!("{BIZPAYURL_PREFIX}{}&sign={signature}", query.join("&"))
     }
 
     /// Reads a link's parameters without checking the signature (to find which merchant's key
@@ -176,6 +181,15 @@ mod tests {
              &product_id=1&time_stamp=1415949957&sign=62C618B41B3C5F9050AB94C0580DDA8E"
         );
         assert_eq!(BizPayUrl::parse_and_verify(&url, &ApiKey::new(KEY)).unwrap(), v8());
+    }
+
+    #[test]
+    fn product_ids_with_query_characters_survive_the_link() {
+        let key = ApiKey::new(KEY);
+        let link = BizPayUrl { product_id: ProductId::parse("a&b=c+d%e#f").unwrap(), ..v8() };
+        let url = link.to_url(&key);
+        assert!(url.contains("product_id=a%26b%3Dc%2Bd%25e%23f&"), "{url}");
+        assert_eq!(BizPayUrl::parse_and_verify(&url, &key).unwrap(), link);
     }
 
     #[test]
