@@ -120,6 +120,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<Shared
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| StartError::Config(format!("http client: {e}")))?;
+    let refused_limiter = crate::state::refused_limiter(&config);
     Ok(Arc::new(AppState {
         config,
         store,
@@ -132,6 +133,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<Shared
         http,
         short_links: ShortLinkCache::default(),
         outbox_wake: tokio::sync::Notify::new(),
+        refused_limiter,
     }))
 }
 
@@ -171,7 +173,7 @@ pub async fn serve(state: SharedState, listener: TcpListener) -> Result<RunningS
     let router = crate::api::router(Arc::clone(&state));
     let mut server_rx = rx.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, router)
+        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
                 let _ = server_rx.wait_for(|stop| *stop).await;
             })

@@ -57,6 +57,7 @@ pub struct Config {
     pub webhook: WebhookConfig,
     pub orders: OrdersConfig,
     pub workers: WorkersConfig,
+    pub inbox: InboxConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -157,6 +158,27 @@ pub struct WorkersConfig {
     /// reserved for the instance that claimed it. When an instance dies, its work is taken over
     /// after this. Must exceed the WeChat and webhook timeouts, so that live work is never taken.
     pub lease_secs: u64,
+}
+
+/// How much the notification inbox keeps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InboxConfig {
+    /// Inbox rows and delivered outbox rows older than this are purged (0: kept for ever). The
+    /// order event log is never purged.
+    pub retention_days: u64,
+    /// Refused (unverified) callbacks recorded per source address and minute; past it (after
+    /// `refused_burst`), they are answered but not stored.
+    pub refused_per_minute: u32,
+    pub refused_burst: u32,
+    /// How much of a refused body is kept (a SHA-256 of the whole body is kept too).
+    pub excerpt_bytes: usize,
+}
+
+impl Default for InboxConfig {
+    fn default() -> Self {
+        InboxConfig { retention_days: 90, refused_per_minute: 60, refused_burst: 30, excerpt_bytes: 512 }
+    }
 }
 
 impl Default for ServerConfig {
@@ -303,6 +325,12 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.inbox.refused_per_minute == 0 || self.inbox.refused_burst == 0 {
+            return Err(invalid("inbox.refused_per_minute", "refused_per_minute and refused_burst must be at least 1"));
+        }
+        if self.inbox.excerpt_bytes > 65536 {
+            return Err(invalid("inbox.excerpt_bytes", "must be at most 65536"));
+        }
         if !self.simulator.enabled && self.uses_sandbox_credentials() {
             return Err(invalid(
                 "wechat.api_key",

@@ -27,6 +27,18 @@ pub struct AppState {
     pub short_links: ShortLinkCache,
     /// Wakes the outbox worker when a change committed an event to deliver.
     pub outbox_wake: tokio::sync::Notify,
+    /// Refused callbacks recorded per source address (`inbox.refused_per_minute`): anonymous
+    /// callers cannot fill the disk.
+    pub refused_limiter: RefusedLimiter,
+}
+
+pub type RefusedLimiter = governor::DefaultKeyedRateLimiter<std::net::IpAddr>;
+
+/// The limiter of [`AppState::refused_limiter`] for a config.
+pub fn refused_limiter(config: &Config) -> RefusedLimiter {
+    let per_minute = std::num::NonZeroU32::new(config.inbox.refused_per_minute).unwrap_or(std::num::NonZeroU32::MIN);
+    let burst = std::num::NonZeroU32::new(config.inbox.refused_burst).unwrap_or(std::num::NonZeroU32::MIN);
+    governor::RateLimiter::keyed(governor::Quota::per_minute(per_minute).allow_burst(burst))
 }
 
 pub type SharedState = Arc<AppState>;

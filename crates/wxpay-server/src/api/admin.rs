@@ -70,6 +70,8 @@ pub async fn order_detail(
             "outcome": n.record.outcome,
             "reason": n.record.reason,
             "received_at": n.record.received_at.to_rfc3339(),
+            "repeats": n.repeats,
+            "last_received_at": n.last_received_at.map(|t| t.to_rfc3339()),
             "raw_body": n.record.raw_body,
         })).collect::<Vec<_>>(),
         "outbox": outbox.iter().map(|o| json!({

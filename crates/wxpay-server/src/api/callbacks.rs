@@ -6,9 +6,12 @@
 //! only after the state change is committed.
 
 use axum::body::Body;
-use axum::extract::State;
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
 use wxpay_proto::msg::native::{ScanCallback, ScanReply};
 use wxpay_proto::msg::notify::{parse_pay_notification, reply_fail, reply_success};
 use wxpay_proto::msg::refund::parse_refund_notification;
@@ -20,7 +23,7 @@ use crate::domain::{name_of, Payment, PaymentSource, Reported};
 use crate::payments;
 use crate::scan::{scan_to_prepay, ScanRefusal};
 use crate::state::{AppState, SharedState};
-use crate::store::{ApplyOutcome, InboxCause, InboxOutcome, InboxRecord, NotificationKind};
+use crate::store::{ApplyOutcome, InboxCause, InboxOutcome, InboxRecord, NotificationKind, RefusedCallback};
 
 fn xml_response(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response()
@@ -105,18 +108,46 @@ fn retry_later(state: &AppState, kind: NotificationKind) -> Response {
 }
 
 /// Refuses a message: FAIL reply, a log line, a metric, an inbox row; nothing else changes.
+///
+/// What is kept of a refused message is bounded: an excerpt and a hash of its body, one row per
+/// distinct body (repeats are counted), and at most `inbox.refused_per_minute` new records per
+/// source address (past that the refusal is still answered and counted, not stored).
 async fn refuse(
     state: &AppState,
+    peer: IpAddr,
     kind: NotificationKind,
     out_trade_no: Option<&str>,
     raw: &[u8],
     reason: &str,
     detail: String,
 ) -> Response {
-    tracing::warn!(kind = ?kind, reason, %detail, "WeChat callback refused");
+    tracing::warn!(kind = ?kind, reason, %detail, %peer, "WeChat callback refused");
     state.metrics.verification_failure(reason);
-    record(state, kind, out_trade_no, raw, false, InboxOutcome::Rejected, Some(format!("{reason}: {detail}"))).await;
+    count(state, kind, InboxOutcome::Rejected);
+    if state.refused_limiter.check_key(&peer).is_err() {
+        state.metrics.notification(&name_of(&kind), "not_stored");
+        return xml_response(StatusCode::OK, reply_fail(reason));
+    }
+    let refused = RefusedCallback {
+        kind,
+        out_trade_no: out_trade_no.map(|s| s.chars().take(64).collect()),
+        excerpt: excerpt(raw, state.config.inbox.excerpt_bytes),
+        body_sha256: hex::encode(Sha256::digest(raw)),
+        reason: excerpt(format!("{reason}: {detail}").as_bytes(), 1024),
+        received_at: state.clock.now(),
+    };
+    if let Err(e) = state.store.record_refused(&refused).await {
+        tracing::error!(error = %e, "could not record a refused callback");
+    }
     xml_response(StatusCode::OK, reply_fail(reason))
+}
+
+/// At most `max` bytes of `raw` as text, cut at a character boundary.
+fn excerpt(raw: &[u8], max: usize) -> String {
+    let text = String::from_utf8_lossy(&raw[..raw.len().min(max)]);
+    // A multi-byte character cut in half decodes as U+FFFD at the end: drop it.
+    let text = if raw.len() > max { text.trim_end_matches('\u{FFFD}') } else { &text };
+    text.to_owned()
 }
 
 /// A refusal whose inbox row was already written with the state change it did not make.
@@ -127,7 +158,12 @@ fn refused_after_apply(state: &AppState, kind: NotificationKind, reason: &str, d
     xml_response(StatusCode::OK, reply_fail(reason))
 }
 
-pub async fn pay_notify(State(state): State<SharedState>, body: Body) -> Response {
+pub async fn pay_notify(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Body,
+) -> Response {
+    let peer = peer.ip();
     let Some(raw) = read_capped(&state, body).await else {
         state.metrics.verification_failure("too_large");
         tracing::warn!("payment notification over the body limit refused");
@@ -139,13 +175,13 @@ pub async fn pay_notify(State(state): State<SharedState>, body: Body) -> Respons
         Err(e) => {
             // Best effort: the order number of a message we cannot trust, for the audit trail.
             let hint = xml::parse(&raw).ok().and_then(|f| f.get("out_trade_no").map(str::to_owned));
-            return refuse(&state, kind, hint.as_deref(), &raw, e.reason(), e.to_string()).await;
+            return refuse(&state, peer, kind, hint.as_deref(), &raw, e.reason(), e.to_string()).await;
         }
     };
     let n = &verified.notification;
     let order_no = n.out_trade_no.as_str();
     if let Err(e) = state.wechat.merchant().check_identity(&verified.fields) {
-        return refuse(&state, kind, Some(order_no), &raw, "wrong_merchant", e.to_string()).await;
+        return refuse(&state, peer, kind, Some(order_no), &raw, "wrong_merchant", e.to_string()).await;
     }
     if n.result_code != SUCCESS {
         // An authentic report of a failed payment: nothing to change; acknowledge it once it
@@ -187,7 +223,12 @@ pub async fn pay_notify(State(state): State<SharedState>, body: Body) -> Respons
     }
 }
 
-pub async fn native_scan(State(state): State<SharedState>, body: Body) -> Response {
+pub async fn native_scan(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Body,
+) -> Response {
+    let peer = peer.ip();
     let kind = NotificationKind::Scan;
     let Some(raw) = read_capped(&state, body).await else {
         state.metrics.verification_failure("too_large");
@@ -195,18 +236,18 @@ pub async fn native_scan(State(state): State<SharedState>, body: Body) -> Respon
     };
     let fields = match xml::parse_with(&raw, limits(&state)) {
         Ok(f) => f,
-        Err(e) => return refuse(&state, kind, None, &raw, "bad_xml", e.to_string()).await,
+        Err(e) => return refuse(&state, peer, kind, None, &raw, "bad_xml", e.to_string()).await,
     };
     let merchant = state.wechat.merchant();
     if let Err(e) = sign::verify_declared(&fields, &merchant.key) {
-        return refuse(&state, kind, None, &raw, "bad_signature", e.to_string()).await;
+        return refuse(&state, peer, kind, None, &raw, "bad_signature", e.to_string()).await;
     }
     if let Err(e) = merchant.check_identity(&fields) {
-        return refuse(&state, kind, None, &raw, "wrong_merchant", e.to_string()).await;
+        return refuse(&state, peer, kind, None, &raw, "wrong_merchant", e.to_string()).await;
     }
     let callback = match ScanCallback::from_fields(&fields) {
         Ok(c) => c,
-        Err(e) => return refuse(&state, kind, None, &raw, "bad_field", e.to_string()).await,
+        Err(e) => return refuse(&state, peer, kind, None, &raw, "bad_field", e.to_string()).await,
     };
     let reply = match scan_to_prepay(&state, &callback).await {
         Ok((order_no, prepay_id)) => {
@@ -228,7 +269,12 @@ pub async fn native_scan(State(state): State<SharedState>, body: Body) -> Respon
 
 /// Refund results: decrypted, recorded and acknowledged. (Refunds are started from the admin
 /// side; the order's refund states are not driven from here yet.)
-pub async fn refund_notify(State(state): State<SharedState>, body: Body) -> Response {
+pub async fn refund_notify(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Body,
+) -> Response {
+    let peer = peer.ip();
     let kind = NotificationKind::Refund;
     let Some(raw) = read_capped(&state, body).await else {
         return xml_response(StatusCode::PAYLOAD_TOO_LARGE, reply_fail("body too large"));
@@ -241,7 +287,7 @@ pub async fn refund_notify(State(state): State<SharedState>, body: Body) -> Resp
             let status = Some(n.info.refund_status.as_str().to_owned());
             acknowledge_once_stored(&state, kind, Some(&order_no), &raw, InboxOutcome::Recorded, status).await
         }
-        Ok(n) => refuse(&state, kind, None, &raw, "wrong_merchant", format!("mch_id {}", n.mch_id)).await,
-        Err(e) => refuse(&state, kind, None, &raw, "bad_refund_notification", e.to_string()).await,
+        Ok(n) => refuse(&state, peer, kind, None, &raw, "wrong_merchant", format!("mch_id {}", n.mch_id)).await,
+        Err(e) => refuse(&state, peer, kind, None, &raw, "bad_refund_notification", e.to_string()).await,
     }
 }

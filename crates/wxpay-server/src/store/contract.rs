@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use wxpay_proto::{Fen, Openid, OutTradeNo, PrepayId, ProductId, TradeType, TransactionId};
 
-use super::{ApplyOutcome, InboxCause, InboxOutcome, InboxRecord, NotificationKind, OrderFilter, Store};
+use super::{
+    ApplyOutcome, InboxCause, InboxOutcome, InboxRecord, NotificationKind, OrderFilter, Purged, RefusedCallback, Store,
+};
 use crate::domain::{
     name_of, price_order, CloseReason, Fulfilment, Order, OrderEvent, OrderStatus, PaymentSource, Product,
     RejectReason, Reported, REVIEW_PAID_AFTER_CLOSE,
@@ -50,6 +52,7 @@ macro_rules! store_contract_tests {
             notification_inbox_keeps_everything,
             a_notification_is_recorded_with_the_change_it_caused,
             one_transaction_pays_one_order_only,
+            refused_callbacks_are_bounded_and_old_rows_purged,
             counts_orders_by_status,
             data_survives_restart
         );
@@ -697,4 +700,51 @@ pub async fn one_transaction_pays_one_order_only(h: &dyn StoreHarness) {
     let again = store.apply_event(&second.order_no, &payment("TX-SAME", second.amount), t0()).await.unwrap();
     assert!(matches!(again, ApplyOutcome::Rejected(..)));
     assert_eq!(event_kinds(&*store, &second.order_no).await.len(), 2);
+}
+
+/// A refused body is one row however often it comes (repeats counted); the retention purge
+/// removes old inbox rows and delivered outbox rows, and nothing else.
+pub async fn refused_callbacks_are_bounded_and_old_rows_purged(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    let order = seed_order(&*store).await;
+    let no = &order.order_no;
+    let refused = |hash: &str, at| RefusedCallback {
+        kind: NotificationKind::Pay,
+        out_trade_no: Some(no.to_string()),
+        excerpt: "<xml>forged".into(),
+        body_sha256: hash.into(),
+        reason: "bad_signature: mismatch".into(),
+        received_at: at,
+    };
+    let first = store.record_refused(&refused("aa", t0())).await.unwrap();
+    assert_eq!(store.record_refused(&refused("aa", t0() + Duration::seconds(5))).await.unwrap(), first);
+    assert_eq!(store.record_refused(&refused("aa", t0() + Duration::seconds(9))).await.unwrap(), first);
+    let other = store.record_refused(&refused("bb", t0())).await.unwrap();
+    assert_ne!(other, first);
+    let rows = store.notifications_for_order(no).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!((rows[0].id, rows[0].repeats), (first, 3));
+    assert_eq!(rows[0].last_received_at, Some(t0() + Duration::seconds(9)));
+    assert_eq!((rows[0].record.verified, rows[0].record.outcome), (false, InboxOutcome::Rejected));
+    assert_eq!(rows[0].record.raw_body, "<xml>forged");
+    assert_eq!(rows[1].repeats, 1);
+
+    // A paid order: its verified notification and delivered event are old, its log is not purged.
+    let cause = InboxCause { kind: NotificationKind::Pay, raw_body: "<xml>paid</xml>".into(), received_at: t0() };
+    applied(store.apply_event_with_cause(no, &payment("TX-1", order.amount), Some(cause), t0()).await.unwrap());
+    let event = store.outbox_for_order(no).await.unwrap()[0].id;
+    store.outbox_delivered(event, t0() + Duration::seconds(1)).await.unwrap();
+    let newer = make_order("WXNEWER", "user-a", TradeType::Jsapi, &[("apple", 1)], t0());
+    store.create_order(&newer).await.unwrap();
+    applied(store.apply_event(&newer.order_no, &payment("TX-2", newer.amount), t0()).await.unwrap());
+    // Nothing is old yet.
+    assert_eq!(store.purge_before(t0()).await.unwrap(), Purged::default());
+    // Past the last repeat (t0 + 9 s): every inbox row; the delivered event, not the undelivered one.
+    let purged = store.purge_before(t0() + Duration::seconds(10)).await.unwrap();
+    assert_eq!(purged, Purged { inbox: 3, outbox: 1 });
+    assert!(store.notifications_for_order(no).await.unwrap().is_empty());
+    assert!(store.outbox_for_order(no).await.unwrap().is_empty());
+    assert_eq!(store.outbox_for_order(&newer.order_no).await.unwrap().len(), 1);
+    assert_eq!(event_kinds(&*store, no).await, vec!["order.created", "order.paid"]);
+    assert_eq!(store.purge_before(t0() + Duration::seconds(10)).await.unwrap(), Purged::default());
 }

@@ -121,6 +121,29 @@ pub struct InboxRecord {
 pub struct StoredNotification {
     pub id: i64,
     pub record: InboxRecord,
+    /// How many times this exact refused body came (1 for everything else).
+    pub repeats: i64,
+    /// When it last came, for a repeated refused body.
+    pub last_received_at: Option<DateTime<Utc>>,
+}
+
+/// A refused (unverified) callback, kept bounded: an excerpt of the body and a hash of all of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedCallback {
+    pub kind: NotificationKind,
+    pub out_trade_no: Option<String>,
+    pub excerpt: String,
+    /// SHA-256 of the whole body, lowercase hex: repeats of one body share a row.
+    pub body_sha256: String,
+    pub reason: String,
+    pub received_at: DateTime<Utc>,
+}
+
+/// What a retention purge removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub inbox: u64,
+    pub outbox: u64,
 }
 
 /// A pending order claimed by a reconciler, with its query bookkeeping.
@@ -209,6 +232,12 @@ pub trait Store: Send + Sync {
     async fn order_events(&self, order_no: &OutTradeNo) -> StoreResult<Vec<OrderEventRecord>>;
 
     async fn record_notification(&self, record: &InboxRecord) -> StoreResult<i64>;
+    /// Records a refused callback: a new row, or one more repeat on the row of the same body
+    /// and kind. Returns the row's id.
+    async fn record_refused(&self, refused: &RefusedCallback) -> StoreResult<i64>;
+    /// Deletes inbox rows last received before `cutoff` and outbox rows delivered before it.
+    /// The order event log is never purged.
+    async fn purge_before(&self, cutoff: DateTime<Utc>) -> StoreResult<Purged>;
     /// Oldest first.
     async fn notifications_for_order(&self, order_no: &OutTradeNo) -> StoreResult<Vec<StoredNotification>>;
 

@@ -16,7 +16,8 @@ pub(crate) const ORDER_COLS: &str = "order_no, openid, trade_type, amount_fen, s
 pub(crate) const OUTBOX_COLS: &str =
     "id, order_no, kind, payload, attempts, created_at, next_attempt_at, delivered_at, last_error";
 
-pub(crate) const INBOX_COLS: &str = "id, kind, out_trade_no, raw_body, verified, outcome, reason, received_at";
+pub(crate) const INBOX_COLS: &str =
+    "id, kind, out_trade_no, raw_body, verified, outcome, reason, received_at, repeats, last_received_at";
 
 pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
@@ -215,6 +216,8 @@ pub(crate) struct InboxRow {
     outcome: String,
     reason: Option<Vec<u8>>,
     received_at: i64,
+    repeats: i64,
+    last_received_at: Option<i64>,
 }
 
 impl TryFrom<InboxRow> for StoredNotification {
@@ -231,6 +234,8 @@ impl TryFrom<InboxRow> for StoredNotification {
                 reason: r.reason.map(text).transpose()?,
                 received_at: from_ms(r.received_at)?,
             },
+            repeats: r.repeats,
+            last_received_at: opt_from_ms(r.last_received_at)?,
         })
     }
 }

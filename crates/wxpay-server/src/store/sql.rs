@@ -425,7 +425,63 @@ macro_rules! sql_store {
                     self.write_one(move |conn| Box::pin(async move { conn.insert_inbox(&record).await })).await
                 }
 
-                async fn notifications_for_order(
+                async fn record_refused(&self, refused: &$crate::store::RefusedCallback) -> StoreResult<i64> {
+                let refused = refused.clone();
+                self.write_tx(move |conn| {
+                    Box::pin(async move {
+                        let repeated: Option<i64> = sqlx::query_scalar(
+                            "UPDATE notification_inbox SET repeats = repeats + 1, last_received_at = $1 \
+                             WHERE id = (SELECT MIN(id) FROM notification_inbox WHERE body_sha256 = $2 AND kind = $3) \
+                             RETURNING id",
+                        )
+                        .bind(ms(refused.received_at))
+                        .bind(&refused.body_sha256)
+                        .bind(name_of(&refused.kind))
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                        if let Some(id) = repeated {
+                            return Ok(id);
+                        }
+                        let id: i64 = sqlx::query_scalar(
+                            "INSERT INTO notification_inbox (kind, out_trade_no, raw_body, verified, outcome, \
+                             reason, received_at, body_sha256) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                        )
+                        .bind(name_of(&refused.kind))
+                        .bind(refused.out_trade_no.as_deref().map(dialect::caller_text))
+                        .bind(dialect::caller_text(&refused.excerpt))
+                        .bind(false)
+                        .bind(name_of(&$crate::store::InboxOutcome::Rejected))
+                        .bind(dialect::caller_text(&refused.reason))
+                        .bind(ms(refused.received_at))
+                        .bind(&refused.body_sha256)
+                        .fetch_one(&mut *conn)
+                        .await?;
+                        Ok(id)
+                    })
+                })
+                .await
+            }
+
+            async fn purge_before(&self, cutoff: chrono::DateTime<chrono::Utc>) -> StoreResult<$crate::store::Purged> {
+                self.write_tx(move |conn| {
+                    Box::pin(async move {
+                        let inbox = sqlx::query(
+                            "DELETE FROM notification_inbox WHERE COALESCE(last_received_at, received_at) < $1",
+                        )
+                        .bind(ms(cutoff))
+                        .execute(&mut *conn)
+                        .await?;
+                        let outbox = sqlx::query("DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < $1")
+                            .bind(ms(cutoff))
+                            .execute(&mut *conn)
+                            .await?;
+                        Ok($crate::store::Purged { inbox: inbox.rows_affected(), outbox: outbox.rows_affected() })
+                    })
+                })
+                .await
+            }
+
+            async fn notifications_for_order(
                     &self,
                     order_no: &wxpay_proto::OutTradeNo,
                 ) -> StoreResult<Vec<StoredNotification>> {

@@ -1,5 +1,5 @@
 //! Background work, each written as a step function that tests can drive directly:
-//! [`reconciler::reconcile_once`] and [`outbox::deliver_once`]. [`run`] runs them as two
+//! [`reconciler::reconcile_once`], [`outbox::deliver_once`] and [`retention::purge_once`] (hourly). [`run`] runs them as two
 //! independent loops until shutdown: the reconciler every tick; the outbox continuously (it drains
 //! while there is work, and otherwise sleeps until a commit wakes it or the tick passes, which
 //! also picks up retries and events other instances committed).
@@ -15,6 +15,10 @@ use crate::store::StoreError;
 
 pub mod outbox;
 pub mod reconciler;
+pub mod retention;
+
+/// How often the retention purge runs.
+const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
 /// How long claimed work stays reserved for this instance (`workers.lease_secs`).
 pub(crate) fn lease(state: &AppState) -> chrono::Duration {
@@ -71,8 +75,13 @@ async fn wait(tick: Duration, shutdown: &mut watch::Receiver<bool>, wake: Option
 }
 
 async fn reconcile_loop(state: SharedState, tick: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut last_purge: Option<tokio::time::Instant> = None;
     while !wait(tick, &mut shutdown, None).await {
         bounded(&state, "reconciler", reconciler::reconcile_once(&state)).await;
+        if last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
+            last_purge = Some(tokio::time::Instant::now());
+            bounded(&state, "retention", retention::purge_once(&state)).await;
+        }
     }
 }
 
