@@ -8,7 +8,7 @@
 //! the simulator saw paid must be PAID here with exactly one `order.paid` event, one outbox row,
 //! and one event id delivered to the merchant's webhook; nothing else may be PAID.
 //!
-//! Webhook delivery is at-least-once by design (ARCHITECTURE.md): an instance killed between the
+//! Webhook delivery is at-least-once by design (see the README): an instance killed between the
 //! receiver's 200 and its own commit makes the event go out once more, with the same
 //! `X-Wxpay-Event-Id`, which receivers deduplicate on. So "one webhook delivery" is checked as
 //! one event id per order, and every POST must carry that id and a valid signature.

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::faults::FaultConfig;
 
-/// The sandbox merchant of API.md (the signature example values of the official docs).
+/// The sandbox merchant (the signature example values of the official docs).
 pub const SANDBOX_APPID: &str = "wxd930ea5d5a258f4f";
 pub const SANDBOX_MCH_ID: &str = "10000100";
 pub const SANDBOX_API_KEY: &str = "192006250b4c09247ec02edce69f6a2d";

@@ -1,4 +1,4 @@
-//! JSON shapes of the API. Field names are part of the interface (see API.md).
+//! JSON shapes of the API. Field names are part of the interface (the README lists them).
 
 use serde::Serialize;
 

@@ -81,6 +81,8 @@ async fn reconcile_loop(state: SharedState, tick: Duration, mut shutdown: watch:
         if last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
             last_purge = Some(tokio::time::Instant::now());
             bounded(&state, "retention", retention::purge_once(&state)).await;
+            // Forget the rate-limit state of source addresses that have been quiet.
+            state.refused_limiter.retain_recent();
         }
     }
 }
