@@ -28,12 +28,12 @@ pub async fn run(
             state.store.list_products(false).await?.into_iter().map(|p| p.id.to_string()).collect();
         bail!("--product: unknown product {id:?}; the catalogue has: {}", known.join(", "));
     }
-    let link = wxpay_server::qr::long_link(&state, &id);
-    let size = wxpay_server::qr::check_size(size).map_err(|e| anyhow::anyhow!("--size: {}", e.message))?;
+    let link = wxpay_server::qr::long_link(state.wechat.merchant(), &id, state.clock.now());
+    let size = wxpay_server::qr::check_size(size).map_err(|e| anyhow::anyhow!("--size: {e}"))?;
     let bytes = match format {
         QrFormat::Text => format!("{link}\n").into_bytes(),
-        QrFormat::Png => wxpay_server::qr::png(&link, size).map_err(|e| anyhow::anyhow!(e.message))?,
-        QrFormat::Svg => wxpay_server::qr::svg(&link, size).map_err(|e| anyhow::anyhow!(e.message))?.into_bytes(),
+        QrFormat::Png => wxpay_server::qr::png(&link, size)?,
+        QrFormat::Svg => wxpay_server::qr::svg(&link, size)?.into_bytes(),
     };
     match out {
         Some(path) => {

@@ -6,26 +6,36 @@ use std::collections::HashMap;
 use std::io::Cursor;
 use std::sync::Mutex;
 
+use chrono::{DateTime, Utc};
 use qrcode::{EcLevel, QrCode};
 use wxpay_proto::msg::native::BizPayUrl;
+use wxpay_proto::msg::Merchant;
 use wxpay_proto::types::nonce;
 use wxpay_proto::ProductId;
 
-use crate::api::AppError;
-use crate::state::AppState;
+use crate::wechat::{WeChat, WeChatFailure};
+
+#[derive(Debug, thiserror::Error)]
+pub enum QrError {
+    #[error("must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {0}")]
+    BadSize(u32),
+    #[error("cannot encode the link as a QR code: {0}")]
+    Encode(String),
+    #[error("cannot write PNG: {0}")]
+    Image(String),
+}
 
 pub const DEFAULT_SIZE: u32 = 512;
 pub const MIN_SIZE: u32 = 128;
 pub const MAX_SIZE: u32 = 2048;
 
 /// A fresh signed link for a product (new `time_stamp` and `nonce_str` each time).
-pub fn long_link(state: &AppState, product_id: &ProductId) -> String {
-    let merchant = state.wechat.merchant();
+pub fn long_link(merchant: &Merchant, product_id: &ProductId, now: DateTime<Utc>) -> String {
     BizPayUrl {
         appid: merchant.appid.clone(),
         mch_id: merchant.mch_id.clone(),
         product_id: product_id.clone(),
-        time_stamp: state.clock.now().timestamp(),
+        time_stamp: now.timestamp(),
         nonce_str: nonce(),
     }
     .to_url(&merchant.key)
@@ -37,42 +47,44 @@ pub fn long_link(state: &AppState, product_id: &ProductId) -> String {
 pub struct ShortLinkCache(Mutex<HashMap<ProductId, String>>);
 
 impl ShortLinkCache {
-    pub async fn get_or_fetch(&self, state: &AppState, product_id: &ProductId) -> Result<String, AppError> {
+    pub async fn get_or_fetch(
+        &self,
+        wechat: &WeChat,
+        product_id: &ProductId,
+        now: DateTime<Utc>,
+    ) -> Result<String, WeChatFailure> {
         if let Some(hit) = self.0.lock().unwrap_or_else(|p| p.into_inner()).get(product_id) {
             return Ok(hit.clone());
         }
-        let short = state.wechat.short_url(&long_link(state, product_id)).await?;
+        let short = wechat.short_url(&long_link(wechat.merchant(), product_id, now)).await?;
         self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(product_id.clone(), short.clone());
         Ok(short)
     }
 }
 
-fn code(data: &str) -> Result<QrCode, AppError> {
-    QrCode::with_error_correction_level(data.as_bytes(), EcLevel::M)
-        .map_err(|e| AppError::internal(format!("cannot encode the link as a QR code: {e}")))
+fn code(data: &str) -> Result<QrCode, QrError> {
+    QrCode::with_error_correction_level(data.as_bytes(), EcLevel::M).map_err(|e| QrError::Encode(e.to_string()))
 }
 
 /// Checks a requested image size in pixels.
-pub fn check_size(size: Option<u32>) -> Result<u32, AppError> {
+pub fn check_size(size: Option<u32>) -> Result<u32, QrError> {
     let size = size.unwrap_or(DEFAULT_SIZE);
     if !(MIN_SIZE..=MAX_SIZE).contains(&size) {
-        return Err(AppError::invalid_input(format!(
-            "size: must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {size}"
-        )));
+        return Err(QrError::BadSize(size));
     }
     Ok(size)
 }
 
-pub fn png(data: &str, size: u32) -> Result<Vec<u8>, AppError> {
+pub fn png(data: &str, size: u32) -> Result<Vec<u8>, QrError> {
     let image = code(data)?.render::<image::Luma<u8>>().min_dimensions(size, size).quiet_zone(true).build();
     let mut out = Cursor::new(Vec::new());
     image::DynamicImage::ImageLuma8(image)
         .write_to(&mut out, image::ImageFormat::Png)
-        .map_err(|e| AppError::internal(format!("cannot write PNG: {e}")))?;
+        .map_err(|e| QrError::Image(e.to_string()))?;
     Ok(out.into_inner())
 }
 
-pub fn svg(data: &str, size: u32) -> Result<String, AppError> {
+pub fn svg(data: &str, size: u32) -> Result<String, QrError> {
     Ok(code(data)?
         .render::<qrcode::render::svg::Color<'_>>()
         .min_dimensions(size, size)
@@ -83,6 +95,6 @@ pub fn svg(data: &str, size: u32) -> Result<String, AppError> {
 }
 
 /// The number of modules per side (smaller for short links: what "visibly smaller" means).
-pub fn modules(data: &str) -> Result<usize, AppError> {
+pub fn modules(data: &str) -> Result<usize, QrError> {
     Ok(code(data)?.width())
 }

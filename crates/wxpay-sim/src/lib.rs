@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod deliveries;
 pub mod faults;
 pub mod inspect;
 pub mod notifier;
@@ -38,8 +39,9 @@ use wxpay_proto::msg::Merchant;
 use wxpay_proto::{ApiKey, AppId, MchId};
 
 pub use config::{load_config, MerchantConfig, SimConfig, UserConfig};
+pub use deliveries::{NotificationAttempt, NotifyKind, Outcome};
 pub use faults::{FaultConfig, FaultSet};
-pub use notifier::{NotificationAttempt, NotifyKind, Outcome, RETRY_INTERVALS_SECS};
+pub use notifier::RETRY_INTERVALS_SECS;
 pub use state::{derive_openid, OrderView, RefundView};
 
 use state::{MerchantRt, State, User};

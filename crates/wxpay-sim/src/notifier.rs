@@ -11,7 +11,6 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
-use serde::{Serialize, Serializer};
 use tokio::task::JoinSet;
 use wxpay_proto::msg::notify::{build_pay_notification, reply_is_success, PayNotification};
 use wxpay_proto::msg::refund::encrypt_req_info;
@@ -19,6 +18,7 @@ use wxpay_proto::types::{AppId, BeijingTime, Fen, MchId, Openid, OutTradeNo, Tra
 use wxpay_proto::xml::to_xml;
 use wxpay_proto::Fields;
 
+use crate::deliveries::{Job, NotificationAttempt, NotifyKind, Outcome};
 use crate::state::{OrderKey, State};
 use crate::Simulator;
 
@@ -26,80 +26,6 @@ use crate::Simulator;
 pub const RETRY_INTERVALS_SECS: [u64; 15] =
     [15, 15, 30, 180, 600, 1200, 1800, 1800, 1800, 3600, 10800, 10800, 10800, 21600, 21600];
 const EXCERPT_CHARS: usize = 512;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NotifyKind {
-    Pay,
-    Refund,
-    /// A fault: an old pay notification sent again.
-    Replay,
-}
-
-#[derive(Debug, Clone)]
-pub struct Job {
-    pub id: u64,
-    pub kind: NotifyKind,
-    pub mch_id: String,
-    pub out_trade_no: String,
-    pub out_refund_no: Option<String>,
-    pub url: String,
-    pub body: String,
-    pub due: DateTime<Utc>,
-    /// Attempts already made.
-    pub attempts_made: u32,
-    /// Follows the retry schedule (replays do not).
-    pub retry: bool,
-    pub copies: u32,
-    pub drop: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Outcome {
-    /// XML with return_code SUCCESS, HTTP 2xx, within 5 s.
-    Success,
-    /// An answer, but not a success (wrong body or status).
-    Fail,
-    /// No answer within 5 s.
-    Timeout,
-    /// Could not connect / send.
-    Error,
-    /// Dropped by a fault; nothing was sent.
-    Dropped,
-}
-
-fn rfc3339<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(&t.to_rfc3339())
-}
-
-/// One delivery attempt (one copy of it, when copies are faulted).
-#[derive(Debug, Clone, Serialize)]
-pub struct NotificationAttempt {
-    pub seq: u64,
-    pub kind: NotifyKind,
-    pub mch_id: String,
-    pub out_trade_no: String,
-    pub out_refund_no: Option<String>,
-    /// 1-based attempt number within the schedule.
-    pub attempt: u32,
-    /// 1-based copy number (several with the `notify_copies` fault).
-    pub copy: u32,
-    #[serde(serialize_with = "rfc3339")]
-    pub scheduled_at: DateTime<Utc>,
-    /// Simulated-clock time of the attempt.
-    #[serde(serialize_with = "rfc3339")]
-    pub time: DateTime<Utc>,
-    pub url: String,
-    pub http_status: Option<u16>,
-    /// The merchant's reply, cut to 512 characters.
-    pub reply: String,
-    pub outcome: Outcome,
-    pub error: Option<String>,
-    pub elapsed_ms: u64,
-    /// What was sent.
-    pub request_body: String,
-}
 
 fn scaled(secs: u64, scale: f64) -> Duration {
     Duration::milliseconds((secs as f64 * 1000.0 * scale).round() as i64)

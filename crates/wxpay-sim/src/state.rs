@@ -17,8 +17,8 @@ use wxpay_proto::msg::Merchant;
 use wxpay_proto::types::{beijing, BeijingTime};
 use wxpay_proto::{SignType, TradeState, TradeType};
 
+use crate::deliveries::{Job, NotificationAttempt};
 use crate::faults::FaultConfig;
-use crate::notifier::{Job, NotificationAttempt};
 
 /// prepay_id and code_url live 2 hours (spec §3.4).
 pub const PREPAY_TTL_SECS: i64 = 2 * 3600;

@@ -124,9 +124,9 @@ pub async fn product_qr(
         return Err(AppError::not_found("NOT_FOUND", "use qr.png, qr.svg or link"));
     }
     let link = if q.short.unwrap_or(false) {
-        state.short_links.get_or_fetch(&state, &product.id).await?
+        state.short_links.get_or_fetch(&state.wechat, &product.id, state.clock.now()).await?
     } else {
-        qr::long_link(&state, &product.id)
+        qr::long_link(state.wechat.merchant(), &product.id, state.clock.now())
     };
     Ok(match file.as_str() {
         "qr.png" => ([(header::CONTENT_TYPE, "image/png")], qr::png(&link, size)?).into_response(),
@@ -162,9 +162,9 @@ pub async fn qr_sheet(
     let mut cards = String::new();
     for p in state.store.list_products(true).await? {
         let link = if q.short.unwrap_or(false) {
-            state.short_links.get_or_fetch(&state, &p.id).await?
+            state.short_links.get_or_fetch(&state.wechat, &p.id, state.clock.now()).await?
         } else {
-            qr::long_link(&state, &p.id)
+            qr::long_link(state.wechat.merchant(), &p.id, state.clock.now())
         };
         let svg = qr::svg(&link, 220)?;
         // Inline SVG inside HTML takes no XML declaration.

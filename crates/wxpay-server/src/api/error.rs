@@ -5,6 +5,7 @@
 use crate::cache::CacheError;
 use crate::domain::DomainError;
 use crate::payments::PayError;
+use crate::qr::QrError;
 use crate::store::StoreError;
 use crate::wechat::WeChatFailure;
 use axum::http::StatusCode;
@@ -61,6 +62,15 @@ impl From<WeChatFailure> for AppError {
             WeChatFailure::Refused(e) => {
                 Self::new(StatusCode::BAD_GATEWAY, "WECHAT_ERROR", format!("WeChat Pay refused the request: {e}"))
             }
+        }
+    }
+}
+
+impl From<QrError> for AppError {
+    fn from(e: QrError) -> Self {
+        match e {
+            QrError::BadSize(_) => Self::invalid_input(format!("size: {e}")),
+            QrError::Encode(_) | QrError::Image(_) => Self::internal(e.to_string()),
         }
     }
 }
