@@ -453,7 +453,7 @@ async fn miniprogram_flow(c: &Client, tally: &Tally, user: &str, choice: f64) {
 
     // 60% pay; 15% dismiss the sheet and cancel; 15% cancel without opening it (where
     // pay_on_close lands); 10% pay and then try to cancel anyway.
-    let pay = choice < 0.60 || choice >= 0.90;
+    let pay = !(0.60..0.90).contains(&choice);
     let cancel = choice >= 0.60;
     let mut paid_by_user = false;
     if pay {
