@@ -746,6 +746,15 @@ async fn chaos_faults_and_two_sigkills_lose_and_duplicate_nothing() {
         server.lock().unwrap().sample_rss();
         let a = audit(&client, &tally, &deliveries, &mut sim_final).await;
         let clean = a.lost.is_empty() && a.phantom.is_empty() && a.stuck.is_empty() && a.undelivered.is_empty();
+        eprintln!(
+            "chaos settle: {:.1}s orders={} lost={} phantom={} stuck={} undelivered={}",
+            settle_started.elapsed().as_secs_f64(),
+            a.orders,
+            a.lost.len(),
+            a.phantom.len(),
+            a.stuck.len(),
+            a.undelivered.len()
+        );
         if clean || settle_started.elapsed() > SETTLE_DEADLINE {
             break a;
         }
