@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod backup;
 mod bench;
 mod debug;
 mod demo;
@@ -79,6 +80,16 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// A consistent online copy of the SQLite store (while the server runs): `VACUUM INTO` a new
+    /// file, checked with `PRAGMA integrity_check`. PostgreSQL: use pg_dump (see the README).
+    Backup {
+        /// The backup file to create (must not exist yet).
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+        /// The server's configuration (its `database.url` names the store).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Load generator: runs virtual users through whole flows (mini-program, Native, a storm of
     /// duplicate notifications) and checks that every payment was applied exactly once.
     Bench(bench::BenchArgs),
@@ -96,5 +107,6 @@ fn main() -> ExitCode {
             run::block_on(qr::run(config, product, format, out, size))
         }
         Command::Bench(args) => run::block_on(bench::run(args)),
+        Command::Backup { to, config } => run::block_on(backup::run(config, to)),
     }
 }

@@ -13,6 +13,8 @@ use tokio::task::JoinHandle;
 use wxpay_proto::clock::Clock;
 use wxpay_proto::{Fen, ProductId};
 
+pub mod hardening;
+
 use crate::cache::{MemoryCache, RedisCache, SessionCache};
 use crate::config::Config;
 use crate::domain::Product;
@@ -170,7 +172,7 @@ impl RunningServer {
 pub async fn serve(state: SharedState, listener: TcpListener) -> Result<RunningServer, StartError> {
     let addr = listener.local_addr()?;
     let (tx, rx) = watch::channel(false);
-    let router = crate::api::router(Arc::clone(&state));
+    let router = hardening::harden(crate::api::router(Arc::clone(&state)));
     let mut server_rx = rx.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())

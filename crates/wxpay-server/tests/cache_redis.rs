@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use rand::RngCore;
 use wxpay_proto::Openid;
-use wxpay_server::cache::{CacheError, CacheResult, RedisCache, SessionCache, SessionKey, SessionToken};
+use wxpay_server::cache::{token_digest, CacheError, CacheResult, RedisCache, SessionCache, SessionKey, SessionToken};
 
 fn redis_url(test: &str) -> Option<String> {
     match std::env::var("REDIS_URL") {
@@ -177,8 +177,11 @@ async fn keys_are_namespaced_and_expire_on_their_own() {
 
     let mut keys = purge.keys().unwrap();
     keys.sort();
-    let mut expected =
-        vec![format!("{prefix}sk:o-layout"), format!("{prefix}tok:{}", token.as_str()), format!("{prefix}lock:outbox")];
+    let mut expected = vec![
+        format!("{prefix}sk:o-layout"),
+        format!("{prefix}tok:{}", token_digest(token.as_str())),
+        format!("{prefix}lock:outbox"),
+    ];
     expected.sort();
     assert_eq!(keys, expected);
 
@@ -188,8 +191,47 @@ async fn keys_are_namespaced_and_expire_on_their_own() {
         assert!(pttl > 0 && pttl <= 600_000, "{key} has no expiry (PTTL {pttl})");
     }
     // The token entry is the openid itself: resolving it is one GET.
-    let stored: String = redis::cmd("GET").arg(format!("{prefix}tok:{}", token.as_str())).query(&mut con).unwrap();
+    let stored: String =
+        redis::cmd("GET").arg(format!("{prefix}tok:{}", token_digest(token.as_str()))).query(&mut con).unwrap();
     assert_eq!(stored, "o-layout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_redis_reveals_no_login_token() {
+    let Some(url) = redis_url("reading_redis_reveals_no_login_token") else { return };
+    let prefix = random_prefix();
+    let purge = Purge { url: url.clone(), prefix: prefix.clone() };
+    let cache = RedisCache::connect(&url, &prefix).await.unwrap();
+    let ttl = Duration::from_secs(600);
+    let mut tokens = Vec::new();
+    for i in 0..5 {
+        let who = openid(&format!("o-reader-{i}"));
+        cache.put_session_key(&who, SessionKey::new("k"), ttl).await.unwrap();
+        tokens.push(cache.create_token(&who, ttl).await.unwrap());
+    }
+
+    // Everything a reader of Redis can see under our prefix: every key name and every value.
+    let keys = purge.keys().unwrap();
+    assert_eq!(keys.len(), 10, "{keys:?}");
+    let mut con = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
+    let mut seen = keys.clone();
+    for key in &keys {
+        let value: Option<String> = redis::cmd("GET").arg(key).query(&mut con).unwrap();
+        seen.extend(value);
+    }
+    for token in &tokens {
+        for text in &seen {
+            assert!(!text.contains(token.as_str()), "a login token is readable in Redis: {text}");
+        }
+    }
+    // And what is readable does not log anyone in: a token-named key's suffix is no token.
+    for key in keys.iter().filter_map(|k| k.strip_prefix(&format!("{prefix}tok:"))) {
+        assert_eq!(cache.resolve_token(key).await.unwrap(), None);
+    }
+    // The tokens themselves still work.
+    for (i, token) in tokens.iter().enumerate() {
+        assert_eq!(cache.resolve_token(token.as_str()).await.unwrap(), Some(openid(&format!("o-reader-{i}"))));
+    }
 }
 
 /// A port on which nothing listens (bound, then released).

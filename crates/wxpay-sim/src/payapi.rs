@@ -487,10 +487,11 @@ fn closeorder(st: &mut State, c: &Ctx<'_>) -> Result<Fields, ApiFail> {
     let Some(order) = st.orders.get(&key) else {
         return Err(business(err_code::ORDERNOTEXIST, "订单不存在"));
     };
-    // Fault: the user's payment lands just before the close is processed.
+    // Fault: the user's payment lands just before the close is processed (also when the close
+    // comes at or after the order's expiry: the payment then raced the last second).
     if st.faults.for_order(Some(&order.out_trade_no)).pay_on_close && order.state == TradeState::Notpay {
         if let Some(user) = st.payer_of(order) {
-            if st.pay(&key, &user, c.now).is_ok() {
+            if st.pay_just_before_close(&key, &user, c.now).is_ok() {
                 notifier::schedule_pay(st, &key, c.now);
             }
         }

@@ -310,6 +310,26 @@ impl State {
         Ok(tx)
     }
 
+    /// The "pay on close" fault: the user's payment lands just before the merchant's close is
+    /// processed. A close that comes after the order's `time_expire` (or after its prepay ran
+    /// out) races the last moment the order could be paid, so the payment is taken as made in
+    /// that last second (its `time_end`); otherwise as made `now`. Everything else is as
+    /// [`State::pay`]: a closed or paid order, or a payer short of money, is refused.
+    pub fn pay_just_before_close(
+        &mut self,
+        key: &OrderKey,
+        user: &str,
+        now: DateTime<Utc>,
+    ) -> Result<String, PayRefusal> {
+        let order = self.orders.get(key).ok_or(PayRefusal::NoOrder)?;
+        let last_second = |deadline: DateTime<Utc>| deadline - Duration::seconds(1);
+        let mut at = now.min(last_second(order.prepay_at + Duration::seconds(PREPAY_TTL_SECS)));
+        if let Some(expire) = order.time_expire {
+            at = at.min(last_second(expire));
+        }
+        self.pay(key, user, at.max(order.prepay_at))
+    }
+
     /// Who would pay an order whose openid is known (the "pay on close" fault needs a payer).
     pub fn payer_of(&self, order: &Order) -> Option<String> {
         let openid = order.openid.as_deref()?;

@@ -8,11 +8,12 @@ use std::time::Duration as StdDuration;
 use chrono::Duration;
 use common::*;
 use wxpay_proto::client::{ClientError, PayClientConfig};
+use wxpay_proto::clock::Clock;
 use wxpay_proto::msg::closeorder::CloseOrderRequest;
 use wxpay_proto::msg::notify::parse_pay_notification;
 use wxpay_proto::msg::orderquery::{OrderQueryRequest, OrderRef};
 use wxpay_proto::xml::XmlLimits;
-use wxpay_proto::{OutTradeNo, SignType};
+use wxpay_proto::{BeijingTime, OutTradeNo, SignType};
 use wxpay_sim::{FaultConfig, FaultSet, NotifyKind, Outcome, SimConfig};
 
 async fn pay(sim: &Sim, out: &str, notify_url: &str) {
@@ -140,6 +141,38 @@ async fn payment_lands_just_as_the_merchant_closes() {
     assert_eq!(e.err_code(), Some("ORDERPAID"));
     assert_eq!(sim.handle.order("10000100", "PC1").unwrap().trade_state, "SUCCESS");
     assert!(wait_until(|| rx.count() == 1).await, "and the notification goes out");
+}
+
+/// The close comes after the order expired (the merchant's expiry close): with the fault the
+/// payment still lands, as made in the order's last payable second; without it the order closes.
+#[tokio::test]
+async fn payment_lands_just_as_the_merchant_closes_an_expired_order() {
+    let sim = start(SimConfig { closeorder_min_age_secs: 0, ..config() }).await;
+    let rx = Receiver::success().await;
+    let client = pay_client(&sim.url(), SignType::Md5);
+    // Whole seconds, as time_expire travels on the wire.
+    let wire = BeijingTime::from_utc(sim.clock.now() + Duration::seconds(6 * 60)).to_wire();
+    let expire = BeijingTime::parse_field("time_expire", &wire).unwrap().to_utc();
+    for out in ["PE1", "PE2"] {
+        let mut order = jsapi_order(&sim, out, 10, "alice", &rx.url);
+        order.time_expire = Some(BeijingTime::from_utc(expire));
+        client.call(&order).await.unwrap();
+    }
+    sim.clock.advance(Duration::seconds(6 * 60 + 30));
+    sim.handle.set_faults(for_order("PE1", FaultSet { pay_on_close: true, ..FaultSet::default() }));
+
+    let close = |out: &str| CloseOrderRequest { out_trade_no: OutTradeNo::parse(out).unwrap() };
+    let e = client.call(&close("PE1")).await.unwrap_err();
+    assert_eq!(e.err_code(), Some("ORDERPAID"));
+    let paid = sim.handle.order("10000100", "PE1").unwrap();
+    assert_eq!(paid.trade_state, "SUCCESS");
+    let last_second = BeijingTime::from_utc(expire - Duration::seconds(1)).to_wire();
+    assert_eq!(paid.time_end.as_deref(), Some(last_second.as_str()), "paid before time_expire");
+    assert!(wait_until(|| rx.count() == 1).await, "and the notification goes out");
+
+    // The same close without the fault: WeChat refuses the late payment, the order closes.
+    client.call(&close("PE2")).await.unwrap();
+    assert_eq!(sim.handle.order("10000100", "PE2").unwrap().trade_state, "CLOSED");
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use moka::future::Cache;
 use moka::Expiry;
 use wxpay_proto::Openid;
 
-use super::{CacheResult, SessionCache, SessionKey, SessionToken};
+use super::{token_digest, CacheResult, SessionCache, SessionKey, SessionToken};
 
 /// A cached value with the ttl it was stored with.
 #[derive(Clone)]
@@ -44,6 +44,7 @@ pub const DEFAULT_CAPACITY: u64 = 1_000_000;
 
 pub struct MemoryCache {
     session_keys: Cache<String, Expiring<SessionKey>>,
+    /// Keyed by [`token_digest`], like the Redis backend: the tokens themselves are not kept.
     tokens: Cache<String, Expiring<Openid>>,
     /// name -> (owner token, held until).
     locks: Mutex<HashMap<String, (String, Instant)>>,
@@ -97,16 +98,16 @@ impl SessionCache for MemoryCache {
 
     async fn create_token(&self, openid: &Openid, ttl: Duration) -> CacheResult<SessionToken> {
         let token = SessionToken::generate();
-        self.tokens.insert(token.as_str().to_owned(), Expiring { value: openid.clone(), ttl }).await;
+        self.tokens.insert(token_digest(token.as_str()), Expiring { value: openid.clone(), ttl }).await;
         Ok(token)
     }
 
     async fn resolve_token(&self, token: &str) -> CacheResult<Option<Openid>> {
-        Ok(self.tokens.get(token).await.map(|e| e.value))
+        Ok(self.tokens.get(&token_digest(token)).await.map(|e| e.value))
     }
 
     async fn revoke_token(&self, token: &str) -> CacheResult<bool> {
-        Ok(self.tokens.remove(token).await.is_some())
+        Ok(self.tokens.remove(&token_digest(token)).await.is_some())
     }
 
     async fn try_lock(&self, name: &str, owner_token: &str, ttl: Duration) -> CacheResult<bool> {
@@ -160,5 +161,19 @@ mod tests {
         assert_eq!(key.expose(), "tiihtNczf5v6AKRyjwEUhQ==");
         let token = SessionToken::generate();
         assert!(!format!("{token:?}").contains(token.as_str()));
+    }
+
+    #[tokio::test]
+    async fn tokens_are_kept_under_their_digest_only() {
+        let cache = MemoryCache::new();
+        let who = wxpay_proto::Openid::parse("o-digest").unwrap();
+        let token = cache.create_token(&who, std::time::Duration::from_secs(60)).await.unwrap();
+        cache.tokens.run_pending_tasks().await;
+        let keys: Vec<String> = cache.tokens.iter().map(|(k, _)| k.as_ref().clone()).collect();
+        assert_eq!(keys, vec![crate::cache::token_digest(token.as_str())]);
+        assert!(keys.iter().all(|k| !k.contains(token.as_str())), "a cache key holds the token in the clear");
+        assert_eq!(cache.resolve_token(token.as_str()).await.unwrap(), Some(who));
+        // The digest itself is not a credential.
+        assert_eq!(cache.resolve_token(&keys[0]).await.unwrap(), None);
     }
 }

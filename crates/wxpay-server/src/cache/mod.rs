@@ -42,6 +42,16 @@ impl SessionToken {
     }
 }
 
+/// The name under which a cache stores a login token: the lowercase hex SHA-256 of the token.
+///
+/// Tokens are bearer credentials, so neither backend keeps them in the clear: whoever can list
+/// the cache's keys (e.g. `SCAN` on a shared Redis) sees only digests, which cannot be presented
+/// as a token. A lookup hashes the presented token and reads the entry under its digest.
+pub fn token_digest(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
 impl fmt::Debug for SessionToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("SessionToken(<redacted>)")

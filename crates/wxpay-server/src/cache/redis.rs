@@ -4,7 +4,9 @@
 //! Keys live under a configurable prefix (default [`DEFAULT_PREFIX`]):
 //!
 //! * `<prefix>sk:<openid>` → the session key, `SET ... PX ttl`;
-//! * `<prefix>tok:<token>` → the openid, `SET ... NX PX ttl`, so `resolve_token` is one `GET`;
+//! * `<prefix>tok:<sha256(token)>` → the openid, `SET ... NX PX ttl`, so `resolve_token` is one
+//!   `GET`. The key is the token's [`token_digest`], never the token itself: reading Redis does
+//!   not hand out sessions;
 //! * `<prefix>lock:<name>` → the owner token, taken with `SET NX PX` and renewed or released by
 //!   Lua scripts that compare the owner first (a lock is never removed with a plain `DEL`).
 //!
@@ -25,7 +27,7 @@ use ::redis::{Client, RedisResult, Script};
 use async_trait::async_trait;
 use wxpay_proto::Openid;
 
-use super::{CacheError, CacheResult, SessionCache, SessionKey, SessionToken};
+use super::{token_digest, CacheError, CacheResult, SessionCache, SessionKey, SessionToken};
 
 /// Key prefix used when the configuration does not name one.
 pub const DEFAULT_PREFIX: &str = "wxpay:";
@@ -174,7 +176,11 @@ impl SessionCache for RedisCache {
         for _ in 0..3 {
             let token = SessionToken::generate();
             let mut cmd = ::redis::cmd("SET");
-            cmd.arg(self.key("tok", token.as_str())).arg(openid.as_str()).arg("NX").arg("PX").arg(ttl_millis(ttl));
+            cmd.arg(self.key("tok", &token_digest(token.as_str())))
+                .arg(openid.as_str())
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_millis(ttl));
             let set = self.run("redis SET token", cmd.query_async::<Option<String>>(&mut conn)).await?;
             if set.is_some() {
                 return Ok(token);
@@ -189,7 +195,7 @@ impl SessionCache for RedisCache {
         }
         let mut conn = self.conn();
         let mut cmd = ::redis::cmd("GET");
-        cmd.arg(self.key("tok", token));
+        cmd.arg(self.key("tok", &token_digest(token)));
         let value = self.run("redis GET token", cmd.query_async::<Option<String>>(&mut conn)).await?;
         match value {
             None => Ok(None),
@@ -205,7 +211,7 @@ impl SessionCache for RedisCache {
         }
         let mut conn = self.conn();
         let mut cmd = ::redis::cmd("DEL");
-        cmd.arg(self.key("tok", token));
+        cmd.arg(self.key("tok", &token_digest(token)));
         let removed = self.run("redis DEL token", cmd.query_async::<u64>(&mut conn)).await?;
         Ok(removed > 0)
     }
