@@ -53,26 +53,19 @@ pub(crate) fn schedule_pay(st: &mut State, key: &OrderKey, now: DateTime<Utc>) {
     let Some(order) = st.orders.get(key) else { return };
     let Some(m) = st.merchants.get(&order.mch_id) else { return };
     let built = (|| -> Result<PayNotification, wxpay_proto::FieldError> {
-        Ok(PayNotification {
-            appid: AppId::parse(order.appid.as_str())?,
-            mch_id: MchId::parse(order.mch_id.as_str())?,
-            result_code: "SUCCESS".into(),
-            err_code: None,
-            err_code_des: None,
-            openid: Openid::parse(order.payer_openid.clone().unwrap_or_default())?,
-            is_subscribe: Some("N".into()),
-            trade_type: order.trade_type,
-            bank_type: "OTHERS".into(),
-            total_fee: Fen::new(order.total_fee),
-            settlement_total_fee: None,
-            fee_type: Some("CNY".into()),
-            cash_fee: Some(Fen::new(order.total_fee)),
-            transaction_id: TransactionId::parse(order.transaction_id.clone().unwrap_or_default())?,
-            out_trade_no: OutTradeNo::parse(order.out_trade_no.as_str())?,
-            attach: order.attach.clone(),
-            time_end: BeijingTime::from_utc(order.time_end.unwrap_or(now)),
-            device_info: order.device_info.clone(),
-        })
+        let mut n = PayNotification::success(
+            AppId::parse(order.appid.as_str())?,
+            MchId::parse(order.mch_id.as_str())?,
+            Openid::parse(order.payer_openid.clone().unwrap_or_default())?,
+            OutTradeNo::parse(order.out_trade_no.as_str())?,
+            TransactionId::parse(order.transaction_id.clone().unwrap_or_default())?,
+            Fen::new(order.total_fee),
+            BeijingTime::from_utc(order.time_end.unwrap_or(now)),
+        );
+        n.trade_type = order.trade_type;
+        n.attach = order.attach.clone();
+        n.device_info = order.device_info.clone();
+        Ok(n)
     })();
     let n = match built {
         Ok(n) => n,

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use rand::RngCore;
 use wxpay_proto::Openid;
 
-#[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
 pub mod contract;
 pub mod memory;
 pub mod redis;
