@@ -78,18 +78,12 @@ fn reference_scenarios_smoke() {
     bench("ref-sqlite", 20, 4);
 }
 
-/// PostgreSQL and Redis URLs from DATABASE_URL and REDIS_URL, or `None` with a note.
+/// PostgreSQL and Redis URLs from DATABASE_URL and REDIS_URL, or `None` with a note (a failure
+/// when the run requires its services: see `wxpay_server::testing`).
 fn shared_services(what: &str) -> Option<(String, String)> {
-    let db =
-        std::env::var("DATABASE_URL").ok().filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"));
-    let redis = std::env::var("REDIS_URL").ok().filter(|u| u.starts_with("redis://"));
-    match (db, redis) {
-        (Some(db), Some(redis)) => Some((db, redis)),
-        _ => {
-            eprintln!("note: DATABASE_URL (postgres://) and REDIS_URL (redis://) are not both set; skipping `{what}`");
-            None
-        }
-    }
+    let db = wxpay_server::testing::postgres_url_or_skip(what)?;
+    let redis = wxpay_server::testing::redis_url_or_skip(what)?;
+    Some((db, redis))
 }
 
 #[test]

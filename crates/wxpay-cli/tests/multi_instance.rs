@@ -47,13 +47,7 @@ const WEBHOOK_SECRET: &str = "multi-instance-webhook-secret";
 const LEASE_SECS: u64 = 3;
 
 fn redis_url_or_skip(what: &str) -> Option<String> {
-    match std::env::var("REDIS_URL") {
-        Ok(url) if url.starts_with("redis://") => Some(url),
-        _ => {
-            eprintln!("note: REDIS_URL is not a redis:// URL; skipping `{what}`");
-            None
-        }
-    }
+    wxpay_server::testing::redis_url_or_skip(what)
 }
 
 /// One `wxpay serve` process; killed (SIGKILL) when dropped, so a failing test leaves none behind.

@@ -23,5 +23,7 @@ pub mod payments;
 pub mod qr;
 pub mod state;
 pub mod store;
+#[doc(hidden)]
+pub mod testing;
 pub mod wechat;
 pub mod worker;
