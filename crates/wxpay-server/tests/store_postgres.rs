@@ -188,22 +188,7 @@ async fn concurrent_payments_on_two_instances_apply_once() {
     assert_eq!(b.get_order(&order.order_no).await.unwrap().unwrap().version, order.version + 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_transaction_pays_one_order_only() {
-    let Some(db) = fresh_database().await else { return };
-    let store = open_store(&db.url).await;
-    let first = seed_order(&store).await;
-    let second = make_order("WXSECOND", "user-a", TradeType::Jsapi, &[("apple", 2), ("pear", 1)], t0());
-    store.create_order(&second).await.unwrap();
-    store.apply_event(&first.order_no, &payment("TX-SAME", first.amount), t0()).await.unwrap();
-    let err = store.apply_event(&second.order_no, &payment("TX-SAME", second.amount), t0()).await.unwrap_err();
-    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
-    // Rolled back entirely: no state change, no event, no outbox row.
-    assert_eq!(store.get_order(&second.order_no).await.unwrap(), Some(second.clone()));
-    assert_eq!(store.order_events(&second.order_no).await.unwrap().len(), 1);
-    assert!(store.outbox_for_order(&second.order_no).await.unwrap().is_empty());
-    store.close().await;
-}
+// "One transaction pays one order only" is a contract case now (store/contract.rs).
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbox_keeps_what_text_columns_could_not() {

@@ -49,7 +49,9 @@ macro_rules! store_contract_tests {
             poll_throttle_is_atomic,
             notification_inbox_keeps_everything,
             counts_orders_by_status,
-            data_survives_restart
+            data_survives_restart,
+            one_transaction_pays_one_order_only,
+            inbox_rows_without_an_order_are_kept
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {
@@ -628,4 +630,59 @@ pub async fn data_survives_restart(h: &dyn StoreHarness) {
     // The duplicate after a restart is still recognised.
     let again = store.apply_event(&paid.order_no, &payment("TX-1", paid.amount), t0()).await.unwrap();
     assert!(matches!(again, ApplyOutcome::AlreadyDone(_)));
+}
+
+/// One WeChat transaction can pay one order only: the same `transaction_id` for a second order
+/// is refused, and that order is left exactly as it was (no state change, no event, no outbox).
+pub async fn one_transaction_pays_one_order_only(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    let first = seed_order(&*store).await;
+    let second = make_order("WXSECOND", "user-a", TradeType::Jsapi, &[("apple", 2), ("pear", 1)], t0());
+    store.create_order(&second).await.expect("create the second order");
+    applied(store.apply_event(&first.order_no, &payment("TX-SAME", first.amount), t0()).await.unwrap());
+    match store.apply_event(&second.order_no, &payment("TX-SAME", second.amount), t0()).await {
+        Err(super::StoreError::Conflict(_)) => {}
+        other => panic!("expected Conflict for a transaction that already paid another order, got {other:?}"),
+    }
+    assert_eq!(must_get(&*store, &second.order_no).await, second);
+    assert_eq!(event_kinds(&*store, &second.order_no).await, vec!["order.created"]);
+    assert!(store.outbox_for_order(&second.order_no).await.unwrap().is_empty());
+    // The first order is untouched by the refused attempt.
+    assert_eq!(must_get(&*store, &first.order_no).await.transaction_id, Some(txid("TX-SAME")));
+    assert_eq!(store.outbox_for_order(&first.order_no).await.unwrap().len(), 1);
+}
+
+/// Inbox rows for orders that do not exist (a forged or misdirected notification) and rows with
+/// no order number at all are stored and read back like any other.
+pub async fn inbox_rows_without_an_order_are_kept(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    seed_order(&*store).await;
+    let unattached = InboxRecord {
+        kind: NotificationKind::Pay,
+        out_trade_no: Some("WXNOSUCHORDER".into()),
+        raw_body: "<xml><out_trade_no>WXNOSUCHORDER</out_trade_no></xml>".into(),
+        verified: true,
+        outcome: "rejected".into(),
+        reason: Some("unknown_order: WXNOSUCHORDER".into()),
+        received_at: t0() + Duration::seconds(5),
+    };
+    let anonymous = InboxRecord {
+        kind: NotificationKind::Refund,
+        out_trade_no: None,
+        raw_body: "not xml at all".into(),
+        verified: false,
+        reason: Some("bad_xml".into()),
+        ..unattached.clone()
+    };
+    let invalid_no = InboxRecord { out_trade_no: Some("not a valid no!".into()), ..unattached.clone() };
+    let id1 = store.record_notification(&unattached).await.unwrap();
+    let id2 = store.record_notification(&anonymous).await.unwrap();
+    let id3 = store.record_notification(&invalid_no).await.unwrap();
+    assert!(id1 < id2 && id2 < id3, "{id1} {id2} {id3}");
+    let no = OutTradeNo::parse("WXNOSUCHORDER").unwrap();
+    assert!(store.get_order(&no).await.unwrap().is_none());
+    let got = store.notifications_for_order(&no).await.unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].id, &got[0].record), (id1, &unattached));
+    assert!(store.notifications_for_order(&OutTradeNo::parse("WXSEED1").unwrap()).await.unwrap().is_empty());
 }
