@@ -2,19 +2,20 @@
 //! test run must have. Not used by the server itself.
 //!
 //! A PostgreSQL or Redis test whose URL is missing skips (with a note) on a developer's machine.
-//! With `WXPAY_REQUIRE_SERVICES=1` (CI's second pass sets it) a missing or unusable service is a
+//! With `TESTS_REQUIRE_SERVICES=1` (CI's second pass sets it) a missing or unusable service is a
 //! failure instead; under `CI=true` a URL that is set but unusable (e.g. `DATABASE_URL=sqlite://…`,
 //! `REDIS_URL=rediss://…`) is a failure too, so that a CI whose environment presets such values
 //! cannot be green without running those tests.
 
-/// The variable that makes every service test mandatory.
-pub const REQUIRE_SERVICES: &str = "WXPAY_REQUIRE_SERVICES";
+/// The variable that makes every service test mandatory (not `WXPAY_…`: that prefix is the
+/// server's configuration, which refuses unknown keys).
+pub const REQUIRE_SERVICES: &str = "TESTS_REQUIRE_SERVICES";
 
 fn flag(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes"))
 }
 
-/// Whether a missing service fails the test (`WXPAY_REQUIRE_SERVICES=1`).
+/// Whether a missing service fails the test (`TESTS_REQUIRE_SERVICES=1`).
 pub fn services_required() -> bool {
     flag(REQUIRE_SERVICES)
 }

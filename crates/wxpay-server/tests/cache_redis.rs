@@ -3,7 +3,7 @@
 //!
 //! The Redis-backed tests run against the server named by `REDIS_URL` (e.g.
 //! `REDIS_URL=redis://127.0.0.1:6379`); without it they print a note and pass without doing
-//! anything, unless the run requires its services (`WXPAY_REQUIRE_SERVICES=1`, as CI's second
+//! anything, unless the run requires its services (`TESTS_REQUIRE_SERVICES=1`, as CI's second
 //! pass sets), when they fail. Each test writes under its own random key prefix and removes its keys when done
 //! (also when it fails), so tests never collide with each other or with real data.
 //!

@@ -415,7 +415,7 @@ pub fn rand_suffix() -> String {
 
 /// The `REDIS_URL` to test against, when it names a Redis server (`redis://`); otherwise prints a
 /// note naming `what` is skipped and returns `None` (as the harness then uses the memory cache).
-/// When services are required (`WXPAY_REQUIRE_SERVICES=1`, CI's second pass) it panics instead.
+/// When services are required (`TESTS_REQUIRE_SERVICES=1`, CI's second pass) it panics instead.
 pub fn redis_url_or_skip(what: &str) -> Option<String> {
     wxpay_server::testing::redis_url_or_skip(what)
 }
