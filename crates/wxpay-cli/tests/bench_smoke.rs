@@ -46,10 +46,20 @@ fn assert_correct(report: &Value, paid: u64) {
     assert_eq!(c["paid"], paid, "{report}");
 }
 
+/// What instance `i` itself reports it served (from its own metrics).
+fn served(report: &Value, i: usize, what: &str) -> u64 {
+    report["per_instance"][i][what].as_u64().unwrap_or_else(|| panic!("no per_instance[{i}].{what}: {report}"))
+}
+
 #[test]
 fn miniprogram_smoke() {
     let r = bench("miniprogram", 12, 4);
     assert_correct(&r, 12);
+    assert_eq!(r["per_instance"].as_array().map(Vec::len), Some(1), "{r}");
+    assert_eq!(served(&r, 0, "logins"), 12, "{r}");
+    assert_eq!(served(&r, 0, "prepays"), 12, "{r}");
+    assert!(served(&r, 0, "pay_notifications") >= 12, "{r}");
+    assert_eq!(r["crossed_flows"], 0, "one instance: nothing to cross: {r}");
     for step in ["sim.phone.login", "api.login", "api.create_order", "api.pay", "sim.phone.pay", "api.poll"] {
         assert!(r["steps"][step]["count"].as_u64().is_some_and(|n| n >= 12), "{step}: {r}");
     }
@@ -78,18 +88,12 @@ fn reference_scenarios_smoke() {
     bench("ref-sqlite", 20, 4);
 }
 
-/// PostgreSQL and Redis URLs from DATABASE_URL and REDIS_URL, or `None` with a note.
+/// PostgreSQL and Redis URLs from DATABASE_URL and REDIS_URL, or `None` with a note (a failure
+/// when the run requires its services: see `wxpay_server::testing`).
 fn shared_services(what: &str) -> Option<(String, String)> {
-    let db =
-        std::env::var("DATABASE_URL").ok().filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"));
-    let redis = std::env::var("REDIS_URL").ok().filter(|u| u.starts_with("redis://"));
-    match (db, redis) {
-        (Some(db), Some(redis)) => Some((db, redis)),
-        _ => {
-            eprintln!("note: DATABASE_URL (postgres://) and REDIS_URL (redis://) are not both set; skipping `{what}`");
-            None
-        }
-    }
+    let db = wxpay_server::testing::postgres_url_or_skip(what)?;
+    let redis = wxpay_server::testing::redis_url_or_skip(what)?;
+    Some((db, redis))
 }
 
 #[test]
@@ -99,12 +103,28 @@ fn two_instances_on_postgres_and_redis() {
     let r = bench_with("miniprogram", 12, 4, &shared);
     assert_correct(&r, 12);
     assert_eq!(r["instances"], 2, "{r}");
+    // Each instance served logins, orders and notifications, and every flow logged in on one
+    // instance and ordered on the other.
+    assert_eq!(r["per_instance"].as_array().map(Vec::len), Some(2), "{r}");
+    for i in 0..2 {
+        assert_eq!(served(&r, i, "logins"), 6, "instance {i}: {r}");
+        assert_eq!(served(&r, i, "prepays"), 6, "instance {i}: {r}");
+        assert!(served(&r, i, "pay_notifications") >= 6, "instance {i}: {r}");
+    }
+    assert_eq!(r["crossed_flows"], 12, "{r}");
     assert!(r["store"].as_str().is_some_and(|s| s.starts_with("postgres")), "{r}");
     assert!(r["cache"].as_str().is_some_and(|s| s.starts_with("redis://")), "{r}");
     let r = bench_with("notify-storm", 20, 4, &shared);
     assert_correct(&r, 20);
     assert_eq!(r["instances"], 2, "{r}");
     assert_eq!(r["notifications_acked"], 50, "{r}");
+    for i in 0..2 {
+        for what in ["logins", "prepays", "pay_notifications"] {
+            assert!(served(&r, i, what) > 0, "instance {i} served no {what}: {r}");
+        }
+    }
+    assert_eq!(served(&r, 0, "pay_notifications") + served(&r, 1, "pay_notifications"), 50, "{r}");
+    assert!(r["crossed_flows"].as_u64().is_some_and(|n| n > 0), "{r}");
 }
 
 #[test]

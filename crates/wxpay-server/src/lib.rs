@@ -26,5 +26,7 @@ pub mod qr;
 pub mod scan;
 pub mod state;
 pub mod store;
+#[doc(hidden)]
+pub mod testing;
 pub mod wechat;
 pub mod worker;

@@ -189,6 +189,8 @@ async fn concurrent_payments_on_two_instances_apply_once() {
     assert_eq!(b.get_order(&order.order_no).await.unwrap().unwrap().version, order.version + 1);
 }
 
+// "One transaction pays one order only" is a contract case (store/contract.rs).
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inbox_keeps_what_text_columns_could_not() {
     let Some(db) = fresh_database().await else { return };

@@ -34,6 +34,10 @@ pub struct FaultSet {
     pub notify_drop: bool,
     /// Corrupt the notification's signature.
     pub notify_tamper_sign: bool,
+    /// Send an authentic notification of a failed payment (`result_code=FAIL`,
+    /// `err_code=PAYERROR`) instead of the success one. Only the notification says so: the
+    /// order's own state (what orderquery answers) is unchanged.
+    pub notify_result_fail: bool,
     /// Send the first notification body again this many seconds (simulated clock) after the
     /// first attempt, whatever the merchant answered: a replay with the old nonce and sign.
     pub notify_replay_after_secs: Option<u64>,

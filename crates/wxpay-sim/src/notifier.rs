@@ -67,15 +67,20 @@ pub(crate) fn schedule_pay(st: &mut State, key: &OrderKey, now: DateTime<Utc>) {
         n.device_info = order.device_info.clone();
         Ok(n)
     })();
-    let n = match built {
+    let mut n = match built {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!(error = %e, "cannot build the pay notification");
             return;
         }
     };
-    let mut fields = build_pay_notification(&n, &m.merchant.key, order.sign_type);
     let faults = st.faults.for_order(Some(&order.out_trade_no)).clone();
+    if faults.notify_result_fail {
+        n.result_code = wxpay_proto::msg::FAIL.into();
+        n.err_code = Some("PAYERROR".into());
+        n.err_code_des = Some("支付失败 (the payment failed)".into());
+    }
+    let mut fields = build_pay_notification(&n, &m.merchant.key, order.sign_type);
     if faults.notify_tamper_sign {
         tamper_sign(&mut fields);
     }

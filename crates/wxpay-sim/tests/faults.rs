@@ -196,3 +196,30 @@ async fn faults_from_config_and_bad_fault_json() {
         http().get(format!("{}/sim/faults", sim.url())).send().await.unwrap().json().await.unwrap();
     assert_eq!(v["global"]["notify_copies"], 2);
 }
+
+/// `notify_result_fail`: an authentic (correctly signed) notification that reports a failed
+/// payment, while orderquery still tells the order's real state.
+#[tokio::test]
+async fn result_fail_notification_is_signed_and_reports_the_failure() {
+    let sim = start(SimConfig { notifier_tick_ms: 0, ..config() }).await;
+    let rx = Receiver::success().await;
+    sim.handle.set_faults(for_order("RF", FaultSet { notify_result_fail: true, ..FaultSet::default() }));
+    pay(&sim, "RF", &rx.url).await;
+    pay(&sim, "OK", &rx.url).await; // no fault for this one
+    sim.handle.run_notifier_once().await;
+    let bodies = rx.bodies();
+    assert_eq!(bodies.len(), 2);
+    let mut by_order = HashMap::new();
+    for body in &bodies {
+        let v = parse_pay_notification(body, XmlLimits::default(), &key()).expect("authentic notification");
+        by_order.insert(v.notification.out_trade_no.as_str().to_owned(), v);
+    }
+    let failed = &by_order["RF"].notification;
+    assert_eq!(failed.result_code, "FAIL");
+    assert!(!failed.is_success());
+    assert_eq!(failed.err_code.as_deref(), Some("PAYERROR"));
+    assert!(failed.err_code_des.as_deref().is_some_and(|d| !d.is_empty()));
+    assert_eq!(by_order["RF"].fields.get("return_code"), Some("SUCCESS"));
+    let ok = &by_order["OK"].notification;
+    assert!(ok.is_success() && ok.err_code.is_none());
+}

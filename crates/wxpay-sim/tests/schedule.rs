@@ -24,10 +24,30 @@ async fn sixteen_attempts_at_0_15_30_60_240_then_stop() {
     paid_order(&sim, "S1", &rx.url).await;
     let t0 = wxpay_proto::clock::Clock::now(&sim.clock);
 
+    // WeChat's documented intervals, written out here (not taken from the implementation):
+    // 15s/15s/30s/3m/10m/20m/30m/30m/30m/60m/3h/3h/3h/6h/6h.
+    let documented: [i64; 15] = [
+        15,
+        15,
+        30,
+        3 * 60,
+        10 * 60,
+        20 * 60,
+        30 * 60,
+        30 * 60,
+        30 * 60,
+        60 * 60,
+        3 * 3600,
+        3 * 3600,
+        3 * 3600,
+        6 * 3600,
+        6 * 3600,
+    ];
+    assert_eq!(RETRY_INTERVALS_SECS.map(|s| s as i64), documented);
     let mut expected = vec![0i64];
     let mut acc = 0i64;
-    for s in RETRY_INTERVALS_SECS {
-        acc += s as i64;
+    for s in documented {
+        acc += s;
         expected.push(acc);
     }
     assert_eq!(expected[..5], [0, 15, 30, 60, 240]);

@@ -115,3 +115,44 @@ async fn risky_user_rate_limit_and_unionid() {
     sim.clock.advance(Duration::seconds(61));
     assert!(sns.code2session(&code).await.is_ok(), "a rate-limited call does not spend the code");
 }
+
+/// unionid: one user has the same unionid in every app of the Open Platform account (and a
+/// different openid in each); different users have different unionids.
+#[tokio::test]
+async fn unionid_is_shared_across_appids_and_differs_between_users() {
+    let merchant = |appid: &str, mch_id: &str, secret: &str| MerchantConfig {
+        appid: appid.into(),
+        mch_id: mch_id.into(),
+        api_key: "abcdefghijklmnopqrstuvwxyz012345".into(),
+        app_secret: secret.into(),
+        unionid: true,
+        scan_callback_url: None,
+        refund_notify_url: None,
+    };
+    let cfg = SimConfig {
+        merchants: vec![
+            merchant("wx2222222222222222", "1900000109", "second-secret"),
+            merchant("wx3333333333333333", "1900000110", "third-secret"),
+        ],
+        ..config()
+    };
+    let sim = start(cfg).await;
+    let base = sim.url();
+    let session = |appid: &'static str, secret: &'static str, user: &'static str| {
+        let base = base.clone();
+        async move {
+            let client = SnsClient::new(&base, appid, secret, std::time::Duration::from_secs(5)).unwrap();
+            let code = login(&base, appid, user).await;
+            client.code2session(&code).await.unwrap()
+        }
+    };
+    let dave_a = session("wx2222222222222222", "second-secret", "dave").await;
+    let dave_b = session("wx3333333333333333", "third-secret", "dave").await;
+    let erin_a = session("wx2222222222222222", "second-secret", "erin").await;
+    let unionid = dave_a.unionid.clone().expect("a unionid for an app bound to the account");
+    assert!(!unionid.is_empty());
+    assert_eq!(dave_b.unionid.as_deref(), Some(unionid.as_str()), "same user, two appids");
+    assert_ne!(dave_a.openid, dave_b.openid, "openids differ per appid");
+    assert!(erin_a.unionid.is_some());
+    assert_ne!(erin_a.unionid, dave_a.unionid, "different users");
+}

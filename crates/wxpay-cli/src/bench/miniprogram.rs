@@ -66,6 +66,10 @@ impl Flow for Miniprogram {
         if paid["errMsg"] != "requestPayment:ok" {
             return Err(fail("sim.phone.pay", paid["errMsg"].as_str().unwrap_or("no errMsg")));
         }
-        poll_until_paid(t, rec, &token, &order_no, order_at).await
+        poll_until_paid(t, rec, &token, &order_no, order_at).await?;
+        if t.server(login_at) != t.server(order_at) {
+            t.live.crossed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(())
     }
 }

@@ -562,6 +562,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     report["instances"] = json!(target.servers.len());
+    report["crossed_flows"] = json!(target.live.crossed.load(Ordering::Relaxed));
+    if let Some(e) = &embedded {
+        // What each instance itself says it served (its own metrics), not what the load
+        // generator meant to send where.
+        report["per_instance"] = json!(e.servers.iter().map(|s| served(&s.state.metrics.render())).collect::<Vec<_>>());
+    }
     report["store"] = json!(embedded.as_ref().map(|e| e.store.clone()).unwrap_or_else(|| "remote".into()));
     report["cache"] = json!(if embedded.is_some() { redacted_url(&cache_url) } else { "remote".into() });
     print(&args, &report);
@@ -571,6 +577,23 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let ok = verdict.ok && report["completed"].as_u64().unwrap_or(0) > 0;
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// One instance's work from its Prometheus text: logins (jscode2session calls), prepays
+/// (unifiedorder calls) and payment notifications received.
+fn served(metrics: &str) -> Value {
+    let sum = |name: &str, label: &str| -> u64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+            .sum::<f64>() as u64
+    };
+    json!({
+        "logins": sum("wxpay_wechat_api_calls_total", "endpoint=\"jscode2session\""),
+        "prepays": sum("wxpay_wechat_api_calls_total", "endpoint=\"unifiedorder\""),
+        "pay_notifications": sum("wxpay_notifications_total", "kind=\"pay\""),
+    })
 }
 
 fn uuid_like() -> String {

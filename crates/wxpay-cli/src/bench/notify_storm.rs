@@ -48,7 +48,11 @@ impl Flow for Prepare {
             }
         };
         // Sessions are used on other instances than the one that issued them.
-        let (order_no, amount, _) = t.pending_order(rec, &token, vu + seq as usize + 1).await?;
+        let order_at = vu + seq as usize + 1;
+        let (order_no, amount, _) = t.pending_order(rec, &token, order_at).await?;
+        if t.server(vu) != t.server(order_at) {
+            t.live.crossed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let openid = wxpay_sim::derive_openid(&t.appid, &user);
         self.pending.lock().unwrap_or_else(|p| p.into_inner()).push(Pending { order_no, amount, openid });
         Ok(())

@@ -14,6 +14,9 @@ pub struct Live {
     pub completed: AtomicU64,
     pub failed: AtomicU64,
     pub requests: AtomicU64,
+    /// Completed flows whose steps went to more than one instance (e.g. login on one, order on
+    /// another).
+    pub crossed: AtomicU64,
 }
 
 impl Live {

@@ -53,6 +53,7 @@ macro_rules! store_contract_tests {
             a_notification_is_recorded_with_the_change_it_caused,
             one_transaction_pays_one_order_only,
             refused_callbacks_are_bounded_and_old_rows_purged,
+            inbox_rows_without_an_order_are_kept,
             counts_orders_by_status,
             data_survives_restart
         );
@@ -747,4 +748,39 @@ pub async fn refused_callbacks_are_bounded_and_old_rows_purged(h: &dyn StoreHarn
     assert_eq!(store.outbox_for_order(&newer.order_no).await.unwrap().len(), 1);
     assert_eq!(event_kinds(&*store, no).await, vec!["order.created", "order.paid"]);
     assert_eq!(store.purge_before(t0() + Duration::seconds(10)).await.unwrap(), Purged::default());
+}
+
+/// Inbox rows for orders that do not exist (a forged or misdirected notification) and rows with
+/// no order number at all are stored and read back like any other.
+pub async fn inbox_rows_without_an_order_are_kept(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    seed_order(&*store).await;
+    let unattached = InboxRecord {
+        kind: NotificationKind::Pay,
+        out_trade_no: Some("WXNOSUCHORDER".into()),
+        raw_body: "<xml><out_trade_no>WXNOSUCHORDER</out_trade_no></xml>".into(),
+        verified: true,
+        outcome: InboxOutcome::Rejected,
+        reason: Some("unknown_order: WXNOSUCHORDER".into()),
+        received_at: t0() + Duration::seconds(5),
+    };
+    let anonymous = InboxRecord {
+        kind: NotificationKind::Refund,
+        out_trade_no: None,
+        raw_body: "not xml at all".into(),
+        verified: false,
+        reason: Some("bad_xml".into()),
+        ..unattached.clone()
+    };
+    let invalid_no = InboxRecord { out_trade_no: Some("not a valid no!".into()), ..unattached.clone() };
+    let id1 = store.record_notification(&unattached).await.unwrap();
+    let id2 = store.record_notification(&anonymous).await.unwrap();
+    let id3 = store.record_notification(&invalid_no).await.unwrap();
+    assert!(id1 < id2 && id2 < id3, "{id1} {id2} {id3}");
+    let no = OutTradeNo::parse("WXNOSUCHORDER").unwrap();
+    assert!(store.get_order(&no).await.unwrap().is_none());
+    let got = store.notifications_for_order(&no).await.unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!((got[0].id, &got[0].record), (id1, &unattached));
+    assert!(store.notifications_for_order(&OutTradeNo::parse("WXSEED1").unwrap()).await.unwrap().is_empty());
 }

@@ -276,4 +276,144 @@ mod tests {
             assert_eq!(seen, n, "write {n} answered before it was committed");
         }
     }
+
+    /// Waits until `n` writes are queued for the writer (it is busy with an earlier batch).
+    async fn queued(w: &GroupWriter, n: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while QUEUE - w.jobs.capacity() < n {
+            assert!(std::time::Instant::now() < deadline, "{n} writes never got queued");
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// A write that holds the writer (inside its batch) until `release` fires; `entered` fires
+    /// once it runs.
+    fn blocker(
+        entered: oneshot::Sender<()>,
+        release: oneshot::Receiver<()>,
+    ) -> impl for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, StoreResult<()>> + Send + 'static {
+        move |_c| {
+            Box::pin(async move {
+                let _ = entered.send(());
+                let _ = release.await;
+                Ok(())
+            })
+        }
+    }
+
+    /// COMMIT itself fails (a deferred foreign key, checked only at commit): every write of that
+    /// batch gets the error, nothing of it is stored, and the writer goes on with the next batch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_commit_fails_every_write_of_the_batch() {
+        let (_dir, options, w) = writer().await;
+        w.write(|c| {
+            Box::pin(async move {
+                for sql in [
+                    "CREATE TABLE parent (id INTEGER PRIMARY KEY)",
+                    "CREATE TABLE child (parent_id INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)",
+                ] {
+                    execute(c, sql).await.map_err(|e| StoreError::Database(e.into()))?;
+                }
+                Ok(())
+            })
+        })
+        .await
+        .unwrap();
+
+        // Hold the writer in one batch while three writes queue up for the next one.
+        let (release, hold) = oneshot::channel();
+        let (entered, running) = oneshot::channel();
+        let held = tokio::spawn({
+            let w = w.clone();
+            async move { w.write(blocker(entered, hold)).await }
+        });
+        running.await.unwrap();
+        let mut batch = Vec::new();
+        for n in [1i64, 2] {
+            let writer = w.clone();
+            batch.push(tokio::spawn(async move { writer.write(insert(n, false)).await }));
+            queued(&w, batch.len()).await;
+        }
+        let orphan = tokio::spawn({
+            let w = w.clone();
+            async move {
+                w.write(|c| {
+                    Box::pin(async move {
+                        // Accepted now; the deferred constraint fails at COMMIT.
+                        sqlx::query("INSERT INTO child (parent_id) VALUES (42)").execute(&mut *c).await?;
+                        Ok(())
+                    })
+                })
+                .await
+            }
+        });
+        queued(&w, 3).await;
+        release.send(()).unwrap();
+        held.await.unwrap().unwrap();
+
+        for task in batch {
+            let err = task.await.unwrap().expect_err("a write of a batch whose COMMIT failed");
+            assert!(err.to_string().contains("commit failed"), "{err}");
+        }
+        let err = orphan.await.unwrap().expect_err("the write that broke the commit");
+        assert!(err.to_string().to_lowercase().contains("foreign key"), "{err}");
+
+        let mut reader = options.connect().await.unwrap();
+        let rows: i64 = sqlx::query("SELECT COUNT(*) FROM t").fetch_one(&mut reader).await.unwrap().get(0);
+        assert_eq!(rows, 0, "nothing of the failed batch is stored");
+        // The writer is not stuck in the failed transaction.
+        assert_eq!(w.write(insert(3, false)).await.unwrap(), 3);
+        let rows: i64 = sqlx::query("SELECT COUNT(*) FROM t").fetch_one(&mut reader).await.unwrap().get(0);
+        assert_eq!(rows, 1);
+    }
+
+    /// BEGIN fails (another connection holds the write lock past the busy timeout): that batch's
+    /// writes get the error, the writer replaces its connection, and the next write works.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_begin_fails_the_batch_and_the_writer_reconnects() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", dir.path().join("w.db").display()))
+            .unwrap()
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .busy_timeout(std::time::Duration::from_millis(50));
+        let w = GroupWriter::start(options.clone()).await.unwrap();
+        // A TEMP table lives on one connection only: it tells whether the writer reconnected.
+        w.write(|c| {
+            Box::pin(async move {
+                for sql in ["CREATE TABLE t (n INTEGER PRIMARY KEY)", "CREATE TEMP TABLE marker (x INTEGER)"] {
+                    execute(c, sql).await.map_err(|e| StoreError::Database(e.into()))?;
+                }
+                Ok(())
+            })
+        })
+        .await
+        .unwrap();
+        let has_marker = |w: GroupWriter| async move {
+            w.write(|c| {
+                Box::pin(async move {
+                    let n: i64 = sqlx::query("SELECT COUNT(*) FROM sqlite_temp_master WHERE name = 'marker'")
+                        .fetch_one(&mut *c)
+                        .await?
+                        .get(0);
+                    Ok(n == 1)
+                })
+            })
+            .await
+            .unwrap()
+        };
+        assert!(has_marker(w.clone()).await, "same connection so far");
+
+        let mut other = options.connect().await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut other).await.unwrap();
+        let err = w.write(insert(1, false)).await.expect_err("BEGIN cannot get the write lock");
+        assert!(err.to_string().contains("locked") || err.to_string().contains("busy"), "{err}");
+        sqlx::query("ROLLBACK").execute(&mut other).await.unwrap();
+
+        assert_eq!(w.write(insert(2, false)).await.unwrap(), 2);
+        assert!(!has_marker(w.clone()).await, "the writer kept its old connection after BEGIN failed");
+        let rows: Vec<i64> =
+            sqlx::query("SELECT n FROM t").fetch_all(&mut other).await.unwrap().iter().map(|r| r.get(0)).collect();
+        assert_eq!(rows, vec![2], "the failed write left nothing");
+    }
 }

@@ -195,19 +195,10 @@ pub mod testing {
     const ADMIN_TIMEOUT: StdDuration = StdDuration::from_secs(15);
 
     /// The `DATABASE_URL` to test against, when it names a PostgreSQL server; otherwise prints a
-    /// note naming `what` is skipped and returns `None`.
+    /// note naming `what` is skipped and returns `None` (or fails the test when the run requires
+    /// its services: see [`crate::testing`]).
     pub fn database_url_or_skip(what: &str) -> Option<String> {
-        match std::env::var("DATABASE_URL") {
-            Ok(url) if is_postgres_url(&url) => Some(url),
-            Ok(_) => {
-                eprintln!("note: DATABASE_URL is not a postgres:// URL; skipping the PostgreSQL test `{what}`");
-                None
-            }
-            Err(_) => {
-                eprintln!("note: DATABASE_URL is not set; skipping the PostgreSQL test `{what}`");
-                None
-            }
-        }
+        crate::testing::postgres_url_or_skip(what)
     }
 
     pub fn is_postgres_url(url: &str) -> bool {

@@ -124,4 +124,15 @@ mod tests {
         assert!(s.starts_with("v1=") && s.len() == 67);
         assert_ne!(s, signature("k", 2, "{}"));
     }
+
+    /// A known answer computed outside this code base:
+    /// `printf '%s' '1700000000.{"id":1,"kind":"order.paid"}' | openssl dgst -sha256 -hmac whsec-test-secret`
+    /// (and the same with Python's `hmac.new(..., hashlib.sha256)`).
+    #[test]
+    fn signature_matches_an_independently_computed_hmac() {
+        assert_eq!(
+            signature("whsec-test-secret", 1_700_000_000, r#"{"id":1,"kind":"order.paid"}"#),
+            "v1=cfec604c43b54b735e974725d238fc05ec15a7e2d4b5ad54e5b3ab61f008cd84"
+        );
+    }
 }

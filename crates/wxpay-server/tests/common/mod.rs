@@ -24,6 +24,8 @@ use wxpay_sim::{FaultConfig, FaultSet, SimConfig, SimHandle};
 pub const APPID: &str = "wxd930ea5d5a258f4f";
 pub const MCH_ID: &str = "10000100";
 pub const ADMIN_TOKEN: &str = "test-admin-token";
+/// The webhook secret every test server signs with (what the receivers check against).
+pub const WEBHOOK_SECRET: &str = "test-webhook-secret";
 /// The sandbox merchant's API key (the official docs' example value).
 pub const SANDBOX_KEY: &str = "192006250b4c09247ec02edce69f6a2d";
 
@@ -70,7 +72,7 @@ impl TestEnv {
         config.database.url = format!("sqlite://{}", dir.path().join("wxpay.db").display());
         // CI's second pass runs the same suite on PostgreSQL (a fresh database per test, dropped
         // with the env) ...
-        let fresh_db = match std::env::var("DATABASE_URL").ok().filter(|u| u.starts_with("postgres")) {
+        let fresh_db = match wxpay_server::store::postgres::testing::database_url_or_skip("the end-to-end harness") {
             Some(base) => {
                 let db = wxpay_server::store::postgres::testing::FreshDatabase::create(&base).await.unwrap();
                 config.database.url = db.url.clone();
@@ -80,7 +82,7 @@ impl TestEnv {
         };
         // ... and on Redis: a prefix of its own per test, and short
         // TTLs so that nothing a test leaves behind outlives it by long.
-        if let Some(redis) = std::env::var("REDIS_URL").ok().filter(|u| u.starts_with("redis://")) {
+        if let Some(redis) = redis_url_or_skip("the end-to-end harness") {
             config.cache.url = redis;
             config.cache.prefix = format!("wxpay-test:{}:", rand_suffix());
             config.server.session_ttl_secs = 600;
@@ -88,6 +90,7 @@ impl TestEnv {
         config.server.public_url = server_url.clone();
         config.server.admin_token = wxpay_server::config::Secret(ADMIN_TOKEN.into());
         config.workers.enabled = false;
+        config.webhook.secret = wxpay_server::config::Secret(WEBHOOK_SECRET.into());
         tweak(&mut config, &mut sim_config);
 
         let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -283,24 +286,88 @@ impl TestEnv {
     }
 }
 
-/// A webhook receiver on port 0 that records every delivery (and answers 200).
+/// A webhook receiver on port 0 that checks each delivery's signature with its own HMAC code
+/// (see [`check_webhook_signature`]) and records the deliveries it accepted (answering 200).
+/// A delivery with a bad signature is answered 401 and recorded as `{"signature_error": ...}`.
 pub async fn webhook_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let (url, got, _) = webhook_receiver_answering(Vec::new()).await;
+    (url, got)
+}
+
+/// One POST the webhook receiver got, whatever it answered.
+#[derive(Debug, Clone)]
+pub struct WebhookPost {
+    pub event_id: String,
+    pub body: Value,
+    pub signature: Result<(), String>,
+    pub answered: u16,
+}
+
+/// [`webhook_receiver`] that answers its first POSTs with `answers` (e.g. `[500]`: the first
+/// delivery fails), then 200. Also returns every POST.
+pub async fn webhook_receiver_answering(
+    answers: Vec<u16>,
+) -> (String, Arc<Mutex<Vec<Value>>>, Arc<Mutex<Vec<WebhookPost>>>) {
     let got = Arc::new(Mutex::new(Vec::new()));
-    let got2 = got.clone();
+    let posts: Arc<Mutex<Vec<WebhookPost>>> = Arc::new(Mutex::new(Vec::new()));
+    let (got2, posts2) = (got.clone(), posts.clone());
     let app = axum::Router::new().route(
         "/hook",
-        post(move |body: axum::body::Bytes| {
-            let got = got2.clone();
+        post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let (got, posts, answers) = (got2.clone(), posts2.clone(), answers.clone());
             async move {
-                got.lock().unwrap().push(serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null));
-                "ok"
+                let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+                let json = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
+                let signature = check_webhook_signature(
+                    WEBHOOK_SECRET,
+                    header("x-wxpay-timestamp").as_deref(),
+                    header("x-wxpay-signature").as_deref(),
+                    &body,
+                );
+                let mut posts = posts.lock().unwrap();
+                let answered = match (&signature, answers.get(posts.len())) {
+                    (Err(_), _) => 401,
+                    (Ok(()), Some(status)) => *status,
+                    (Ok(()), None) => 200,
+                };
+                match &signature {
+                    Err(e) => got.lock().unwrap().push(json!({ "signature_error": e })),
+                    Ok(()) if (200..300).contains(&answered) => got.lock().unwrap().push(json.clone()),
+                    Ok(()) => {}
+                }
+                let event_id = header("x-wxpay-event-id").unwrap_or_default();
+                posts.push(WebhookPost { event_id, body: json, signature, answered });
+                axum::http::StatusCode::from_u16(answered).unwrap()
             }
         }),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, got)
+    (url, got, posts)
+}
+
+/// The receiver's own check of `X-Wxpay-Signature: v1=<hex hmac_sha256(secret, "{timestamp}.{raw body}")>`,
+/// written from the documented format (not with the server's function), over the raw bytes.
+pub fn check_webhook_signature(
+    secret: &str,
+    timestamp: Option<&str>,
+    signature: Option<&str>,
+    raw_body: &[u8],
+) -> Result<(), String> {
+    use hmac::{Hmac, Mac};
+    let timestamp = timestamp.ok_or("no X-Wxpay-Timestamp header")?;
+    if timestamp.is_empty() || !timestamp.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("X-Wxpay-Timestamp {timestamp:?} is not unix seconds"));
+    }
+    let signature = signature.ok_or("no X-Wxpay-Signature header")?;
+    let given = signature.strip_prefix("v1=").ok_or_else(|| format!("signature {signature:?} has no v1= prefix"))?;
+    let given = hex::decode(given).map_err(|e| format!("signature {signature:?} is not hex: {e}"))?;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(raw_body);
+    mac.verify_slice(&given).map_err(|_| format!("signature {signature:?} does not match the body"))
 }
 
 /// How many `kind` entries the admin detail's event log has.
@@ -346,18 +413,9 @@ pub fn rand_suffix() -> String {
 
 /// The `REDIS_URL` to test against, when it names a Redis server (`redis://`); otherwise prints a
 /// note naming `what` is skipped and returns `None` (as the harness then uses the memory cache).
+/// When services are required (`TESTS_REQUIRE_SERVICES=1`, CI's second pass) it panics instead.
 pub fn redis_url_or_skip(what: &str) -> Option<String> {
-    match std::env::var("REDIS_URL") {
-        Ok(url) if url.starts_with("redis://") => Some(url),
-        Ok(_) => {
-            eprintln!("note: REDIS_URL is not a redis:// URL; skipping the Redis test `{what}`");
-            None
-        }
-        Err(_) => {
-            eprintln!("note: REDIS_URL is not set; skipping the Redis test `{what}`");
-            None
-        }
-    }
+    wxpay_server::testing::redis_url_or_skip(what)
 }
 
 /// `host:port` of a service URL (`default_port` when it names none), for [`proxy::TcpProxy::start`].
