@@ -4,7 +4,7 @@
 //! Signature: `X-Wxpay-Signature: v1=<hex hmac_sha256(secret, "{timestamp}.{body}")>` with
 //! `X-Wxpay-Timestamp` (seconds) and `X-Wxpay-Event-Id`.
 
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -50,31 +50,39 @@ pub async fn deliver_once(state: &AppState) -> Result<DeliveryReport, StoreError
     loop {
         while in_flight.len() < IN_FLIGHT && super::lease_has_room(state, now) {
             let Some(event) = pending.next() else { break };
-            in_flight.push(async move {
-                let result = deliver(state, &event).await;
-                (event, result)
-            });
+            // Each attempt records its own result, so that the store writes of concurrent
+            // attempts share commits instead of waiting for one another.
+            in_flight.push(attempt(state, event, now));
         }
-        // Each result is recorded as it comes, whatever the others do.
-        let Some((event, result)) = in_flight.next().await else { break };
-        let outcome = if result.is_ok() { "ok" } else { "failed" };
-        state.metrics.webhook_deliveries.get_or_create(&crate::metrics::ReasonLabels { reason: outcome.into() }).inc();
-        match result {
-            Ok(()) => {
-                state.store.outbox_delivered(event.id, state.clock.now()).await?;
-                report.delivered += 1;
-            }
-            Err(error) => {
-                tracing::warn!(event_id = event.id, order_no = %event.order_no, %error, "webhook delivery failed");
-                let next = now + retry_backoff(event.attempts);
-                if !state.store.outbox_failed(event.id, &state.instance_id, next, &error).await? {
-                    tracing::info!(event_id = event.id, "outbox: lease lost meanwhile; the failure is not counted");
-                }
-                report.failed += 1;
-            }
+        match in_flight.next().await {
+            Some(Ok(true)) => report.delivered += 1,
+            Some(Ok(false)) => report.failed += 1,
+            Some(Err(e)) => return Err(e),
+            None => break,
         }
     }
     Ok(report)
+}
+
+/// Delivers one event and records the result: true when delivered.
+async fn attempt(state: &AppState, event: OutboxEvent, claimed_at: DateTime<Utc>) -> Result<bool, StoreError> {
+    let result = deliver(state, &event).await;
+    let outcome = if result.is_ok() { "ok" } else { "failed" };
+    state.metrics.webhook_deliveries.get_or_create(&crate::metrics::ReasonLabels { reason: outcome.into() }).inc();
+    match result {
+        Ok(()) => {
+            state.store.outbox_delivered(event.id, state.clock.now()).await?;
+            Ok(true)
+        }
+        Err(error) => {
+            tracing::warn!(event_id = event.id, order_no = %event.order_no, %error, "webhook delivery failed");
+            let next = claimed_at + retry_backoff(event.attempts);
+            if !state.store.outbox_failed(event.id, &state.instance_id, next, &error).await? {
+                tracing::info!(event_id = event.id, "outbox: lease lost meanwhile; the failure is not counted");
+            }
+            Ok(false)
+        }
+    }
 }
 
 async fn deliver(state: &AppState, event: &OutboxEvent) -> Result<(), String> {
