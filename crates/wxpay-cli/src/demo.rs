@@ -11,13 +11,14 @@ use anyhow::{anyhow, bail, Context};
 use axum::routing::post;
 use serde_json::{json, Value};
 use wxpay_proto::clock::SystemClock;
+use wxpay_server::client::{MerchantApi, Reply};
 use wxpay_server::config::{Config, Secret};
 
 const ADMIN: &str = "demo-admin-token";
 
 struct Demo {
     http: reqwest::Client,
-    server: String,
+    api: MerchantApi,
     sim: String,
     appid: String,
     hooks: Arc<Mutex<Vec<Value>>>,
@@ -30,38 +31,24 @@ impl Demo {
         println!("[{:>2}] {what}", self.step);
     }
 
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        url: String,
-        token: Option<&str>,
-        body: Option<Value>,
-    ) -> anyhow::Result<(u16, Value)> {
-        let mut req = self.http.request(method, &url);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
+    /// The body of a 2xx reply to `what` (e.g. `GET /api/products`), else what went wrong.
+    fn ok(what: &str, reply: Result<Reply, reqwest::Error>) -> anyhow::Result<Value> {
+        let reply = reply.with_context(|| what.to_owned())?;
+        if !reply.is_success() {
+            bail!("{what} answered {}: {}", reply.status, reply.body);
         }
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.with_context(|| url.clone())?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await?;
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+        Ok(reply.body)
     }
 
-    async fn post(&self, url: String, token: Option<&str>, body: Value) -> anyhow::Result<Value> {
-        let (status, v) = self.call(reqwest::Method::POST, url.clone(), token, Some(body)).await?;
-        if !(200..300).contains(&status) {
-            bail!("POST {url} answered {status}: {v}");
-        }
-        Ok(v)
-    }
-
-    async fn get(&self, url: String, token: Option<&str>) -> anyhow::Result<Value> {
-        let (status, v) = self.call(reqwest::Method::GET, url.clone(), token, None).await?;
-        if !(200..300).contains(&status) {
-            bail!("GET {url} answered {status}: {v}");
+    /// POSTs JSON to the simulator's phone API (`path` under `/sim/phone`).
+    async fn phone(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let url = format!("{}/sim/phone/{path}", self.sim);
+        let resp = self.http.post(&url).json(&body).send().await.with_context(|| url.clone())?;
+        let status = resp.status();
+        let text = resp.text().await.with_context(|| url.clone())?;
+        let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if !status.is_success() {
+            bail!("POST {url} answered {}: {v}", status.as_u16());
         }
         Ok(v)
     }
@@ -90,10 +77,10 @@ impl Demo {
 
     /// Waits for PAID, for the webhook, ships, and checks SHIPPED.
     async fn fulfil(&mut self, order_no: &str) -> anyhow::Result<()> {
-        let admin_url = format!("{}/admin/api/orders/{order_no}", self.server);
+        let what = format!("GET /admin/api/orders/{order_no}");
         let order = self
             .until("the order to be PAID", async || {
-                let v = self.get(admin_url.clone(), Some(ADMIN)).await?;
+                let v = Self::ok(&what, self.api.admin_order(order_no).await)?;
                 Ok((v["order"]["status"] == "PAID").then_some(v))
             })
             .await?;
@@ -106,7 +93,7 @@ impl Demo {
             "fulfilment event {} delivered to the merchant webhook",
             hook["kind"].as_str().unwrap_or("?")
         ));
-        let shipped = self.post(format!("{admin_url}/ship"), Some(ADMIN), json!({})).await?;
+        let shipped = Self::ok(&format!("POST {what}/ship"), self.api.ship(order_no).await)?;
         if shipped["fulfilment"] != "SHIPPED" {
             bail!("ship did not mark the order shipped: {shipped}");
         }
@@ -116,26 +103,18 @@ impl Demo {
 
     async fn miniprogram(&mut self) -> anyhow::Result<String> {
         println!("\n== Mini-program payment (小程序支付)");
-        let code = self
-            .post(format!("{}/sim/phone/login", self.sim), None, json!({"appid": self.appid, "user": "alice"}))
-            .await?;
+        let code = self.phone("login", json!({"appid": self.appid, "user": "alice"})).await?;
         let code = code["code"].as_str().ok_or_else(|| anyhow!("no code from wx.login"))?.to_owned();
         self.say(&format!("wx.login on alice's phone -> code {code}"));
-        let login = self.post(format!("{}/api/mp/login", self.server), None, json!({"code": code})).await?;
+        let login = Self::ok("POST /api/mp/login", self.api.login(&code).await)?;
         let token = login["token"].as_str().ok_or_else(|| anyhow!("no token: {login}"))?.to_owned();
         self.say("POST /api/mp/login -> jscode2session -> openid stored, session_key cached, token issued");
-        let products = self.get(format!("{}/api/products", self.server), None).await?;
+        let products = Self::ok("GET /api/products", self.api.products().await)?;
         self.say(&format!("GET /api/products -> {} products", products.as_array().map_or(0, Vec::len)));
-        let order = self
-            .post(
-                format!("{}/api/orders", self.server),
-                Some(&token),
-                json!({"items": [{"product_id": "coffee", "quantity": 2}]}),
-            )
-            .await?;
+        let order = Self::ok("POST /api/orders", self.api.create_order(&token, &[("coffee", 2)]).await)?;
         let order_no = order["order_no"].as_str().ok_or_else(|| anyhow!("no order_no: {order}"))?.to_owned();
         self.say(&format!("POST /api/orders -> {order_no}, amount {} fen computed by the server", order["amount_fen"]));
-        let params = self.post(format!("{}/api/orders/{order_no}/pay", self.server), Some(&token), json!({})).await?;
+        let params = Self::ok(&format!("POST /api/orders/{order_no}/pay"), self.api.pay(&token, &order_no).await)?;
         self.say(&format!(
             "POST /api/orders/{order_no}/pay -> unifiedorder JSAPI, {} signed with paySign",
             params["package"].as_str().unwrap_or("?")
@@ -144,14 +123,14 @@ impl Demo {
         pay["user"] = json!("alice");
         pay["appid"] = json!(self.appid);
         pay["action"] = json!("pay");
-        let paid = self.post(format!("{}/sim/phone/pay", self.sim), None, pay).await?;
+        let paid = self.phone("pay", pay).await?;
         if paid["errMsg"] != "requestPayment:ok" {
             bail!("wx.requestPayment failed: {paid}");
         }
         self.say("wx.requestPayment on the phone -> requestPayment:ok (not proof of payment yet)");
-        let order_url = format!("{}/api/orders/{order_no}", self.server);
+        let what = format!("GET /api/orders/{order_no}");
         self.until("the client poll to see PAID", async || {
-            let v = self.get(order_url.clone(), Some(&token)).await?;
+            let v = Self::ok(&what, self.api.order(&token, &order_no).await)?;
             Ok((v["status"] == "PAID").then_some(()))
         })
         .await?;
@@ -162,14 +141,10 @@ impl Demo {
 
     async fn native(&mut self) -> anyhow::Result<String> {
         println!("\n== Native QR payment, mode 1 (扫码支付模式一)");
-        let link = self
-            .call(reqwest::Method::GET, format!("{}/admin/api/products/cola/link", self.server), Some(ADMIN), None)
-            .await?;
-        let link = link.1.as_str().ok_or_else(|| anyhow!("no link"))?.to_owned();
+        let link = Self::ok("GET /admin/api/products/cola/link", self.api.product_link("cola").await)?;
+        let link = link.as_str().ok_or_else(|| anyhow!("no link: {link}"))?.to_owned();
         self.say(&format!("signed product link for the vending machine: {link}"));
-        let scan = self
-            .post(format!("{}/sim/phone/scan", self.sim), None, json!({"user": "bob", "url": link, "action": "pay"}))
-            .await?;
+        let scan = self.phone("scan", json!({"user": "bob", "url": link, "action": "pay"})).await?;
         let order_no = scan["out_trade_no"].as_str().ok_or_else(|| anyhow!("scan did not pay: {scan}"))?.to_owned();
         self.say(&format!("bob scans the QR: scan callback -> order {order_no} -> unifiedorder NATIVE -> signed prepay reply -> bob pays"));
         self.fulfil(&order_no).await?;
@@ -220,8 +195,9 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     let server = wxpay_server::app::serve(state, listener).await?;
     println!("simulator on {}, server on {}", sim.base_url(), server.base_url());
 
-    let mut demo =
-        Demo { http: reqwest::Client::new(), server: server_url, sim: sim.base_url(), appid, hooks, step: 0 };
+    let http = reqwest::Client::new();
+    let api = MerchantApi::new(http.clone(), server_url, Some(ADMIN.into()));
+    let mut demo = Demo { http, api, sim: sim.base_url(), appid, hooks, step: 0 };
     let mini = demo.miniprogram().await;
     let native = demo.native().await;
     server.shutdown().await;

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use sqlx::Connection;
 use wxpay_proto::clock::SystemClock;
 use wxpay_server::app::{build_state, serve, RunningServer};
+use wxpay_server::client::MerchantApi;
 use wxpay_server::config::{Config, Secret};
 use wxpay_sim::SimConfig;
 
@@ -45,7 +46,7 @@ async fn start_server(db: &Path, sim_url: &str) -> RunningServer {
     serve(state, listener).await.unwrap()
 }
 
-async fn login(http: &reqwest::Client, sim: &str, server: &str, user: &str) -> String {
+async fn login(http: &reqwest::Client, sim: &str, api: &MerchantApi, user: &str) -> String {
     let code: Value = http
         .post(format!("{sim}/sim/phone/login"))
         .json(&json!({"appid": wxpay_sim::config::SANDBOX_APPID, "user": user}))
@@ -55,15 +56,7 @@ async fn login(http: &reqwest::Client, sim: &str, server: &str, user: &str) -> S
         .json()
         .await
         .unwrap();
-    let v: Value = http
-        .post(format!("{server}/api/mp/login"))
-        .json(&json!({"code": code["code"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = api.login(code["code"].as_str().unwrap_or_default()).await.unwrap().body;
     v["token"].as_str().unwrap_or_else(|| panic!("login failed: {v}")).to_owned()
 }
 
@@ -78,24 +71,22 @@ async fn backup_under_load_restores_every_committed_order() {
     let sim_url = sim.base_url();
     let live_db = dir.path().join("live.db");
     let server = start_server(&live_db, &sim_url).await;
-    let base = server.base_url();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let api = MerchantApi::new(http.clone(), server.base_url(), None);
 
     // Load: users creating orders as fast as they can; an order counts once its 201 arrived.
     let committed: Arc<Mutex<Vec<String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut load = Vec::new();
     for u in 0..4 {
-        let (http, sim_url, base, committed, stop) =
-            (http.clone(), sim_url.clone(), base.clone(), Arc::clone(&committed), Arc::clone(&stop));
+        let (http, sim_url, api, committed, stop) =
+            (http.clone(), sim_url.clone(), api.clone(), Arc::clone(&committed), Arc::clone(&stop));
         load.push(tokio::spawn(async move {
-            let token = login(&http, &sim_url, &base, &format!("backup-user-{u}")).await;
-            let items = json!({"items": [{"product_id": "coffee", "quantity": 1}]});
+            let token = login(&http, &sim_url, &api, &format!("backup-user-{u}")).await;
             while !stop.load(Ordering::Relaxed) {
-                let resp = http.post(format!("{base}/api/orders")).bearer_auth(&token).json(&items).send().await;
-                let resp = resp.unwrap();
-                assert_eq!(resp.status(), 201);
-                let v: Value = resp.json().await.unwrap();
+                let reply = api.create_order(&token, &[("coffee", 1)]).await.unwrap();
+                assert_eq!(reply.status, 201);
+                let v = reply.body;
                 committed.lock().unwrap().push(v["order_no"].as_str().unwrap().to_owned());
             }
         }));
@@ -140,15 +131,11 @@ async fn backup_under_load_restores_every_committed_order() {
 
     // ... and a server started on it holds every order committed before the backup began.
     let server = start_server(&restored, &sim_url).await;
+    let admin = MerchantApi::new(http.clone(), server.base_url(), Some(ADMIN_TOKEN.into()));
     let mut missing = Vec::new();
     for order_no in &before {
-        let resp = http
-            .get(format!("{}/admin/api/orders/{order_no}", server.base_url()))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap();
-        if resp.status() != 200 {
+        let reply = admin.admin_order(order_no).await.unwrap();
+        if reply.status != 200 {
             missing.push(order_no.clone());
         }
     }

@@ -37,6 +37,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
+use wxpay_server::client::MerchantApi;
 
 const APPID: &str = "wx7c1e9a3b5d2f4608";
 const MCH_ID: &str = "1900000777";
@@ -620,11 +621,10 @@ async fn chaos_faults_and_two_sigkills_lose_and_duplicate_nothing() {
         sim: sim_url.clone(),
         tokens: Mutex::default(),
     });
-    let resp =
-        client.http.get(format!("{server_url}/admin/api/products/cola/link")).bearer_auth(ADMIN_TOKEN).send().await;
-    let resp = resp.expect("the Native link");
-    assert_eq!(resp.status(), 200, "the Native link");
-    let link = resp.text().await.unwrap();
+    let admin = MerchantApi::new(client.http.clone(), server_url.clone(), Some(ADMIN_TOKEN.into()));
+    let reply = admin.product_link("cola").await.expect("the Native link");
+    assert_eq!(reply.status, 200, "the Native link: {}", reply.body);
+    let link = reply.body.as_str().expect("the Native link as text").to_owned();
 
     // The fault switcher: a new global fault set every second.
     let stop = Arc::new(AtomicBool::new(false));

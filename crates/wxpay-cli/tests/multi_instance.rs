@@ -33,6 +33,7 @@ use sqlx::Row;
 use wxpay_proto::clock::SystemClock;
 use wxpay_proto::msg::notify::{build_pay_notification, PayNotification};
 use wxpay_proto::{ApiKey, AppId, BeijingTime, Fen, MchId, Openid, OutTradeNo, SignType, TradeType, TransactionId};
+use wxpay_server::client::{MerchantApi, Reply};
 use wxpay_server::store::postgres::testing::{database_url_or_skip, FreshDatabase};
 use wxpay_sim::{FaultConfig, FaultSet, MerchantConfig, SimConfig, SimHandle};
 
@@ -327,29 +328,22 @@ impl Client {
         self.instances.read().unwrap()[i % 2].clone()
     }
 
-    /// POST/GET JSON to instance `preferred` (the other one if it is down); status and body.
-    async fn call(&self, preferred: usize, method: &str, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+    /// Makes `call` on instance `preferred` (on the other one if it is down); status and body.
+    async fn call<F, Fut>(&self, preferred: usize, what: &str, call: F) -> (u16, Value)
+    where
+        F: Fn(MerchantApi) -> Fut,
+        Fut: std::future::Future<Output = Result<Reply, reqwest::Error>>,
+    {
         let mut last_error = String::new();
         for i in [preferred, preferred + 1] {
-            let url = format!("{}{path}", self.instance(i));
-            let mut req = match method {
-                "GET" => self.http.get(url),
-                _ => self.http.post(url).json(&body),
-            };
-            if let Some(t) = token {
-                req = req.bearer_auth(t);
-            }
-            match req.send().await {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    return (status, resp.json().await.unwrap_or(Value::Null));
-                }
+            match call(MerchantApi::new(self.http.clone(), self.instance(i), None)).await {
+                Ok(reply) => return reply.into_pair(),
                 // Refused, or cut off by the kill: retry on the other instance (every call
                 // made here is idempotent or harmless to repeat).
                 Err(e) => last_error = e.to_string(),
             }
         }
-        panic!("{method} {path}: both instances failed: {last_error}");
+        panic!("{what}: both instances failed: {last_error}");
     }
 
     async fn phone(&self, path: &str, body: Value) -> Value {
@@ -358,7 +352,8 @@ impl Client {
 
     async fn login(&self, user: &str, via: usize) -> String {
         let code = self.phone("/sim/phone/login", json!({"appid": APPID, "user": user})).await;
-        let (status, body) = self.call(via, "POST", "/api/mp/login", None, json!({"code": code["code"]})).await;
+        let code = code["code"].as_str().unwrap_or_default();
+        let (status, body) = self.call(via, "POST /api/mp/login", |api| async move { api.login(code).await }).await;
         assert_eq!(status, 200, "login of {user}: {body}");
         body["token"].as_str().unwrap().to_owned()
     }
@@ -366,12 +361,14 @@ impl Client {
     /// Orders a coffee through instance `via`, gets the payment parameters there, pays on the
     /// phone. Returns the order number.
     async fn order_and_pay(&self, user: &str, token: &str, via: usize) -> String {
-        let items = json!({"items": [{"product_id": "coffee", "quantity": 1}]});
-        let (status, order) = self.call(via, "POST", "/api/orders", Some(token), items).await;
+        let (status, order) = self
+            .call(via, "POST /api/orders", |api| async move { api.create_order(token, &[("coffee", 1)]).await })
+            .await;
         assert_eq!(status, 201, "create order for {user}: {order}");
         let order_no = order["order_no"].as_str().unwrap().to_owned();
+        let no = order_no.as_str();
         let (status, mut params) =
-            self.call(via, "POST", &format!("/api/orders/{order_no}/pay"), Some(token), json!({})).await;
+            self.call(via, "POST /api/orders/{no}/pay", |api| async move { api.pay(token, no).await }).await;
         assert_eq!(status, 200, "pay {order_no}: {params}");
         params["user"] = json!(user);
         params["appid"] = json!(APPID);

@@ -12,12 +12,14 @@
 //!   WeChat error codes above it.
 //! * [`worker`]: reconciler and outbox, as step functions.
 //! * [`qr`]: Native mode-1 links and QR images.
+//! * [`client`]: a client of this server's own API (used by `wxpay demo`, `wxpay bench` and the tests).
 
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod app;
 pub mod cache;
+pub mod client;
 pub mod config;
 pub mod domain;
 pub mod metrics;

@@ -97,22 +97,19 @@ async fn check_one(t: &Target, e: &Expect) -> Result<Option<f64>, String> {
             }
         }
     };
-    let resp = t
-        .http
-        // Any instance sees the shared store.
-        .get(format!("{}/admin/api/orders/{order_no}", t.server(0)))
-        .bearer_auth(&t.admin_token)
-        .send()
-        .await
-        .map_err(|e| format!("{order_no}: server unreachable: {e}"))?;
-    let status = resp.status().as_u16();
+    // Any instance sees the shared store.
+    let reply = t.api(0).admin_order(order_no).await.map_err(|e| format!("{order_no}: server unreachable: {e}"))?;
+    let status = reply.status;
     if status == 404 {
         return if sim_paid { Err(format!("{order_no}: paid at WeChat, unknown here")) } else { Ok(None) };
     }
     if status != 200 {
         return Err(format!("{order_no}: admin API answered HTTP {status}"));
     }
-    let v: Value = resp.json().await.map_err(|e| format!("{order_no}: admin answer: {e}"))?;
+    let v = reply.body;
+    if !v.is_object() {
+        return Err(format!("{order_no}: admin answer: not a JSON object: {v}"));
+    }
     let ours = v["order"]["status"].as_str().unwrap_or("?").to_owned();
     let events: Vec<&Value> =
         v["outbox"].as_array().map(|a| a.iter().filter(|o| o["kind"] == "order.paid").collect()).unwrap_or_default();

@@ -36,9 +36,8 @@ pub async fn poll_until_paid(
     at: usize,
 ) -> Result<(), FlowError> {
     let started = Instant::now();
-    let url = format!("{}/api/orders/{order_no}", t.server(at));
     loop {
-        let v = t.json(rec, "api.poll", t.get(url.clone(), Some(token))).await?;
+        let v = t.call(rec, "api.poll", t.api(at).order(token, order_no)).await?;
         if v["status"] == "PAID" {
             rec.since("wait.paid", started);
             return Ok(());
@@ -62,7 +61,7 @@ impl Flow for Miniprogram {
         pay["user"] = json!(user);
         pay["appid"] = json!(t.appid);
         pay["action"] = json!("pay");
-        let paid = t.json(rec, "sim.phone.pay", t.post(format!("{}/sim/phone/pay", t.sim), None, &pay)).await?;
+        let paid = t.json(rec, "sim.phone.pay", t.phone("pay", &pay)).await?;
         if paid["errMsg"] != "requestPayment:ok" {
             return Err(fail("sim.phone.pay", paid["errMsg"].as_str().unwrap_or("no errMsg")));
         }

@@ -26,6 +26,7 @@ use anyhow::Context;
 use clap::ValueEnum;
 use serde_json::{json, Value};
 use wxpay_proto::clock::SystemClock;
+use wxpay_server::client::{MerchantApi, Reply};
 use wxpay_server::config::{redacted_url, sandbox, Config, Secret};
 use wxpay_server::store::postgres::testing::{is_postgres_url, FreshDatabase};
 
@@ -107,10 +108,9 @@ pub struct BenchArgs {
 /// Where the flows go, and what they need to know.
 pub struct Target {
     pub http: reqwest::Client,
-    /// Base URLs of the server instances (at least one).
-    pub servers: Vec<String>,
+    /// The API of each server instance (at least one), sharing `http` and the admin token.
+    pub apis: Vec<MerchantApi>,
     pub sim: String,
-    pub admin_token: String,
     pub appid: String,
     pub mch_id: String,
     pub api_key: String,
@@ -141,11 +141,25 @@ fn classify(e: &reqwest::Error) -> &'static str {
     }
 }
 
+/// The body of a 2xx JSON answer, else `"HTTP {status} {code}"` or `"not JSON"`.
+fn ok_json(step: &str, status: u16, body: Option<Value>) -> Result<Value, FlowError> {
+    if !(200..300).contains(&status) {
+        let code = body.as_ref().and_then(|v| v["code"].as_str()).unwrap_or_default();
+        return Err(fail(step, format!("HTTP {status} {code}").trim_end()));
+    }
+    body.ok_or_else(|| fail(step, "not JSON"))
+}
+
 impl Target {
     /// The base URL of instance `i % N`: flows pick instances by number so that one flow's steps
     /// cross instances.
     pub fn server(&self, i: usize) -> &str {
-        &self.servers[i % self.servers.len()]
+        self.api(i).base()
+    }
+
+    /// The API of instance `i % N` (see [`Target::server`]).
+    pub fn api(&self, i: usize) -> &MerchantApi {
+        &self.apis[i % self.apis.len()]
     }
 
     /// Sends a request, timing it under `step`; the status and the body.
@@ -172,49 +186,36 @@ impl Target {
         req: reqwest::RequestBuilder,
     ) -> Result<Value, FlowError> {
         let (status, body) = self.send(rec, step, req).await?;
-        if !(200..300).contains(&status) {
-            let code = serde_json::from_slice::<Value>(&body)
-                .ok()
-                .and_then(|v| v["code"].as_str().map(str::to_owned))
-                .unwrap_or_default();
-            return Err(fail(step, format!("HTTP {status} {code}").trim_end()));
-        }
-        serde_json::from_slice(&body).map_err(|_| fail(step, "not JSON"))
+        ok_json(step, status, serde_json::from_slice(&body).ok())
     }
 
-    pub fn post(&self, url: String, token: Option<&str>, body: &Value) -> reqwest::RequestBuilder {
-        let req = self.http.post(url).json(body);
-        match token {
-            Some(t) => req.bearer_auth(t),
-            None => req,
-        }
+    /// Makes one merchant-API call (one request), timing it under `step`; it must answer 2xx JSON.
+    pub async fn call(
+        &self,
+        rec: &mut Recorder,
+        step: &'static str,
+        call: impl Future<Output = Result<Reply, reqwest::Error>>,
+    ) -> Result<Value, FlowError> {
+        let start = Instant::now();
+        self.live.requests.fetch_add(1, Ordering::Relaxed);
+        let reply = call.await.map_err(|e| fail(step, classify(&e)))?;
+        rec.since(step, start);
+        // The client gives a body that is not JSON as a string (no endpoint timed here answers one).
+        let body = Some(reply.body).filter(|b| !b.is_string() && !b.is_null());
+        ok_json(step, reply.status, body)
     }
 
-    pub fn get(&self, url: String, token: Option<&str>) -> reqwest::RequestBuilder {
-        let req = self.http.get(url);
-        match token {
-            Some(t) => req.bearer_auth(t),
-            None => req,
-        }
+    /// A POST of JSON to the simulator's phone API (`path` under `/sim/phone/`).
+    pub fn phone(&self, path: &str, body: &Value) -> reqwest::RequestBuilder {
+        self.http.post(format!("{}/sim/phone/{path}", self.sim)).json(body)
     }
 
     /// `wx.login` on the phone, then our `/api/mp/login` on instance `at`: the session token.
     pub async fn login(&self, rec: &mut Recorder, user: &str, at: usize) -> Result<String, FlowError> {
-        let code = self
-            .json(
-                rec,
-                "sim.phone.login",
-                self.post(format!("{}/sim/phone/login", self.sim), None, &json!({"appid": self.appid, "user": user})),
-            )
-            .await?;
+        let code =
+            self.json(rec, "sim.phone.login", self.phone("login", &json!({"appid": self.appid, "user": user}))).await?;
         let code = code["code"].as_str().ok_or_else(|| fail("sim.phone.login", "no code"))?;
-        let login = self
-            .json(
-                rec,
-                "api.login",
-                self.post(format!("{}/api/mp/login", self.server(at)), None, &json!({"code": code})),
-            )
-            .await?;
+        let login = self.call(rec, "api.login", self.api(at).login(code)).await?;
         login["token"].as_str().map(str::to_owned).ok_or_else(|| fail("api.login", "no token"))
     }
 
@@ -226,26 +227,10 @@ impl Target {
         token: &str,
         at: usize,
     ) -> Result<(String, u64, Value), FlowError> {
-        let order = self
-            .json(
-                rec,
-                "api.create_order",
-                self.post(
-                    format!("{}/api/orders", self.server(at)),
-                    Some(token),
-                    &json!({"items": [{"product_id": "coffee", "quantity": 1}]}),
-                ),
-            )
-            .await?;
+        let order = self.call(rec, "api.create_order", self.api(at).create_order(token, &[("coffee", 1)])).await?;
         let order_no = order["order_no"].as_str().ok_or_else(|| fail("api.create_order", "no order_no"))?.to_owned();
         let amount = order["amount_fen"].as_u64().ok_or_else(|| fail("api.create_order", "no amount_fen"))?;
-        let params = self
-            .json(
-                rec,
-                "api.pay",
-                self.post(format!("{}/api/orders/{order_no}/pay", self.server(at)), Some(token), &json!({})),
-            )
-            .await?;
+        let params = self.call(rec, "api.pay", self.api(at).pay(token, &order_no)).await?;
         Ok((order_no, amount, params))
     }
 }
@@ -501,11 +486,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let live = Arc::new(Live::default());
+    let apis = servers.into_iter().map(|s| MerchantApi::new(http.clone(), s, Some(admin_token.clone()))).collect();
     let target = Arc::new(Target {
         http,
-        servers,
+        apis,
         sim,
-        admin_token,
         appid: sandbox::APPID.into(),
         mch_id: sandbox::MCH_ID.into(),
         api_key: sandbox::API_KEY.into(),
@@ -550,7 +535,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut report = report(&args, count, rec, elapsed, extra, Some(&verdict));
     if let Some((now, peak)) = rss_after_load {
         report["rss_mib"] = json!({
-            "process": match target.servers.len() {
+            "process": match target.apis.len() {
                 1 => "bench + simulator + server (in-process)".to_owned(),
                 n => format!("bench + simulator + {n} servers (in-process)"),
             },
@@ -561,7 +546,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             report["rss_mib"]["process"] = json!("load generator only");
         }
     }
-    report["instances"] = json!(target.servers.len());
+    report["instances"] = json!(target.apis.len());
     report["crossed_flows"] = json!(target.live.crossed.load(Ordering::Relaxed));
     if let Some(e) = &embedded {
         // What each instance itself says it served (its own metrics), not what the load

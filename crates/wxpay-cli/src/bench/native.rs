@@ -24,15 +24,10 @@ pub struct Native {
 impl Native {
     /// Fetches the signed mode-1 link of the `cola` product once.
     pub async fn new(t: &Target) -> anyhow::Result<Native> {
-        let resp = t
-            .http
-            .get(format!("{}/admin/api/products/cola/link", t.server(0)))
-            .bearer_auth(&t.admin_token)
-            .send()
-            .await
-            .context("fetching the Native link")?;
-        anyhow::ensure!(resp.status().is_success(), "the Native link: HTTP {}", resp.status());
-        Ok(Native { link: resp.text().await?, orders: Mutex::new(Vec::new()) })
+        let reply = t.api(0).product_link("cola").await.context("fetching the Native link")?;
+        anyhow::ensure!(reply.is_success(), "the Native link: HTTP {}: {}", reply.status, reply.body);
+        let link = reply.body.as_str().context("the Native link is not text")?.to_owned();
+        Ok(Native { link, orders: Mutex::new(Vec::new()) })
     }
 
     pub fn expectations(&self) -> Vec<Expect> {
@@ -44,24 +39,16 @@ impl Flow for Native {
     async fn run(&self, t: &Target, vu: usize, seq: u64, rec: &mut Recorder) -> Result<(), FlowError> {
         let user = format!("nt-{vu}-{seq}");
         let scan = t
-            .json(
-                rec,
-                "sim.phone.scan",
-                t.post(
-                    format!("{}/sim/phone/scan", t.sim),
-                    None,
-                    &json!({"user": user, "url": self.link, "action": "pay"}),
-                ),
-            )
+            .json(rec, "sim.phone.scan", t.phone("scan", &json!({"user": user, "url": self.link, "action": "pay"})))
             .await?;
         let Some(order_no) = scan["out_trade_no"].as_str() else {
             return Err(fail("sim.phone.scan", scan["err_code_des"].as_str().unwrap_or("did not pay")));
         };
         self.orders.lock().unwrap_or_else(|p| p.into_inner()).push(order_no.to_owned());
         let started = Instant::now();
-        let url = format!("{}/admin/api/orders/{order_no}", t.server(seq as usize + 1));
+        let api = t.api(seq as usize + 1);
         loop {
-            let v = t.json(rec, "admin.poll", t.get(url.clone(), Some(&t.admin_token))).await?;
+            let v = t.call(rec, "admin.poll", api.admin_order(order_no)).await?;
             if v["order"]["status"] == "PAID" {
                 rec.since("wait.paid", started);
                 return Ok(());

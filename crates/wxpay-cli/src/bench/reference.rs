@@ -53,10 +53,9 @@ impl Flow for Commit {
 
 fn target(live: Arc<Live>, http: reqwest::Client, base: String) -> Arc<Target> {
     Arc::new(Target {
+        apis: vec![wxpay_server::client::MerchantApi::new(http.clone(), base.clone(), None)],
         http,
-        servers: vec![base.clone()],
         sim: base,
-        admin_token: String::new(),
         appid: String::new(),
         mch_id: String::new(),
         api_key: String::new(),

@@ -18,6 +18,7 @@ use wxpay_proto::clock::ManualClock;
 use wxpay_proto::msg::notify::{build_pay_notification, PayNotification};
 use wxpay_proto::{ApiKey, AppId, BeijingTime, Fen, MchId, Openid, OutTradeNo, SignType, TransactionId};
 use wxpay_server::app::{build_state, serve, RunningServer};
+use wxpay_server::client::MerchantApi;
 use wxpay_server::config::Config;
 use wxpay_sim::{FaultConfig, FaultSet, SimConfig, SimHandle};
 
@@ -34,6 +35,8 @@ pub struct TestEnv {
     pub server: Option<RunningServer>,
     pub clock: ManualClock,
     pub http: reqwest::Client,
+    /// Our API on the server (the address stays across [`TestEnv::restart`]).
+    pub api: MerchantApi,
     pub config: Config,
     pub dir: TempDir,
     pub fresh_db: Option<wxpay_server::store::postgres::testing::FreshDatabase>,
@@ -101,7 +104,9 @@ impl TestEnv {
 
         let state = build_state(config.clone(), Arc::new(clock.clone())).await.unwrap();
         let server = serve(state, server_listener).await.unwrap();
-        TestEnv { sim, server: Some(server), clock, http: reqwest::Client::new(), config, dir, fresh_db }
+        let http = reqwest::Client::new();
+        let api = MerchantApi::new(http.clone(), server_url, Some(ADMIN_TOKEN.into()));
+        TestEnv { sim, server: Some(server), clock, http, api, config, dir, fresh_db }
     }
 
     pub fn server(&self) -> &RunningServer {
@@ -143,9 +148,9 @@ impl TestEnv {
     /// `wx.login` on the phone, then our login endpoint. Returns the bearer token.
     pub async fn login(&self, user: &str) -> String {
         let code = self.phone_code(user).await;
-        let resp = self.post_json("/api/mp/login", None, json!({ "code": code })).await;
-        assert_eq!(resp.0, 200, "login failed: {}", resp.1);
-        resp.1["token"].as_str().unwrap().to_owned()
+        let resp = self.api.login(&code).await.unwrap();
+        assert_eq!(resp.status, 200, "login failed: {}", resp.body);
+        resp.body["token"].as_str().unwrap().to_owned()
     }
 
     pub async fn phone_code(&self, user: &str) -> String {
@@ -162,36 +167,24 @@ impl TestEnv {
         v["code"].as_str().unwrap().to_owned()
     }
 
+    /// POSTs JSON to any path of our API (for requests the [`MerchantApi`] methods do not make).
     pub async fn post_json(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
-        let mut req = self.http.post(self.url(path)).json(&body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        self.api.post(path, token, &body).await.unwrap().into_pair()
     }
 
     pub async fn get_json(&self, path: &str, token: Option<&str>) -> (u16, Value) {
-        let mut req = self.http.get(self.url(path));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        self.api.get(path, token).await.unwrap().into_pair()
     }
 
     /// Creates an order of `items` (product id, quantity); returns the order JSON.
     pub async fn create_order(&self, token: &str, items: &[(&str, u32)]) -> Value {
-        let items: Vec<Value> = items.iter().map(|(p, q)| json!({ "product_id": p, "quantity": q })).collect();
-        let (status, body) = self.post_json("/api/orders", Some(token), json!({ "items": items })).await;
-        assert_eq!(status, 201, "create order: {body}");
-        body
+        let reply = self.api.create_order(token, items).await.unwrap();
+        assert_eq!(reply.status, 201, "create order: {}", reply.body);
+        reply.body
     }
 
     pub async fn pay_params(&self, token: &str, order_no: &str) -> (u16, Value) {
-        self.post_json(&format!("/api/orders/{order_no}/pay"), Some(token), json!({})).await
+        self.api.pay(token, order_no).await.unwrap().into_pair()
     }
 
     /// `wx.requestPayment` on the phone with the parameters our server gave.
@@ -212,9 +205,10 @@ impl TestEnv {
     }
 
     pub async fn order(&self, token: &str, order_no: &str) -> (u16, Value) {
-        self.get_json(&format!("/api/orders/{order_no}"), Some(token)).await
+        self.api.order(token, order_no).await.unwrap().into_pair()
     }
 
+    /// GET any admin API path with the admin token.
     pub async fn admin_get(&self, path: &str) -> (u16, Value) {
         self.get_json(path, Some(ADMIN_TOKEN)).await
     }
@@ -231,7 +225,7 @@ impl TestEnv {
 
     /// The admin view of one order (order, events, notifications, outbox); asserts 200.
     pub async fn admin_detail(&self, order_no: &str) -> Value {
-        let (status, body) = self.admin_get(&format!("/admin/api/orders/{order_no}")).await;
+        let (status, body) = self.api.admin_order(order_no).await.unwrap().into_pair();
         assert_eq!(status, 200, "admin detail of {order_no}: {body}");
         body
     }
