@@ -235,3 +235,29 @@ fn a_large_bill_streams_in_bounded_memory() {
     assert_eq!(reader.summary().unwrap().count, rows);
     assert!(reader.buffer_capacity() <= 4096, "line buffer grew to {} bytes", reader.buffer_capacity());
 }
+
+/// Replays the fuzz crate's seed corpus (`fuzz/corpus/bill`): `ok-*` files are valid bills,
+/// `fail-*` are failure answers, `bad-*` must be refused, and nothing may panic.
+#[test]
+fn fuzz_corpus_replays() {
+    use wxpay_proto::msg::downloadbill::{classify_answer, DownloadBillAnswer};
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/bill");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let body = std::fs::read(&path).unwrap();
+        let answer = classify_answer(&body);
+        let parsed = parse_bill(&body);
+        if name.starts_with("ok-") {
+            assert!(matches!(answer, Ok(DownloadBillAnswer::Bill { .. })), "{name}: {answer:?}");
+            parsed.unwrap_or_else(|e| panic!("{name}: {e}"));
+        } else if name.starts_with("fail-") {
+            assert!(matches!(answer, Ok(DownloadBillAnswer::Failure(_))), "{name}: {answer:?}");
+        } else if name.starts_with("bad-") {
+            assert!(parsed.is_err(), "{name} parsed");
+        }
+        seen += 1;
+    }
+    assert!(seen >= 5, "only {seen} corpus files under {}", dir.display());
+}
