@@ -261,3 +261,30 @@ fn fuzz_corpus_replays() {
     }
     assert!(seen >= 5, "only {seen} corpus files under {}", dir.display());
 }
+
+#[test]
+fn amounts_convert_exactly_and_strictly() {
+    use wxpay_proto::bill::{parse_fee, parse_yuan};
+    assert_eq!(parse_yuan("0.1"), Ok(Fen::new(10)));
+    assert_eq!(parse_yuan("5"), Ok(Fen::new(500)));
+    assert_eq!(parse_yuan("0.0"), Ok(Fen::ZERO));
+    assert_eq!(parse_yuan("1234567.89"), Ok(Fen::new(123_456_789)));
+    for bad in ["", "-1.00", "1.", ".5", "1.001", "1e3", "+1", " 1", "1,00", "１.00", "99999999999999.00"] {
+        assert!(parse_yuan(bad).is_err(), "{bad:?} accepted");
+    }
+    assert_eq!(parse_fee("0.6"), Ok(MilliFen(60_000)));
+    assert_eq!(parse_fee("-0.00001"), Ok(MilliFen(-1)));
+    assert_eq!(parse_fee("0.52800"), Ok(MilliFen(52_800)));
+    assert_eq!(MilliFen(-1).to_string(), "-0.00001");
+    for bad in ["0.000001", "--1", "-", "0.0000a"] {
+        assert!(parse_fee(bad).is_err(), "{bad:?} accepted");
+    }
+}
+
+#[test]
+fn an_endless_line_is_refused_without_buffering_it() {
+    let endless = std::io::repeat(b'x').take(64 * 1024 * 1024);
+    let e = BillReader::open(BufReader::new(endless)).err().expect("an endless header line is refused");
+    assert_eq!((e.line, e.kind), (1, BillErrorKind::Malformed));
+    assert!(e.problem.contains("longer than"), "{e}");
+}
