@@ -156,7 +156,7 @@ fn renderer_refuses_what_the_format_cannot_carry() {
         body: "two\nlines".into(),
         ..BillRow::default()
     };
-    match render_bill(BillType::All, &[row.clone()], false) {
+    match render_bill(BillType::All, std::slice::from_ref(&row), false) {
         Err(RenderError::Value { column, .. }) => assert_eq!(column, "商品名称"),
         other => panic!("{other:?}"),
     }
