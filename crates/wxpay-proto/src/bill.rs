@@ -31,6 +31,12 @@
 //! * The summary is checked against the rows: the row count and every total that has a column in
 //!   both parts. A bill whose summary disagrees with its rows is refused.
 //!
+//! Not settled by the sources, so kept lenient or marked here: the position of 返还手续费 in
+//! `RECHARGE_REFUND` bills (columns are read by name, so only the renderer depends on it), and
+//! whether every summary total is the plain sum of its column over all rows, refund rows of an
+//! `ALL` bill included (this parser assumes so and refuses a bill where it is not; the error
+//! names the total, so a real bill that disagrees will show which assumption to revisit).
+//!
 //! Memory: the reader holds one line (at most [`MAX_LINE`] bytes) and the header, whatever the
 //! number of rows; see [`BillReader::buffer_capacity`].
 
