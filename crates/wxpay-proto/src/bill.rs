@@ -1,7 +1,8 @@
 //! The trade bill (交易账单) that `downloadbill` returns: a streaming parser into typed rows and
 //! its inverse, a renderer.
 //!
-//! # The format (official v2 "下载交易账单" page, WxJava / gopay / wechatpy parsers)
+//! # The format (WeChat's "下载交易账单" / "交易账单" pages, v2 and v3, and open-source parsers
+//! such as WxJava's)
 //!
 //! * UTF-8 text, one record per line (`\n`, `\r\n` accepted), fields separated by `,`.
 //! * Line 1: the detail header (明细表头). Its columns depend on `bill_type` and have changed over

@@ -1,7 +1,7 @@
 //! `POST /pay/downloadbill` (下载交易账单): the daily trade bill (对账单) of one merchant.
 //!
-//! Facts this module relies on (official v2 page "下载交易账单", cross-checked with the WxJava,
-//! gopay and wechatpy SDKs):
+//! Facts this module relies on (WeChat's "下载交易账单" pages and copies of the v2 page,
+//! cross-checked with open-source SDKs, WxJava's constants for the failure messages among them):
 //!
 //! * The request is ordinary signed XML: `appid`, `mch_id`, `nonce_str`, `sign` (and
 //!   `sign_type` when not MD5) plus `bill_date` (`yyyyMMdd`, only the last 3 months),
