@@ -11,6 +11,7 @@ use base64::Engine;
 
 use crate::fields::Fields;
 use crate::msg::code2session::{Code2Session, Code2SessionError, Code2SessionWire};
+use crate::msg::downloadbill::{classify_answer, BillFailure, DownloadBillAnswer, DownloadBillRequest};
 use crate::msg::{err_code, ApiRequest, Merchant, Message, ResponseHead};
 use crate::sign::{self, SignError, SignType};
 use crate::types::FieldError;
@@ -268,6 +269,81 @@ impl PayClient {
         R::Response::from_fields(&fields).map_err(ClientError::BadResponse)
     }
 
+    /// Downloads a trade bill (`/pay/downloadbill`) into `sink` chunk by chunk, so a bill of any
+    /// size up to `max_bill_bytes` never sits in memory. A failure answer (unsigned XML) is
+    /// returned as [`DownloadedBill::Failure`]; what the bill says is read afterwards with
+    /// [`crate::bill::BillReader::open`] over what was written.
+    pub async fn download_bill<W: std::io::Write>(
+        &self,
+        request: &DownloadBillRequest,
+        sink: &mut W,
+        max_bill_bytes: u64,
+    ) -> Result<DownloadedBill, ClientError> {
+        let sign_type = self.config.sign_type;
+        let body = xml::to_xml(&self.config.merchant.seal_request(request.to_fields(), sign_type));
+        let url = format!("{}{}", self.config.base_url.trim_end_matches('/'), DownloadBillRequest::PATH);
+        let timeout = self.config.timeout;
+        let mut response = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "text/xml; charset=utf-8")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| map_reqwest(e, timeout))?;
+        if !response.status().is_success() {
+            return Err(ClientError::HttpStatus(response.status().as_u16()));
+        }
+        // Hold the start until it tells XML (a failure) from a bill: 64 bytes or the whole body.
+        let mut head = Vec::new();
+        let mut written = 0u64;
+        let mut decided: Option<bool> = None; // Some(gzip) once streaming the bill
+        let sink_err = |e: std::io::Error| ClientError::Network(format!("cannot write the bill: {e}"));
+        loop {
+            let chunk = response.chunk().await.map_err(|e| map_reqwest(e, timeout))?;
+            let Some(chunk) = chunk else { break };
+            if decided.is_some() {
+                written += chunk.len() as u64;
+                if written > max_bill_bytes {
+                    return Err(ClientError::ResponseTooLarge(usize::try_from(max_bill_bytes).unwrap_or(usize::MAX)));
+                }
+                sink.write_all(&chunk).map_err(sink_err)?;
+                continue;
+            }
+            head.extend_from_slice(&chunk);
+            if head.len() > self.config.max_response_bytes {
+                // Too long for a failure answer, whatever it starts with.
+                return Err(ClientError::ResponseTooLarge(self.config.max_response_bytes));
+            }
+            if head.len() >= 64 {
+                if let DownloadBillAnswer::Bill { gzip } = classify_start(&head) {
+                    written = head.len() as u64;
+                    if written > max_bill_bytes {
+                        return Err(ClientError::ResponseTooLarge(
+                            usize::try_from(max_bill_bytes).unwrap_or(usize::MAX),
+                        ));
+                    }
+                    sink.write_all(&head).map_err(sink_err)?;
+                    head.clear();
+                    decided = Some(gzip);
+                }
+            }
+        }
+        if let Some(gzip) = decided {
+            return Ok(DownloadedBill::Written { bytes: written, gzip });
+        }
+        match classify_answer(&head).map_err(ClientError::BadResponse)? {
+            DownloadBillAnswer::Failure(f) => Ok(DownloadedBill::Failure(f)),
+            DownloadBillAnswer::Bill { gzip } => {
+                if head.len() as u64 > max_bill_bytes {
+                    return Err(ClientError::ResponseTooLarge(usize::try_from(max_bill_bytes).unwrap_or(usize::MAX)));
+                }
+                sink.write_all(&head).map_err(sink_err)?;
+                Ok(DownloadedBill::Written { bytes: head.len() as u64, gzip })
+            }
+        }
+    }
+
     /// Protocol layer, then signature and identity, then business layer (spec §0).
     fn check_response(&self, body: &[u8], sign_type: SignType) -> Result<Fields, ClientError> {
         let limits = XmlLimits { max_body: self.config.max_response_bytes, ..XmlLimits::default() };
@@ -282,6 +358,23 @@ impl PayClient {
             return Err(ClientError::Business { err_code, err_code_des });
         }
         Ok(fields)
+    }
+}
+
+/// What [`PayClient::download_bill`] got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DownloadedBill {
+    /// The bill was written to the sink: `bytes` as received, gzip or plain text.
+    Written { bytes: u64, gzip: bool },
+    /// WeChat answered `return_code=FAIL` (see [`BillFailure::kind`]).
+    Failure(BillFailure),
+}
+
+/// [`classify_answer`] on the start of a body, where an XML start means "wait for the rest".
+fn classify_start(head: &[u8]) -> DownloadBillAnswer {
+    match classify_answer(head) {
+        Ok(DownloadBillAnswer::Bill { gzip }) => DownloadBillAnswer::Bill { gzip },
+        _ => DownloadBillAnswer::Failure(BillFailure { return_msg: String::new(), error_code: None }),
     }
 }
 

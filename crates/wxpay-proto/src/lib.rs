@@ -3,10 +3,12 @@
 //! * [`sign`]: canonical string, MD5 / HMAC-SHA256, constant-time verification.
 //! * [`xml`]: the flat `<xml>` codec (CDATA out, hardened in).
 //! * [`msg`]: one module per message, each a typed request/response with validation.
+//! * [`bill`]: the trade bill of `downloadbill`, streaming parser and renderer.
 //! * [`client`]: async clients for the pay API and `jscode2session`.
 
 #![forbid(unsafe_code)]
 
+pub mod bill;
 pub mod client;
 pub mod clock;
 pub mod fields;

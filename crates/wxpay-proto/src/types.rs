@@ -95,6 +95,14 @@ impl BeijingTime {
     pub fn unix(self) -> i64 {
         self.0.timestamp()
     }
+    /// A Beijing wall-clock time (UTC+8 has no gaps or folds; `None` only out of chrono's range).
+    pub fn from_local(naive: NaiveDateTime) -> Option<Self> {
+        beijing().from_local_datetime(&naive).single().map(BeijingTime)
+    }
+    /// The Beijing wall-clock time.
+    pub fn naive_local(self) -> NaiveDateTime {
+        self.0.naive_local()
+    }
     /// The 14-digit wire form.
     pub fn to_wire(self) -> String {
         self.0.format("%Y%m%d%H%M%S").to_string()

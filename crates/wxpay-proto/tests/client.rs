@@ -260,3 +260,88 @@ async fn jscode2session_maps_success_and_errors() {
     assert!(matches!(err, SnsError::Api(ref e) if e.errcode == 40029) && !err.is_retryable());
     assert!(sns.code2session("busy").await.unwrap_err().is_retryable());
 }
+
+mod downloadbill {
+    use super::*;
+    use wxpay_proto::bill::{parse_bill, render_bill, BillRow};
+    use wxpay_proto::client::DownloadedBill;
+    use wxpay_proto::msg::downloadbill::{BillFailure, BillFailureKind, BillType, DownloadBillRequest};
+
+    fn bill(rows: usize, gzip: bool) -> Vec<u8> {
+        let rows: Vec<BillRow> = (0..rows)
+            .map(|i| BillRow {
+                trade_time: wxpay_proto::BeijingTime::from_unix(1_795_000_000 + i as i64),
+                out_trade_no: format!("ORDER{i:06}"),
+                trade_state: "SUCCESS".into(),
+                settlement_total_fee: Fen::new(100 + i as u64),
+                ..BillRow::default()
+            })
+            .collect();
+        render_bill(BillType::All, &rows, gzip).unwrap()
+    }
+
+    /// A fake pay host answering `/pay/downloadbill` with raw bytes.
+    async fn fake_bytes(answer: Vec<u8>) -> (String, Arc<Mutex<Vec<Fields>>>) {
+        let answer = Arc::new(answer);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        let app = Router::new().route(
+            "/pay/downloadbill",
+            post(move |body: axum::body::Bytes| {
+                let seen = seen2.clone();
+                let answer = answer.clone();
+                async move {
+                    seen.lock().unwrap().push(xml::parse(&body).unwrap());
+                    answer.as_ref().clone()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{addr}"), seen)
+    }
+
+    fn request() -> DownloadBillRequest {
+        DownloadBillRequest::new(chrono::NaiveDate::from_ymd_opt(2026, 11, 28).unwrap(), BillType::All)
+    }
+
+    #[tokio::test]
+    async fn a_bill_is_streamed_into_the_sink_plain_or_gzip() {
+        for gzip in [false, true] {
+            let body = bill(2_000, gzip);
+            let (base, seen) = fake_bytes(body.clone()).await;
+            let mut sink = Vec::new();
+            let req = if gzip { request().gzip() } else { request() };
+            let got = client(&base, SignType::HmacSha256).download_bill(&req, &mut sink, 64 << 20).await.unwrap();
+            assert_eq!(got, DownloadedBill::Written { bytes: body.len() as u64, gzip });
+            assert_eq!(sink, body);
+            assert_eq!(parse_bill(&sink).unwrap().0.len(), 2_000);
+            let sent = seen.lock().unwrap()[0].clone();
+            assert_eq!(sent.get("bill_date"), Some("20261128"));
+            assert_eq!(sent.get("tar_type"), if gzip { Some("GZIP") } else { None });
+            assert_eq!(sign::verify(&sent, &ApiKey::new(KEY), SignType::HmacSha256), Ok(()));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failure_answer_is_returned_not_written() {
+        let (base, _) = fake_bytes(xml::to_xml(&BillFailure::no_bill_exist().to_fields()).into_bytes()).await;
+        let mut sink = Vec::new();
+        let got = client(&base, SignType::Md5).download_bill(&request(), &mut sink, 1 << 20).await.unwrap();
+        match got {
+            DownloadedBill::Failure(f) => assert_eq!(f.kind(), BillFailureKind::NoBill),
+            other => panic!("{other:?}"),
+        }
+        assert!(sink.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_bill_over_the_limit_is_refused() {
+        let body = bill(2_000, false);
+        let (base, _) = fake_bytes(body.clone()).await;
+        let mut sink = Vec::new();
+        let e = client(&base, SignType::Md5).download_bill(&request(), &mut sink, 10_000).await.unwrap_err();
+        assert!(matches!(e, ClientError::ResponseTooLarge(10_000)), "{e:?}");
+    }
+}

@@ -10,6 +10,7 @@ use crate::types::{nonce, AppId, FieldError, MchId};
 
 pub mod closeorder;
 pub mod code2session;
+pub mod downloadbill;
 pub mod jsapi;
 pub mod native;
 pub mod notify;
