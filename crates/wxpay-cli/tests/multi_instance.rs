@@ -32,7 +32,7 @@ use serde_json::{json, Value};
 use sqlx::Row;
 use wxpay_proto::clock::SystemClock;
 use wxpay_proto::msg::notify::{build_pay_notification, PayNotification};
-use wxpay_proto::{ApiKey, AppId, BeijingTime, Fen, MchId, Openid, OutTradeNo, SignType, TradeType, TransactionId};
+use wxpay_proto::{ApiKey, AppId, BeijingTime, Fen, MchId, Openid, OutTradeNo, SignType, TransactionId};
 use wxpay_server::client::{MerchantApi, Reply};
 use wxpay_server::store::postgres::testing::{database_url_or_skip, FreshDatabase};
 use wxpay_sim::{FaultConfig, FaultSet, MerchantConfig, SimConfig, SimHandle};
@@ -382,26 +382,16 @@ impl Client {
 /// The payment notification of a paid order exactly as the simulator (WeChat) would send it.
 fn notification_of(sim: &SimHandle, order_no: &str) -> String {
     let o = sim.order(MCH_ID, order_no).expect("the simulator knows the order");
-    let n = PayNotification {
-        appid: AppId::parse(APPID).unwrap(),
-        mch_id: MchId::parse(MCH_ID).unwrap(),
-        result_code: "SUCCESS".into(),
-        err_code: None,
-        err_code_des: None,
-        openid: Openid::parse(o.payer_openid.as_deref().unwrap()).unwrap(),
-        is_subscribe: Some("N".into()),
-        trade_type: TradeType::Jsapi,
-        bank_type: "OTHERS".into(),
-        total_fee: Fen::new(o.total_fee),
-        settlement_total_fee: None,
-        fee_type: Some("CNY".into()),
-        cash_fee: Some(Fen::new(o.total_fee)),
-        transaction_id: TransactionId::parse(o.transaction_id.as_deref().unwrap()).unwrap(),
-        out_trade_no: OutTradeNo::parse(order_no).unwrap(),
-        attach: o.attach.clone(),
-        time_end: BeijingTime::parse_field("time_end", o.time_end.as_deref().unwrap()).unwrap(),
-        device_info: None,
-    };
+    let mut n = PayNotification::success(
+        AppId::parse(APPID).unwrap(),
+        MchId::parse(MCH_ID).unwrap(),
+        Openid::parse(o.payer_openid.as_deref().unwrap()).unwrap(),
+        OutTradeNo::parse(order_no).unwrap(),
+        TransactionId::parse(o.transaction_id.as_deref().unwrap()).unwrap(),
+        Fen::new(o.total_fee),
+        BeijingTime::parse_field("time_end", o.time_end.as_deref().unwrap()).unwrap(),
+    );
+    n.attach = o.attach.clone();
     wxpay_proto::xml::to_xml(&build_pay_notification(&n, &ApiKey::new(API_KEY), SignType::Md5))
 }
 
