@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use serde_json::Value;
-use wxpay_proto::msg::notify::{build_pay_notification, reply_is_success, PayNotification};
-use wxpay_proto::{ApiKey, AppId, BeijingTime, Fen, MchId, Openid, OutTradeNo, SignType, TradeType, TransactionId};
+use wxpay_proto::msg::notify::reply_is_success;
+use wxpay_proto::{ApiKey, AppId, MchId, TransactionId};
 use wxpay_sim::{FaultSet, Outcome};
 
 /// The sum of a Prometheus counter over the series whose labels include every `labels` pair.
@@ -33,28 +33,12 @@ async fn amount_and_openid(env: &TestEnv, order_no: &str) -> (u64, String) {
 }
 
 /// A payment notification as WeChat sends it, for any merchant identity, signed with `key`.
-fn pay_notification(order_no: &str, openid: &str, total_fee: u64, appid: &str, mch_id: &str, key: &str) -> String {
-    let n = PayNotification {
-        appid: AppId::parse(appid).unwrap(),
-        mch_id: MchId::parse(mch_id).unwrap(),
-        result_code: "SUCCESS".into(),
-        err_code: None,
-        err_code_des: None,
-        openid: Openid::parse(openid).unwrap(),
-        is_subscribe: Some("N".into()),
-        trade_type: TradeType::Jsapi,
-        bank_type: "OTHERS".into(),
-        total_fee: Fen::new(total_fee),
-        settlement_total_fee: None,
-        fee_type: Some("CNY".into()),
-        cash_fee: Some(Fen::new(total_fee)),
-        transaction_id: TransactionId::parse("4200000000202401010000000077").unwrap(),
-        out_trade_no: OutTradeNo::parse(order_no).unwrap(),
-        attach: None,
-        time_end: BeijingTime::from_utc(chrono::Utc::now()),
-        device_info: None,
-    };
-    wxpay_proto::xml::to_xml(&build_pay_notification(&n, &ApiKey::new(key), SignType::Md5))
+fn pay_notification_for(order_no: &str, openid: &str, total_fee: u64, appid: &str, mch_id: &str, key: &str) -> String {
+    let mut n = pay_notification(order_no, openid, total_fee);
+    n.appid = AppId::parse(appid).unwrap();
+    n.mch_id = MchId::parse(mch_id).unwrap();
+    n.transaction_id = TransactionId::parse("4200000000202401010000000077").unwrap();
+    signed(&n, key)
 }
 
 /// A refund-result notification for any `mch_id`, its `req_info` encrypted with `key`.
@@ -217,7 +201,7 @@ async fn notify_for_another_merchant_is_refused() {
     let (_token, order_no, _params) = env.ordered_and_prepaid("dave").await;
     let (amount, openid) = amount_and_openid(&env, &order_no).await;
     for (appid, mch_id) in [(APPID, "1900000999"), ("wx0000000000000001", MCH_ID)] {
-        let body = pay_notification(&order_no, &openid, amount, appid, mch_id, SANDBOX_KEY);
+        let body = pay_notification_for(&order_no, &openid, amount, appid, mch_id, SANDBOX_KEY);
         let (status, reply) = env.post_raw("/wxpay/notify", "text/xml", body).await;
         assert_eq!(status, 200, "{reply}");
         assert!(!reply_is_success(reply.as_bytes()), "acknowledged {appid}/{mch_id}: {reply}");
@@ -231,7 +215,7 @@ async fn notify_for_another_merchant_is_refused() {
     assert!(rejected.iter().all(|r| r["reason"].as_str().unwrap().starts_with("wrong_merchant")), "{detail}");
 
     // The same notification with our own identity is accepted: the refusals were about that.
-    let body = pay_notification(&order_no, &openid, amount, APPID, MCH_ID, SANDBOX_KEY);
+    let body = pay_notification_for(&order_no, &openid, amount, APPID, MCH_ID, SANDBOX_KEY);
     let (status, reply) = env.post_raw("/wxpay/notify", "text/xml", body).await;
     assert!(status == 200 && reply_is_success(reply.as_bytes()), "{status} {reply}");
     env.shutdown().await;
@@ -244,7 +228,7 @@ async fn oversized_notify_body_gets_413() {
     let env = TestEnv::start_with(|c, _| c.server.body_limit_bytes = 4096).await;
     let (_token, order_no, _params) = env.ordered_and_prepaid("erin").await;
     let (amount, openid) = amount_and_openid(&env, &order_no).await;
-    let valid = pay_notification(&order_no, &openid, amount, APPID, MCH_ID, SANDBOX_KEY);
+    let valid = pay_notification_for(&order_no, &openid, amount, APPID, MCH_ID, SANDBOX_KEY);
     let padded = format!("{valid}{}", "\n".repeat(4097 - valid.len()));
     assert_eq!(padded.len(), 4097);
     let (status, reply) = env.post_raw("/wxpay/notify", "text/xml", padded).await;
