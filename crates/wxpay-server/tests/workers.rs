@@ -353,6 +353,10 @@ impl Store for RiggedStore {
     async fn ping(&self) -> StoreResult<()> {
         self.inner.ping().await
     }
+
+    fn listen_for_outbox(&self, on_event: Box<dyn Fn() + Send + Sync>) -> Option<tokio::task::JoinHandle<()>> {
+        self.inner.listen_for_outbox(on_event)
+    }
 }
 
 /// A second instance's state on the same database, cache, simulator and clock, with its own
@@ -445,5 +449,45 @@ async fn a_batch_stops_before_its_lease_lapses() {
     for order_no in [&first, &second] {
         assert_eq!(env.admin_detail(order_no).await["order"]["status"], "PAYING");
     }
+    env.shutdown().await;
+}
+
+/// On PostgreSQL an event committed by one instance wakes the outbox worker of another at once
+/// (LISTEN/NOTIFY), instead of waiting for its tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_committed_by_one_instance_wakes_the_outbox_of_another() {
+    if wxpay_server::store::postgres::testing::database_url_or_skip("outbox LISTEN/NOTIFY").is_none() {
+        return;
+    }
+    let (hook, received) = webhook_receiver().await;
+    // The test's own server (instance A) runs no workers; B runs them with a tick far longer than
+    // the test, so only a notification from the database can wake it.
+    let env = TestEnv::start_with(|c, _| {
+        c.webhook.url = Some(hook.clone());
+        c.workers.tick_ms = 3_600_000;
+    })
+    .await;
+    let b = instance(&env, Arc::clone(&env.state().store), "instance-b");
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(wxpay_server::worker::run(b, StdDuration::from_secs(3600), stopped));
+    // B's first outbox pass (nothing to do) and its LISTEN happen at start.
+    tokio::time::sleep(StdDuration::from_millis(500)).await;
+    let (_, order_no, _) = env.ordered_and_prepaid("alice").await;
+    let (amount, openid) = {
+        let detail = env.admin_detail(&order_no).await;
+        (detail["order"]["amount_fen"].as_u64().unwrap(), detail["order"]["openid"].as_str().unwrap().to_owned())
+    };
+    let (_, reply) = env
+        .post_raw("/wxpay/notify", "text/xml", signed_pay_notification(&order_no, &openid, amount, SANDBOX_KEY))
+        .await;
+    assert!(reply.contains("SUCCESS"), "{reply}");
+    wait_for("instance B delivered the event committed on A", 10, || {
+        let received = received.clone();
+        let order_no = order_no.clone();
+        async move { received.lock().unwrap().iter().any(|e| e["order_no"] == order_no.as_str()).then_some(()) }
+    })
+    .await;
+    stop.send(true).unwrap();
+    worker.await.unwrap();
     env.shutdown().await;
 }

@@ -299,6 +299,11 @@ pub trait Store: Send + Sync {
 
     /// One round trip to the database, for health checks (cheap whatever the table sizes).
     async fn ping(&self) -> StoreResult<()>;
+
+    /// Calls `on_event` whenever any instance commits an outbox event, where the database can
+    /// tell (PostgreSQL `LISTEN`/`NOTIFY`), from a task it starts; `None` where it cannot (one
+    /// SQLite file has one writer: the in-process signal is enough).
+    fn listen_for_outbox(&self, on_event: Box<dyn Fn() + Send + Sync>) -> Option<tokio::task::JoinHandle<()>>;
 }
 
 impl From<sqlx::Error> for StoreError {

@@ -115,6 +115,30 @@ impl PostgresStore {
         op(&mut conn).await
     }
 
+    /// Listens on the `wxpay_outbox` channel (`NOTIFY` at each outbox insert) and calls
+    /// `on_event` for each notification; listens again after a lost connection.
+    fn outbox_listener(&self, on_event: Box<dyn Fn() + Send + Sync>) -> Option<tokio::task::JoinHandle<()>> {
+        let pool = self.pool.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                let listening = async {
+                    let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+                    listener.listen("wxpay_outbox").await?;
+                    loop {
+                        listener.recv().await?;
+                        on_event();
+                    }
+                };
+                let result: Result<(), sqlx::Error> = listening.await;
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "outbox listener: connection lost; listening again in 1 s");
+                }
+                // Events committed meanwhile are found by the worker's tick.
+                tokio::time::sleep(StdDuration::from_secs(1)).await;
+            }
+        }))
+    }
+
     async fn run_migrations(&self) -> StoreResult<()> {
         // sqlx takes an advisory lock, so instances starting together migrate one at a time.
         // Migrations are not requests: a waiting instance or a long index build must not hit the
@@ -137,6 +161,10 @@ mod dialect {
 
     /// Writers of one order queue on its row; other orders are untouched.
     pub(super) const LOCK_ROW: &str = " FOR UPDATE";
+
+    /// Delivered to every listening instance when the transaction commits (not before, and not
+    /// at all on rollback); several in one transaction are delivered once.
+    pub(super) const OUTBOX_NOTIFY: Option<&str> = Some("NOTIFY wxpay_outbox");
 
     /// What a caller sent is kept as BYTEA (see the migration): a TEXT cannot hold NUL.
     pub(super) fn caller_text(text: &str) -> &[u8] {

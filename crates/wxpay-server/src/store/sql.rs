@@ -172,6 +172,10 @@ macro_rules! sql_store {
                     .bind(ms(now))
                     .execute(&mut *self)
                     .await?;
+                    // Other instances' outbox workers hear of it at commit (where the backend can tell them).
+                    if let Some(notify) = dialect::OUTBOX_NOTIFY {
+                        sqlx::query(notify).execute(&mut *self).await?;
+                    }
                     Ok(())
                 }
 
@@ -695,6 +699,13 @@ macro_rules! sql_store {
                         .iter()
                         .map(|s| (*s, found.iter().find(|(f, _)| f == s).map_or(0, |(_, n)| *n)))
                         .collect())
+                }
+
+                fn listen_for_outbox(
+                    &self,
+                    on_event: Box<dyn Fn() + Send + Sync>,
+                ) -> Option<tokio::task::JoinHandle<()>> {
+                    self.outbox_listener(on_event)
                 }
 
                 async fn ping(&self) -> StoreResult<()> {

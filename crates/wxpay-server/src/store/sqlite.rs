@@ -105,6 +105,10 @@ impl SqliteStore {
         MIGRATOR.run(&self.pool).await?;
         Ok(())
     }
+
+    fn outbox_listener(&self, _on_event: Box<dyn Fn() + Send + Sync>) -> Option<tokio::task::JoinHandle<()>> {
+        None
+    }
 }
 
 /// What SQLite says differently.
@@ -113,6 +117,9 @@ mod dialect {
 
     /// The group-commit writer is the only writer: a read inside it cannot be overtaken.
     pub(super) const LOCK_ROW: &str = "";
+
+    /// One process writes the file: the in-process signal wakes its outbox worker.
+    pub(super) const OUTBOX_NOTIFY: Option<&str> = None;
 
     pub(super) fn caller_text(text: &str) -> &str {
         text

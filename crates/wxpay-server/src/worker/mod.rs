@@ -5,6 +5,7 @@
 //! also picks up retries and events other instances committed).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -36,7 +37,13 @@ pub(crate) fn lease_has_room(state: &AppState, claimed_at: DateTime<Utc>) -> boo
 /// Runs both workers until `shutdown` turns true.
 pub async fn run(state: SharedState, tick: Duration, shutdown: watch::Receiver<bool>) {
     let reconciler = tokio::spawn(reconcile_loop(state.clone(), tick, shutdown.clone()));
+    // Events committed by other instances wake this one too (PostgreSQL LISTEN/NOTIFY).
+    let woken = Arc::clone(&state);
+    let listener = state.store.listen_for_outbox(Box::new(move || woken.outbox_wake.notify_one()));
     outbox_loop(state, tick, shutdown).await;
+    if let Some(listener) = listener {
+        listener.abort();
+    }
     let _ = reconciler.await;
 }
 
