@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 use wxpay_proto::msg::notify::reply_is_success;
-use wxpay_proto::{ApiKey, AppId, MchId, TransactionId};
+use wxpay_proto::{AppId, MchId, TransactionId};
 use wxpay_sim::{FaultSet, Outcome};
 
 /// The sum of a Prometheus counter over the series whose labels include every `labels` pair.
@@ -39,28 +39,6 @@ fn pay_notification_for(order_no: &str, openid: &str, total_fee: u64, appid: &st
     n.mch_id = MchId::parse(mch_id).unwrap();
     n.transaction_id = TransactionId::parse("4200000000202401010000000077").unwrap();
     signed(&n, key)
-}
-
-/// A refund-result notification for any `mch_id`, its `req_info` encrypted with `key`.
-fn refund_notification_for(order_no: &str, out_refund_no: &str, total_fee: u64, mch_id: &str, key: &str) -> String {
-    let mut inner = wxpay_proto::Fields::new();
-    inner
-        .set("transaction_id", "4200000000202401010000000001")
-        .set("out_trade_no", order_no)
-        .set("refund_id", "50000000000000000000000000001")
-        .set("out_refund_no", out_refund_no)
-        .set("total_fee", total_fee.to_string())
-        .set("refund_fee", total_fee.to_string())
-        .set("refund_status", "SUCCESS")
-        .set("success_time", "2024-01-01 12:00:00");
-    let mut outer = wxpay_proto::Fields::new();
-    outer
-        .set("return_code", "SUCCESS")
-        .set("appid", APPID)
-        .set("mch_id", mch_id)
-        .set("nonce_str", "5K8264ILTKCH16CQ2502SI8ZNMTM67VS")
-        .set("req_info", wxpay_proto::msg::refund::encrypt_req_info(&inner, &ApiKey::new(key)));
-    wxpay_proto::xml::to_xml(&outer)
 }
 
 async fn pay_and_wait_paid(env: &TestEnv, user: &str, params: &Value, order_no: &str) {

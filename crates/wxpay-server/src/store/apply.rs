@@ -29,12 +29,15 @@ pub(crate) async fn apply<C: SqlConn + ?Sized>(
             record_cause(conn, cause, order_no, &ApplyOutcome::NotFound).await?;
             return Ok(ApplyOutcome::NotFound);
         };
-        // One WeChat payment pays one order only: who already holds this transaction?
-        let owner = match event {
-            OrderEvent::PaymentConfirmed { transaction_id, .. } => conn.transaction_owner(transaction_id).await?,
-            _ => None,
-        };
-        let outcome = match plan(&order, event, now, owner.as_ref()) {
+        let mut planned = plan(&order, event, now, None);
+        // One WeChat payment pays one order only. Only a payment about to be recorded needs to
+        // know who already holds its transaction (duplicates and refusals do not read it).
+        if let (Plan::Apply(_), OrderEvent::PaymentConfirmed { transaction_id, .. }) = (&planned, event) {
+            if let Some(owner) = conn.transaction_owner(transaction_id).await? {
+                planned = plan(&order, event, now, Some(&owner));
+            }
+        }
+        let outcome = match planned {
             Plan::AlreadyDone => ApplyOutcome::AlreadyDone(order),
             Plan::Reject { reason, flag: None } => ApplyOutcome::Rejected(order, reason),
             Plan::Reject { reason, flag: Some(flag) } => match write(conn, &order, flag, now).await? {

@@ -430,6 +430,11 @@ pub fn url_via(service_url: &str, addr: std::net::SocketAddr) -> String {
 /// A refund-result notification for an order as WeChat would send it (`req_info` encrypted with
 /// `key`), as the XML body.
 pub fn refund_notification(order_no: &str, out_refund_no: &str, total_fee: u64, key: &str) -> String {
+    refund_notification_for(order_no, out_refund_no, total_fee, MCH_ID, key)
+}
+
+/// [`refund_notification`] for any `mch_id`.
+pub fn refund_notification_for(order_no: &str, out_refund_no: &str, total_fee: u64, mch_id: &str, key: &str) -> String {
     let mut inner = wxpay_proto::Fields::new();
     inner
         .set("transaction_id", "4200000000202401010000000001")
@@ -444,7 +449,7 @@ pub fn refund_notification(order_no: &str, out_refund_no: &str, total_fee: u64, 
     outer
         .set("return_code", "SUCCESS")
         .set("appid", APPID)
-        .set("mch_id", MCH_ID)
+        .set("mch_id", mch_id)
         .set("nonce_str", "5K8264ILTKCH16CQ2502SI8ZNMTM67VS")
         .set("req_info", wxpay_proto::msg::refund::encrypt_req_info(&inner, &ApiKey::new(key)));
     wxpay_proto::xml::to_xml(&outer)
