@@ -32,15 +32,18 @@ impl FromRequestParts<SharedState> for CurrentUser {
     }
 }
 
-/// A caller holding the admin token.
-pub struct Admin;
+/// A caller holding an admin credential. `name` says who acted (the audit log's actor); the
+/// token from `server.admin_token` is named `admin`.
+pub struct Admin {
+    pub name: String,
+}
 
 impl FromRequestParts<SharedState> for Admin {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, AppError> {
         if is_admin_token(state, bearer(parts).unwrap_or("")) {
-            Ok(Admin)
+            Ok(Admin { name: "admin".to_owned() })
         } else {
             Err(AppError::new(axum::http::StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "admin token required"))
         }
