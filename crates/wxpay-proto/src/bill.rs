@@ -140,149 +140,83 @@ pub fn format_bill_time(t: BeijingTime) -> String {
     t.naive_local().format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
-/// The detail columns this crate knows, with their current header name and accepted aliases.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Column {
-    TradeTime,
-    AppId,
-    MchId,
-    SubMchId,
-    DeviceInfo,
-    TransactionId,
-    OutTradeNo,
-    Openid,
-    TradeType,
-    TradeState,
-    BankType,
-    FeeType,
-    SettlementTotalFee,
-    CouponFee,
-    RefundApplyTime,
-    RefundSuccessTime,
-    RefundId,
-    OutRefundNo,
-    SettlementRefundFee,
-    CouponRefundFee,
-    RefundChannel,
-    RefundStatus,
-    Body,
-    Attach,
-    ServiceFee,
-    FeeRate,
-    TotalFee,
-    RefundFee,
-    FeeRemark,
-    ReturnedFee,
+/// Declares the detail columns once: the enum, their header names (current first, then older
+/// ones) and the list of all of them in declaration order.
+macro_rules! bill_columns {
+    ($($column:ident => [$($name:literal),+],)+) => {
+        /// The detail columns this crate knows, with their current header name and accepted aliases.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Column {
+            $($column,)+
+        }
+
+        impl Column {
+            /// Every column, in declaration order (the order of [`Column::index`]).
+            pub const ALL: &'static [Column] = &[$(Column::$column,)+];
+            pub const COUNT: usize = Column::ALL.len();
+
+            /// The current header name first, then older names.
+            pub fn names(self) -> &'static [&'static str] {
+                match self {
+                    $(Column::$column => &[$($name),+],)+
+                }
+            }
+        }
+    };
+}
+
+bill_columns! {
+    TradeTime => ["交易时间"],
+    AppId => ["公众账号ID"],
+    MchId => ["商户号"],
+    SubMchId => ["特约商户号", "子商户号"],
+    DeviceInfo => ["设备号"],
+    TransactionId => ["微信订单号"],
+    OutTradeNo => ["商户订单号"],
+    Openid => ["用户标识"],
+    TradeType => ["交易类型"],
+    TradeState => ["交易状态"],
+    BankType => ["付款银行"],
+    FeeType => ["货币种类"],
+    SettlementTotalFee => ["应结订单金额", "总金额"],
+    CouponFee => ["代金券金额", "代金券或立减优惠金额", "企业红包金额"],
+    RefundApplyTime => ["退款申请时间"],
+    RefundSuccessTime => ["退款成功时间"],
+    RefundId => ["微信退款单号"],
+    OutRefundNo => ["商户退款单号"],
+    SettlementRefundFee => ["退款金额"],
+    CouponRefundFee => ["充值券退款金额", "代金券或立减优惠退款金额", "企业红包退款金额"],
+    RefundChannel => ["退款类型"],
+    RefundStatus => ["退款状态"],
+    Body => ["商品名称"],
+    Attach => ["商户数据包"],
+    ServiceFee => ["手续费"],
+    FeeRate => ["费率"],
+    TotalFee => ["订单金额"],
+    RefundFee => ["申请退款金额"],
+    FeeRemark => ["费率备注"],
+    ReturnedFee => ["返还手续费"],
 }
 
 impl Column {
-    pub const COUNT: usize = 30;
-
     /// The current header name.
     pub fn name(self) -> &'static str {
         self.names()[0]
-    }
-
-    /// The current header name first, then older names.
-    pub fn names(self) -> &'static [&'static str] {
-        use Column::*;
-        match self {
-            TradeTime => &["交易时间"],
-            AppId => &["公众账号ID"],
-            MchId => &["商户号"],
-            SubMchId => &["特约商户号", "子商户号"],
-            DeviceInfo => &["设备号"],
-            TransactionId => &["微信订单号"],
-            OutTradeNo => &["商户订单号"],
-            Openid => &["用户标识"],
-            TradeType => &["交易类型"],
-            TradeState => &["交易状态"],
-            BankType => &["付款银行"],
-            FeeType => &["货币种类"],
-            SettlementTotalFee => &["应结订单金额", "总金额"],
-            CouponFee => &["代金券金额", "代金券或立减优惠金额", "企业红包金额"],
-            RefundApplyTime => &["退款申请时间"],
-            RefundSuccessTime => &["退款成功时间"],
-            RefundId => &["微信退款单号"],
-            OutRefundNo => &["商户退款单号"],
-            SettlementRefundFee => &["退款金额"],
-            CouponRefundFee => &["充值券退款金额", "代金券或立减优惠退款金额", "企业红包退款金额"],
-            RefundChannel => &["退款类型"],
-            RefundStatus => &["退款状态"],
-            Body => &["商品名称"],
-            Attach => &["商户数据包"],
-            ServiceFee => &["手续费"],
-            FeeRate => &["费率"],
-            TotalFee => &["订单金额"],
-            RefundFee => &["申请退款金额"],
-            FeeRemark => &["费率备注"],
-            ReturnedFee => &["返还手续费"],
-        }
     }
 
     fn index(self) -> usize {
         self as usize
     }
 
-    fn all() -> [Column; Column::COUNT] {
-        use Column::*;
-        [
-            TradeTime,
-            AppId,
-            MchId,
-            SubMchId,
-            DeviceInfo,
-            TransactionId,
-            OutTradeNo,
-            Openid,
-            TradeType,
-            TradeState,
-            BankType,
-            FeeType,
-            SettlementTotalFee,
-            CouponFee,
-            RefundApplyTime,
-            RefundSuccessTime,
-            RefundId,
-            OutRefundNo,
-            SettlementRefundFee,
-            CouponRefundFee,
-            RefundChannel,
-            RefundStatus,
-            Body,
-            Attach,
-            ServiceFee,
-            FeeRate,
-            TotalFee,
-            RefundFee,
-            FeeRemark,
-            ReturnedFee,
-        ]
-    }
-
     fn from_header(name: &str) -> Option<Column> {
-        Column::all().into_iter().find(|c| c.names().contains(&name))
+        Column::ALL.iter().copied().find(|c| c.names().contains(&name))
     }
 
     /// The columns of the current layout of `bill_type`, in order.
     pub fn layout(bill_type: BillType) -> Vec<Column> {
         use Column::*;
-        let head = [
-            TradeTime,
-            AppId,
-            MchId,
-            SubMchId,
-            DeviceInfo,
-            TransactionId,
-            OutTradeNo,
-            Openid,
-            TradeType,
-            TradeState,
-            BankType,
-            FeeType,
-            SettlementTotalFee,
-            CouponFee,
-        ];
+        // Every layout starts with the 14 columns from 交易时间 to 代金券金额.
+        let head = &Column::ALL[..=CouponFee.index()];
         let refund = [RefundId, OutRefundNo, SettlementRefundFee, CouponRefundFee, RefundChannel, RefundStatus];
         let mut cols = head.to_vec();
         match bill_type {
