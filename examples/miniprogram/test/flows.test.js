@@ -1,6 +1,6 @@
 // The seed's first flow as the customer lives it, against a live `wxpay serve` and its simulator.
 const path = require('path')
-const { Phone, httpJson, sim, backend, until, text, ROOT } = require('./harness')
+const { Phone, httpJson, sim, backend, until, text, snapshot, ROOT } = require('./harness')
 
 const api = require(path.join(ROOT, 'utils/api'))
 api.retry.delaysMs = [50, 100, 200] // the pages' back-off, shortened for the test
@@ -26,10 +26,12 @@ async function fillCart(phone) {
   await phone.tap(catalogue, 'add-coffee')
   await phone.tap(catalogue, 'add-cola')
   await phone.tap(catalogue, 'add-cola')
+  snapshot(catalogue, '1-catalogue', '商品')
   await phone.tap(catalogue, 'checkout')
   await phone.navigatedTo('checkout')
   const checkout = await phone.open('checkout')
   expect(text(checkout, 'total')).toBe('¥18.00') // 12.00 + 2 × 3.00
+  snapshot(checkout, '2-checkout', '确认订单')
   return checkout
 }
 
@@ -52,6 +54,7 @@ test('first login, buy two products, pay, see PAID', async () => {
 
   const result = await phone.open('result', { order_no })
   expect(text(result, 'title')).toBe('支付成功')
+  snapshot(result, '3-result', '支付结果')
   const paid = await order(phone, order_no)
   expect(paid.status).toBe('PAID')
   expect(paid.amount_fen).toBe(1800)
@@ -65,6 +68,7 @@ test('cancel at the payment sheet keeps the order payable; paying later from my 
   await phone.tap(checkout, 'pay')
   await until('the cancel notice', () => text(checkout, 'notice'))
   expect(text(checkout, 'notice')).toContain('已取消支付')
+  snapshot(checkout, '4-cancelled', '确认订单')
   expect(phone.navigations).toEqual([])
 
   const orderNo = checkout.instance.data.orderNo
@@ -72,6 +76,7 @@ test('cancel at the payment sheet keeps the order payable; paying later from my 
 
   const orders = await phone.open('orders')
   expect(text(orders, `status-${orderNo}`)).toBe('待支付')
+  snapshot(orders, '5-my-orders', '我的订单')
   await phone.tap(orders, `pay-${orderNo}`)
   const { order_no } = await phone.navigatedTo('result')
   expect(order_no).toBe(orderNo)

@@ -143,9 +143,38 @@ class Phone {
   }
 }
 
+// What the WeChat client's built-in components look like, roughly: enough for a screenshot.
+const BASE_CSS = `
+  body { margin: 0; width: 375px; min-height: 667px; background: #f6f6f6; font: 15px/1.5 "Noto Sans CJK SC", sans-serif; color: #222; }
+  .bar { background: #fff; text-align: center; font-weight: bold; padding: 12px 0; border-bottom: 1px solid #eee; }
+  wx-view, wx-text { display: block; }
+  wx-button { display: block; text-align: center; border-radius: 6px; padding: 8px 14px; background: #f2f2f2; font-weight: bold; }
+  .main--row wx-button { display: inline-block; padding: 2px 12px; font-size: 13px; }
+`
+
+/**
+ * With WXPAY_SNAPSHOT_DIR set, writes the page as rendered now (its DOM and compiled WXSS) to
+ * `<dir>/<name>.html`; `npm run screenshots` turns those into the PNGs of docs/.
+ */
+function snapshot(page, name, title) {
+  const dir = process.env.WXPAY_SNAPSHOT_DIR
+  if (!dir) return
+  const fs = require('fs')
+  fs.mkdirSync(dir, { recursive: true })
+  const styles = [...document.head.querySelectorAll('style')].map((s) => s.outerHTML).join('\n')
+  // app.wxss as the harness scopes page styles: classes get the `main--` prefix, tags `wx-`.
+  const appWxss = fs.readFileSync(path.join(ROOT, 'app.wxss'), 'utf8')
+    .replace(/\.([A-Za-z][\w-]*)/g, '.main--$1')
+    .replace(/(^|[\s,}])page(?=[\s{,])/g, '$1body')
+    .replace(/(^|[\s,}])button(?=[\s.{,])/g, '$1wx-button')
+  const html = `<!doctype html><meta charset="utf-8"><style>${BASE_CSS}${appWxss}</style>${styles}` +
+    `<body><div class="bar">${title}</div>${page.dom.innerHTML}</body>`
+  fs.writeFileSync(path.join(dir, `${name}.html`), html)
+}
+
 function text(page, id) {
   const el = page.querySelector(`#${id}`)
   return el ? el.dom.textContent.trim() : null
 }
 
-module.exports = { Phone, httpJson, sim, backend, until, text, ROOT }
+module.exports = { Phone, httpJson, sim, backend, until, text, snapshot, ROOT }
