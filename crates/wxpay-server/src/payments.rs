@@ -147,15 +147,25 @@ fn ensure_payable(order: &Order, now: DateTime<Utc>) -> Result<(), PayError> {
     }
 }
 
-/// The `body` WeChat shows on the payment sheet ("商家名称-销售商品类目"), at most 128 characters.
+/// The `body` WeChat shows on the payment sheet ("商家名称-销售商品类目"), cut to WeChat's limit
+/// ([`crate::domain::catalogue::payment_body`]).
 fn order_body(order: &Order) -> String {
     let first = order.items.first().map(|i| i.name.as_str()).unwrap_or("order");
-    let mut body =
-        if order.items.len() > 1 { format!("{first} 等{}件", order.items.len()) } else { first.to_owned() };
-    if body.chars().count() > 128 {
-        body = body.chars().take(128).collect();
+    if order.items.len() > 1 {
+        let suffix = format!(" 等{}件", order.items.len());
+        let keep = crate::domain::catalogue::BODY_MAX_BYTES.saturating_sub(suffix.len());
+        format!("{}{suffix}", &first[..floor_char_boundary(first, keep)])
+    } else {
+        crate::domain::catalogue::payment_body(first)
     }
-    body
+}
+
+fn floor_char_boundary(s: &str, max: usize) -> usize {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    end
 }
 
 /// A live prepay id for the order: the stored one, or a new one from unifiedorder (within

@@ -195,7 +195,7 @@ where
             return Err(DomainError::BadQuantity { product_id, quantity, max: MAX_QUANTITY });
         }
         let product = lookup(&product_id).ok_or_else(|| DomainError::UnknownProduct(product_id.clone()))?;
-        if !product.active {
+        if !product.on_sale() {
             return Err(DomainError::InactiveProduct(product_id));
         }
         let line = product.price.checked_mul(quantity).ok_or(DomainError::AmountOverflow)?;
@@ -227,7 +227,7 @@ mod tests {
     use chrono::TimeZone;
 
     fn product(id: &str, price: u64, active: bool) -> Product {
-        Product { id: ProductId::parse(id).unwrap(), name: format!("name of {id}"), price: Fen::new(price), active }
+        Product { id: ProductId::parse(id).unwrap(), name: format!("name of {id}"), price: Fen::new(price), active, retired: false }
     }
 
     fn catalogue(id: &ProductId) -> Option<Product> {
@@ -277,7 +277,7 @@ mod tests {
     #[test]
     fn amount_overflow_is_an_error_not_a_wrap() {
         let huge = |id: &ProductId| {
-            Some(Product { id: id.clone(), name: "x".into(), price: Fen::new(u64::MAX / 2), active: true })
+            Some(Product { id: id.clone(), name: "x".into(), price: Fen::new(u64::MAX / 2), active: true, retired: false })
         };
         assert_eq!(price_order(huge, &[(pid("a"), 3)]), Err(DomainError::AmountOverflow));
         assert_eq!(price_order(huge, &[(pid("a"), 1), (pid("b"), 1), (pid("c"), 1)]), Err(DomainError::AmountOverflow));
