@@ -71,7 +71,13 @@ fn show(p: &Product) -> String {
     } else {
         "off sale"
     };
-    format!("{:<32}  {:>10}  {:<8}  {}", p.id.as_str(), format!("¥{}.{:02}", p.price.get() / 100, p.price.get() % 100), state, p.name)
+    format!(
+        "{:<32}  {:>10}  {:<8}  {}",
+        p.id.as_str(),
+        format!("¥{}.{:02}", p.price.get() / 100, p.price.get() % 100),
+        state,
+        p.name
+    )
 }
 
 pub async fn run(config_path: Option<std::path::PathBuf>, command: ProductsCommand) -> anyhow::Result<ExitCode> {
@@ -81,7 +87,9 @@ pub async fn run(config_path: Option<std::path::PathBuf>, command: ProductsComma
         ProductsCommand::List => {
             let products = store.list_products(false).await?;
             if products.is_empty() {
-                eprintln!("the catalogue is empty: add a product with `wxpay products add ID --name NAME --price-fen FEN`");
+                eprintln!(
+                    "the catalogue is empty: add a product with `wxpay products add ID --name NAME --price-fen FEN`"
+                );
             }
             for p in &products {
                 println!("{}", show(p));

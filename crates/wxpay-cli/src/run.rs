@@ -132,7 +132,9 @@ pub async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let sim = if config.simulator.enabled {
         let sim = wxpay_sim::start(embedded_sim_config(&config), Arc::new(SystemClock), config.simulator.listen)
             .await
-            .with_context(|| format!("cannot start the embedded simulator on {} (simulator.listen)", config.simulator.listen))?;
+            .with_context(|| {
+                format!("cannot start the embedded simulator on {} (simulator.listen)", config.simulator.listen)
+            })?;
         config.wechat.pay_base_url = sim.base_url();
         config.wechat.sns_base_url = sim.base_url();
         Some(sim)
@@ -175,11 +177,10 @@ pub async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 pub async fn sim(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
     init_tracing();
     let config = sim_config(config_path.as_deref())?;
-    let addr = listen
-        .or(config.simulator.listen)
-        .unwrap_or_else(|| "127.0.0.1:8090".parse().expect("valid address"));
-    let sim =
-        wxpay_sim::start(config, Arc::new(SystemClock), addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let addr = listen.or(config.simulator.listen).unwrap_or_else(|| "127.0.0.1:8090".parse().expect("valid address"));
+    let sim = wxpay_sim::start(config, Arc::new(SystemClock), addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
     println!("WeChat simulator listening on {}", sim.base_url());
     println!(
         "  pay API    {}/pay/unifiedorder, /pay/orderquery, /pay/closeorder, /secapi/pay/refund, ...",

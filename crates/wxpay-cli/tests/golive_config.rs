@@ -198,7 +198,11 @@ fn only_section_key_variables_are_configuration() {
     let out = wxpay(
         &["serve", "--check"],
         dir.path(),
-        &[("WXPAY_API_KEY", "192006250b4c09247ec02edce69f6a2d"), ("WXPAY_ADMIN_TOKEN", "x"), ("WXPAY_SIM_TIME_SCALE", "0.1")],
+        &[
+            ("WXPAY_API_KEY", "192006250b4c09247ec02edce69f6a2d"),
+            ("WXPAY_ADMIN_TOKEN", "x"),
+            ("WXPAY_SIM_TIME_SCALE", "0.1"),
+        ],
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("sandbox mode"));
@@ -277,7 +281,10 @@ fn sim_config_is_strict() {
     let out = wxpay(&["sim", "--config", path.to_str().unwrap()], dir.path(), &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{stderr}");
-    assert!(stderr.contains("sim.toml, line 2: time_scael") && stderr.contains("did you mean `time_scale`"), "{stderr}");
+    assert!(
+        stderr.contains("sim.toml, line 2: time_scael") && stderr.contains("did you mean `time_scale`"),
+        "{stderr}"
+    );
 
     let path = write(dir.path(), "sim2.toml", "[[merchants]]\nappid = \"wx2222222222222222\"\nmch_id = \"1\"\napi_key = \"k\"\napp_secret = \"s\"\nscan_url = \"x\"\n");
     let out = wxpay(&["sim", "--config", path.to_str().unwrap()], dir.path(), &[]);

@@ -1,9 +1,16 @@
-//! One typed configuration: TOML file, then `WXPAY_...` environment overrides (`__` between
-//! sections, e.g. `WXPAY_DATABASE__URL`). Secrets are redacted in `Debug`.
+//! One typed configuration: defaults, then the TOML file, then `WXPAY_<SECTION>__<KEY>`
+//! environment variables (e.g. `WXPAY_DATABASE__URL`; no other variable is read). Unknown keys
+//! are errors; every error is one [`ConfigError`] naming where the value came from (file and
+//! line, or the variable), the key, and for a misspelt key the nearest valid one
+//! ([`load_layers`], also used for the simulator's file by `wxpay sim`). Secrets are
+//! [`secrecy`] strings ([`Secret`]): zeroised, redacted in `Debug` and when printed.
 //!
 //! With no file and no overrides the result is **sandbox mode**: SQLite at `./data/wxpay.db`, the
 //! in-memory cache, the sandbox merchant, and (wired by `wxpay serve`) the simulator embedded on
-//! its own port.
+//! its own port. When WeChat is not simulated ([`Config::wechat_is_simulated`]), [`Config::validate`]
+//! refuses what would break in production: sandbox or missing credentials, a `public_url` WeChat
+//! cannot reach over HTTPS, a webhook without a real secret; and always a `database.url` that is
+//! neither SQLite nor PostgreSQL.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -175,7 +182,7 @@ pub struct OrdersConfig {
     pub ttl_secs: u64,
     /// At most one on-demand orderquery per order per this many seconds (client polls).
     pub poll_query_min_interval_secs: u64,
-    /// Seed a small demo catalogue at start (on by default in sandbox mode).
+    /// Seed a small demo catalogue at start; only ever while WeChat is simulated.
     pub seed_demo_catalogue: bool,
 }
 
@@ -336,7 +343,10 @@ pub enum Origin {
     Unknown,
     /// The key is not set anywhere: its built-in default is in force.
     Default,
-    File { path: PathBuf, line: Option<usize> },
+    File {
+        path: PathBuf,
+        line: Option<usize>,
+    },
     Env(String),
 }
 
@@ -554,9 +564,12 @@ impl Config {
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         let config: Config = load_layers(file, SERVER_ENV)?;
         if let Err(error) = config.validate() {
-            let sources = Sources { file: file.and_then(|path| {
-                std::fs::read_to_string(path).ok().map(|text| FileText { path: path.to_owned(), text })
-            }), env: SERVER_ENV.vars() };
+            let sources = Sources {
+                file: file.and_then(|path| {
+                    std::fs::read_to_string(path).ok().map(|text| FileText { path: path.to_owned(), text })
+                }),
+                env: SERVER_ENV.vars(),
+            };
             return Err(sources.locate(error));
         }
         Ok(config)
@@ -599,7 +612,10 @@ impl Config {
             return Err(invalid("wechat.mch_id", "is required: set the merchant number (商户号)"));
         }
         if self.wechat.app_secret.is_empty() {
-            return Err(invalid("wechat.app_secret", "is required for jscode2session: set the mini-program's AppSecret"));
+            return Err(invalid(
+                "wechat.app_secret",
+                "is required for jscode2session: set the mini-program's AppSecret",
+            ));
         }
         if self.orders.ttl_secs < 6 * 60 {
             return Err(invalid("orders.ttl_secs", "must be at least 360: WeChat needs time_expire 5 minutes ahead"));
@@ -649,7 +665,8 @@ impl Config {
             return Err(invalid("database.url", "is empty: set sqlite://PATH or postgres://USER@HOST/DB"));
         }
         if let Some((scheme, _)) = url.split_once(':') {
-            let is_scheme = scheme.len() > 1 && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+            let is_scheme =
+                scheme.len() > 1 && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
             if is_scheme && !matches!(scheme.to_ascii_lowercase().as_str(), "sqlite" | "postgres" | "postgresql") {
                 return Err(invalid(
                     "database.url",
@@ -710,8 +727,9 @@ impl Config {
                  address the internet reaches this server at, e.g. https://pay.example.com",
             ));
         }
-        let parsed = url::Url::parse(public_url)
-            .map_err(|e| invalid("server.public_url", format!("is not a URL ({e}): set e.g. https://pay.example.com")))?;
+        let parsed = url::Url::parse(public_url).map_err(|e| {
+            invalid("server.public_url", format!("is not a URL ({e}): set e.g. https://pay.example.com"))
+        })?;
         if parsed.scheme() != "https" {
             return Err(invalid(
                 "server.public_url",

@@ -61,8 +61,7 @@ fn link_fields(url: &str) -> Vec<String> {
 #[tokio::test]
 async fn products_are_created_validated_edited_and_audited() {
     let env = TestEnv::start().await;
-    let (status, created) =
-        post_product(&env, json!({"id": "latte", "name": "拿铁 Latte", "price_fen": 1500})).await;
+    let (status, created) = post_product(&env, json!({"id": "latte", "name": "拿铁 Latte", "price_fen": 1500})).await;
     assert_eq!(status, 201, "{created}");
     assert_eq!((created["price_fen"].as_u64(), created["active"].as_bool()), (Some(1500), Some(true)));
     let (status, again) = post_product(&env, json!({"id": "latte", "name": "x", "price_fen": 1})).await;
@@ -180,7 +179,8 @@ async fn a_retired_product_refuses_orders_and_scans_and_keeps_its_history() {
     assert_eq!((retired["retired"].as_bool(), retired["active"].as_bool()), (Some(true), Some(false)));
 
     // No new orders...
-    let (status, err) = env.post_json("/api/orders", Some(&token), json!({"items": [{"product_id": "sandwich", "quantity": 1}]})).await;
+    let (status, err) =
+        env.post_json("/api/orders", Some(&token), json!({"items": [{"product_id": "sandwich", "quantity": 1}]})).await;
     assert_eq!((status, err["code"].as_str()), (409, Some("PRODUCT_UNAVAILABLE")), "{err}");
     // ... no scans: the user reads the refusal text on the phone ...
     let answer = scan(&env, "dave", printed.trim(), "pay").await;

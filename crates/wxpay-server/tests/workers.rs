@@ -17,8 +17,8 @@ use wxpay_server::domain::catalogue::{CatalogueError, ProductChange};
 use wxpay_server::domain::{Order, OrderEvent, OrderStatus, Product, User};
 use wxpay_server::state::AppState;
 use wxpay_server::store::{
-    ApplyOutcome, AuditEvent, DueOrder, InboxCause, InboxRecord, OrderEventRecord, OrderFilter, OutboxEvent, ProductChanged,
-    Purged, RefusedCallback, Store, StoreResult, StoredNotification,
+    ApplyOutcome, AuditEvent, DueOrder, InboxCause, InboxRecord, OrderEventRecord, OrderFilter, OutboxEvent,
+    ProductChanged, Purged, RefusedCallback, Store, StoreResult, StoredNotification,
 };
 use wxpay_server::worker::{outbox, reconciler};
 use wxpay_sim::FaultSet;

@@ -244,7 +244,8 @@ async fn change_product(
 }
 
 fn existing_id(id: String) -> Result<ProductId, AppError> {
-    ProductId::parse(id).map_err(|e| AppError::not_found("PRODUCT_NOT_FOUND", format!("unknown product: {}", e.problem)))
+    ProductId::parse(id)
+        .map_err(|e| AppError::not_found("PRODUCT_NOT_FOUND", format!("unknown product: {}", e.problem)))
 }
 
 pub async fn create_product(

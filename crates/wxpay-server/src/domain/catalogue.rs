@@ -56,7 +56,9 @@ pub fn check_price(price_fen: u64) -> Result<Fen, CatalogueError> {
     if !(PRICE_MIN_FEN..=PRICE_MAX_FEN).contains(&price_fen) {
         return Err(invalid(
             "price_fen",
-            format!("must be between {PRICE_MIN_FEN} and {PRICE_MAX_FEN} fen (0.01 to 1,000,000 yuan), got {price_fen}"),
+            format!(
+                "must be between {PRICE_MIN_FEN} and {PRICE_MAX_FEN} fen (0.01 to 1,000,000 yuan), got {price_fen}"
+            ),
         ));
     }
     Ok(Fen::new(price_fen))
@@ -93,9 +95,18 @@ pub fn payment_body(text: &str) -> String {
 /// A catalogue change as requested (already decoded, not yet validated).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProductChange {
-    Create { id: String, name: String, price_fen: u64, active: bool },
+    Create {
+        id: String,
+        name: String,
+        price_fen: u64,
+        active: bool,
+    },
     /// Only the given fields change.
-    Update { name: Option<String>, price_fen: Option<u64>, active: Option<bool> },
+    Update {
+        name: Option<String>,
+        price_fen: Option<u64>,
+        active: Option<bool>,
+    },
     Retire,
 }
 
@@ -236,7 +247,8 @@ mod tests {
     #[test]
     fn updates_change_only_what_is_given() {
         let c = cola();
-        let p = ProductChange::Update { name: None, price_fen: Some(350), active: None }.apply(&c.id, Some(&c)).unwrap();
+        let p =
+            ProductChange::Update { name: None, price_fen: Some(350), active: None }.apply(&c.id, Some(&c)).unwrap();
         assert_eq!((p.name.as_str(), p.price, p.active), ("Cola", Fen::new(350), true));
         let p = ProductChange::Update { name: Some("Cola Zero".into()), price_fen: None, active: Some(false) }
             .apply(&c.id, Some(&c))

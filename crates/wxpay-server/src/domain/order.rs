@@ -227,7 +227,13 @@ mod tests {
     use chrono::TimeZone;
 
     fn product(id: &str, price: u64, active: bool) -> Product {
-        Product { id: ProductId::parse(id).unwrap(), name: format!("name of {id}"), price: Fen::new(price), active, retired: false }
+        Product {
+            id: ProductId::parse(id).unwrap(),
+            name: format!("name of {id}"),
+            price: Fen::new(price),
+            active,
+            retired: false,
+        }
     }
 
     fn catalogue(id: &ProductId) -> Option<Product> {
@@ -277,7 +283,13 @@ mod tests {
     #[test]
     fn amount_overflow_is_an_error_not_a_wrap() {
         let huge = |id: &ProductId| {
-            Some(Product { id: id.clone(), name: "x".into(), price: Fen::new(u64::MAX / 2), active: true, retired: false })
+            Some(Product {
+                id: id.clone(),
+                name: "x".into(),
+                price: Fen::new(u64::MAX / 2),
+                active: true,
+                retired: false,
+            })
         };
         assert_eq!(price_order(huge, &[(pid("a"), 3)]), Err(DomainError::AmountOverflow));
         assert_eq!(price_order(huge, &[(pid("a"), 1), (pid("b"), 1), (pid("c"), 1)]), Err(DomainError::AmountOverflow));

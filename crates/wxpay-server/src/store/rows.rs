@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 use wxpay_proto::{Fen, Openid, OutTradeNo, PrepayId, ProductId, TradeType, TransactionId};
 
-use super::{AuditEvent, DueOrder, InboxRecord, OrderEventRecord, OutboxEvent, StoreError, StoreResult, StoredNotification};
+use super::{
+    AuditEvent, DueOrder, InboxRecord, OrderEventRecord, OutboxEvent, StoreError, StoreResult, StoredNotification,
+};
 use crate::domain::{parse_name, Order, OrderItem, OrderStatus, OutboxMessage, Product, User};
 
 /// The order columns, in the order [`OrderRow`] has them.

@@ -317,7 +317,27 @@ macro_rules! sql_store {
                                 Ok(after) => after,
                                 Err(refused) => return Ok(Err(refused)),
                             };
-                            write_product(conn, &after, Some(now)).await?;
+                            if before.is_none() {
+                                // A creation: nothing to lock yet, so a concurrent creation of the
+                                // same id is caught by the primary key instead of overwritten.
+                                let inserted = sqlx::query(
+                                    "INSERT INTO products (id, name, price_fen, active, retired, updated_at) \
+                                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+                                )
+                                .bind(after.id.as_str())
+                                .bind(&after.name)
+                                .bind(fen_to_db(after.price)?)
+                                .bind(after.active)
+                                .bind(after.retired)
+                                .bind(ms(now))
+                                .execute(&mut *conn)
+                                .await?;
+                                if inserted.rows_affected() == 0 {
+                                    return Ok(Err($crate::domain::catalogue::CatalogueError::Exists(after.id)));
+                                }
+                            } else {
+                                write_product(conn, &after, Some(now)).await?;
+                            }
                             let audit_json = $crate::domain::catalogue::audit_json;
                             let audit_id: i64 = sqlx::query_scalar(
                                 "INSERT INTO audit_events (actor, at, action, subject, before, after) \
