@@ -115,7 +115,15 @@ pub async fn check(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let source = config_path.as_ref().map_or("no file, defaults".to_owned(), |p| p.display().to_string());
     println!("# configuration OK ({source}, then WXPAY_<SECTION>__<KEY> variables)");
     if config.wechat_is_simulated() {
-        println!("# sandbox mode: WeChat is simulated (demo catalogue seeded: {})", config.orders.seed_demo_catalogue);
+        let simulator = if config.simulator.enabled {
+            format!("the embedded simulator on {}", config.simulator.listen)
+        } else {
+            format!("the simulator at {}", config.wechat.pay_base_url)
+        };
+        println!(
+            "# sandbox mode: WeChat is simulated by {simulator} (demo catalogue: {})",
+            config.orders.seed_demo_catalogue
+        );
     } else {
         println!("# production: talking to WeChat at {}", config.wechat.pay_base_url);
     }

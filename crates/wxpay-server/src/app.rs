@@ -43,8 +43,17 @@ pub enum StartError {
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     let url = config.database.url.as_str();
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let store = PostgresStore::connect(url).await?;
-        store.migrate().await?;
+        let opened = async {
+            let store = PostgresStore::connect(url).await?;
+            store.migrate().await?;
+            Ok::<_, crate::store::StoreError>(store)
+        };
+        let store = opened.await.map_err(|e| {
+            StartError::Config(format!(
+                "cannot use the PostgreSQL database {} (database.url): {e}",
+                crate::config::redacted_url(url)
+            ))
+        })?;
         return Ok(Arc::new(store));
     }
     let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);

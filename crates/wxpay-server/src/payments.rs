@@ -147,25 +147,10 @@ fn ensure_payable(order: &Order, now: DateTime<Utc>) -> Result<(), PayError> {
     }
 }
 
-/// The `body` WeChat shows on the payment sheet ("商家名称-销售商品类目"), cut to WeChat's limit
-/// ([`crate::domain::catalogue::payment_body`]).
+/// The `body` WeChat shows on the payment sheet ("商家名称-销售商品类目"), within WeChat's limit.
 fn order_body(order: &Order) -> String {
     let first = order.items.first().map(|i| i.name.as_str()).unwrap_or("order");
-    if order.items.len() > 1 {
-        let suffix = format!(" 等{}件", order.items.len());
-        let keep = crate::domain::catalogue::BODY_MAX_BYTES.saturating_sub(suffix.len());
-        format!("{}{suffix}", &first[..floor_char_boundary(first, keep)])
-    } else {
-        crate::domain::catalogue::payment_body(first)
-    }
-}
-
-fn floor_char_boundary(s: &str, max: usize) -> usize {
-    let mut end = max.min(s.len());
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    end
+    crate::domain::catalogue::order_body(first, order.items.len())
 }
 
 /// A live prepay id for the order: the stored one, or a new one from unifiedorder (within

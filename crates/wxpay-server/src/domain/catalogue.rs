@@ -92,6 +92,20 @@ pub fn payment_body(text: &str) -> String {
     text[..end].to_owned()
 }
 
+/// The payment sheet's `body` of an order: its first line's name, followed by " 等N件" when it
+/// has N > 1 lines; cut (the name, not the count) to WeChat's limit.
+pub fn order_body(first_name: &str, lines: usize) -> String {
+    if lines <= 1 {
+        return payment_body(first_name);
+    }
+    let suffix = format!(" 等{lines}件");
+    let mut end = BODY_MAX_BYTES.saturating_sub(suffix.len()).min(first_name.len());
+    while !first_name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{suffix}", &first_name[..end])
+}
+
 /// A catalogue change as requested (already decoded, not yet validated).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProductChange {
@@ -231,6 +245,15 @@ mod tests {
         assert!(body.len() <= BODY_MAX_BYTES && body.len() > BODY_MAX_BYTES - 3, "{}", body.len());
         assert_eq!(body.chars().count(), 42);
         assert_eq!(payment_body(&"a".repeat(200)).len(), BODY_MAX_BYTES);
+    }
+
+    #[test]
+    fn an_order_body_names_its_first_line_and_counts_the_others_within_the_limit() {
+        assert_eq!(order_body("可乐 Cola", 1), "可乐 Cola");
+        assert_eq!(order_body("可乐 Cola", 3), "可乐 Cola 等3件");
+        let body = order_body(&"咖".repeat(128), 12);
+        assert!(body.ends_with(" 等12件") && body.len() <= BODY_MAX_BYTES, "{body}");
+        assert!(body.starts_with("咖咖"));
     }
 
     #[test]

@@ -275,6 +275,8 @@ mod tests {
         assert_eq!(err, DomainError::UnknownProduct(pid("nope")));
         assert!(err.to_string().contains("nope"));
         assert_eq!(price_order(catalogue, &[(pid("old"), 1)]), Err(DomainError::InactiveProduct(pid("old"))));
+        let retired = |id: &ProductId| Some(Product { retired: true, ..product(id.as_str(), 10, true) });
+        assert_eq!(price_order(retired, &[(pid("gone"), 1)]), Err(DomainError::InactiveProduct(pid("gone"))));
         assert_eq!(price_order(catalogue, &[(pid("free"), 1)]), Err(DomainError::ZeroAmount));
         let many: Vec<_> = (0..21).map(|i| (pid(&format!("p{i}")), 1)).collect();
         assert!(matches!(price_order(catalogue, &many), Err(DomainError::TooManyLines { got: 21, .. })));
