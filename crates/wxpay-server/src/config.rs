@@ -34,9 +34,42 @@ pub mod sandbox {
 /// A secret string ([`secrecy::SecretString`]: zeroised when dropped, never printed). It is not
 /// serialisable: [`Serialize`] writes `<redacted>` (or `""` when empty, so that "not set" shows),
 /// which is what `wxpay serve --check` prints.
-#[derive(Clone, Default, Deserialize)]
-#[serde(transparent)]
+#[derive(Clone, Default)]
 pub struct Secret(SecretString);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Secret, D::Error> {
+        lenient_string(deserializer).map(Secret::new)
+    }
+}
+
+/// A string value that an environment variable may have given as a number or a boolean: figment
+/// reads `WXPAY_WECHAT__MCH_ID=1900000109` as an integer, which is still the merchant number.
+fn lenient_string<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    struct Text;
+    impl serde::de::Visitor<'_> for Text {
+        type Value = String;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<String, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+    }
+    deserializer.deserialize_any(Text)
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Secret {
@@ -115,7 +148,9 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WechatConfig {
+    #[serde(deserialize_with = "lenient_string")]
     pub appid: String,
+    #[serde(deserialize_with = "lenient_string")]
     pub mch_id: String,
     pub api_key: Secret,
     pub app_secret: Secret,
@@ -879,6 +914,9 @@ mod tests {
             jail.set_env("WXPAY_API_KEY", "x");
             jail.set_env("WXPAY_SIM_TIME_SCALE", "0.5");
             assert!(Config::load(None).is_ok());
+            // A merchant number given in a variable reads as a number; it is still the text.
+            jail.set_env("WXPAY_WECHAT__MCH_ID", "1900000109");
+            assert_eq!(Config::load(None).map_err(|e| e.to_string())?.wechat.mch_id, "1900000109");
             jail.set_env("WXPAY_SERVER__PUBLIC_UR", "https://x");
             let err = Config::load(None).unwrap_err();
             assert_eq!(err.origin, Origin::Env("WXPAY_SERVER__PUBLIC_UR".into()));
