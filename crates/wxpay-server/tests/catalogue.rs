@@ -193,6 +193,12 @@ async fn a_retired_product_refuses_orders_and_scans_and_keeps_its_history() {
     assert!(all.as_array().unwrap().iter().any(|p| p["id"] == "sandwich" && p["retired"] == true), "{all}");
     let (status, err) = put_product(&env, "sandwich", json!({"active": true})).await;
     assert_eq!((status, err["code"].as_str()), (409, Some("PRODUCT_RETIRED")), "{err}");
+    // No new QR code for it either (neither on the sheet nor alone).
+    let (status, _) = env.get_text("/admin/api/products/sandwich/qr.png", Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 409);
+    let (status, sheet) = env.get_text("/admin/products/qr-sheet", Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200);
+    assert!(!sheet.contains("sandwich") && sheet.contains("coffee"), "{sheet}");
 
     // The order made before keeps its line and can still be looked at.
     let detail = env.admin_detail(&order_no).await;

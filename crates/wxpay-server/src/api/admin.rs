@@ -122,6 +122,9 @@ pub async fn product_qr(
         .get_product(&id)
         .await?
         .ok_or_else(|| AppError::not_found("PRODUCT_NOT_FOUND", format!("unknown product {id}")))?;
+    if product.retired {
+        return Err(crate::domain::catalogue::CatalogueError::Retired(product.id).into());
+    }
     // Validate the request before asking WeChat for a short link.
     let size = qr::check_size(q.size)?;
     if !matches!(file.as_str(), "qr.png" | "qr.svg" | "link" | "qr.txt") {
