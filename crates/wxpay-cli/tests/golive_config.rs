@@ -202,6 +202,7 @@ fn only_section_key_variables_are_configuration() {
             ("WXPAY_API_KEY", "192006250b4c09247ec02edce69f6a2d"),
             ("WXPAY_ADMIN_TOKEN", "x"),
             ("WXPAY_SIM_TIME_SCALE", "0.1"),
+            ("WXPAY_SIM_FAULTS__GLOBAL__NOTIFY_COPIES", "2"),
         ],
     );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
