@@ -31,9 +31,8 @@ pub mod sandbox {
     pub const APP_SECRET: &str = "sandbox-app-secret-0000000000000";
 }
 
-/// A secret string ([`secrecy::SecretString`]: zeroised when dropped, never printed). It is not
-/// serialisable: [`Serialize`] writes `<redacted>` (or `""` when empty, so that "not set" shows),
-/// which is what `wxpay serve --check` prints.
+/// A secret string ([`secrecy::SecretString`]: zeroised when dropped, never printed, not
+/// serialisable; the configuration prints it as `<redacted>`).
 #[derive(Clone, Default)]
 pub struct Secret(SecretString);
 
@@ -105,10 +104,10 @@ impl fmt::Debug for Secret {
     }
 }
 
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(if self.is_empty() { "" } else { "<redacted>" })
-    }
+/// How the configuration shows a secret when it is printed (`wxpay serve --check`): `<redacted>`,
+/// or `""` when empty, so that "not set" still shows. [`Secret`] itself is not serialisable.
+fn serialize_redacted<S: serde::Serializer>(secret: &Secret, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(if secret.is_empty() { "" } else { "<redacted>" })
 }
 
 fn serialize_redacted_url<S: serde::Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
@@ -136,6 +135,7 @@ pub struct ServerConfig {
     /// How WeChat reaches us: `notify_url` is `{public_url}/wxpay/notify`.
     pub public_url: String,
     /// Bearer token of the admin API. Empty: a random one is generated and printed at start.
+    #[serde(serialize_with = "serialize_redacted")]
     pub admin_token: Secret,
     /// Largest accepted body on WeChat callbacks and the JSON API, in bytes.
     pub body_limit_bytes: usize,
@@ -152,7 +152,9 @@ pub struct WechatConfig {
     pub appid: String,
     #[serde(deserialize_with = "lenient_string")]
     pub mch_id: String,
+    #[serde(serialize_with = "serialize_redacted")]
     pub api_key: Secret,
+    #[serde(serialize_with = "serialize_redacted")]
     pub app_secret: Secret,
     /// MD5 (default) or HMAC-SHA256, used for unifiedorder and therefore for paySign.
     pub sign_type: SignType,
@@ -163,6 +165,7 @@ pub struct WechatConfig {
     pub scan_unifiedorder_timeout_ms: u64,
     /// Merchant client certificate for refunds: a PKCS#12 file (password: mch_id by default)...
     pub client_cert_p12: Option<String>,
+    #[serde(serialize_with = "serialize_redacted")]
     pub client_cert_password: Secret,
     /// ...or a PEM certificate and key.
     pub client_cert_pem: Option<String>,
@@ -205,6 +208,7 @@ pub struct WebhookConfig {
     /// Where `order.paid` events are POSTed (optional).
     pub url: Option<String>,
     /// HMAC-SHA256 key for the `X-Wxpay-Signature` header.
+    #[serde(serialize_with = "serialize_redacted")]
     pub secret: Secret,
     /// How long one delivery may take before it counts as failed (and is retried).
     pub timeout_ms: u64,
