@@ -120,6 +120,21 @@ fn refuses_the_sandbox_app_secret() {
 }
 
 #[test]
+fn refuses_the_sandbox_merchant_number() {
+    refused("mch_id = \"1900000109\"", "mch_id = \"10000100\"", "wechat.mch_id");
+}
+
+#[test]
+fn refuses_a_webhook_secret_that_is_not_base64_after_whsec() {
+    let err = refused(
+        &format!("secret = \"{GOOD_WEBHOOK_SECRET}\""),
+        "secret = \"whsec_!!!not base64!!!\"",
+        "webhook.secret",
+    );
+    assert!(err.contains("not base64"), "{err}");
+}
+
+#[test]
 fn refuses_the_sandbox_api_key() {
     refused(&format!("api_key = \"{API_KEY}\""), "api_key = \"192006250b4c09247ec02edce69f6a2d\"", "wechat.api_key");
 }

@@ -797,6 +797,8 @@ impl Config {
                          {WEBHOOK_SECRET_MIN_BYTES} random bytes, e.g. whsec_ followed by `openssl rand -base64 32`",
                         if self.webhook.secret.is_empty() {
                             "is empty".to_owned()
+                        } else if have == 0 {
+                            "starts with whsec_ but the rest is not base64".to_owned()
                         } else {
                             format!("has only {have} bytes of key material")
                         }
