@@ -880,6 +880,20 @@ mod tests {
     }
 
     #[test]
+    fn the_effective_settings_redact_secrets_and_url_passwords() {
+        let mut c = Config::default();
+        c.database.url = "postgres://wxpay:db-s3cret@db.internal/wxpay".into();
+        c.webhook.secret = Secret::new("whsec_hook-s3cret");
+        let toml = c.effective_toml();
+        assert!(!toml.contains("s3cret") && !toml.contains(sandbox::API_KEY), "{toml}");
+        assert!(
+            toml.contains("api_key = \"<redacted>\"") && toml.contains("postgres://wxpay@db.internal/wxpay"),
+            "{toml}"
+        );
+        assert!(toml.contains("admin_token = \"\""), "an empty secret shows as not set: {toml}");
+    }
+
+    #[test]
     fn urls_lose_their_passwords_for_printing() {
         assert_eq!(redacted_url("postgres://u:s3cret@db:5432/app"), "postgres://u@db:5432/app");
         assert_eq!(redacted_url("redis://:s3cret@cache:6379/0"), "redis://cache:6379/0");
