@@ -101,7 +101,11 @@ macro_rules! sql_store {
                 updated_at: Option<chrono::DateTime<chrono::Utc>>,
             ) -> StoreResult<()> {
                 sqlx::query(
-                    "INSERT INTO products (id, name, price_fen, active, retired, updated_at)                      VALUES ($1, $2, $3, $4, $5, $6)                      ON CONFLICT (id) DO UPDATE SET name = excluded.name, price_fen = excluded.price_fen,                      active = excluded.active, retired = excluded.retired,                      updated_at = COALESCE(excluded.updated_at, products.updated_at)",
+                    "INSERT INTO products (id, name, price_fen, active, retired, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (id) DO UPDATE SET name = excluded.name, price_fen = excluded.price_fen, \
+                     active = excluded.active, retired = excluded.retired, \
+                     updated_at = COALESCE(excluded.updated_at, products.updated_at)",
                 )
                 .bind(product.id.as_str())
                 .bind(&product.name)
