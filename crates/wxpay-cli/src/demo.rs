@@ -182,7 +182,7 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     let server_url = format!("http://{}", listener.local_addr()?);
     let mut config = Config::default();
     config.server.public_url = server_url.clone();
-    config.server.admin_token = Secret(ADMIN.into());
+    config.server.admin_token = Secret::new(ADMIN);
     config.database.url = format!("sqlite://{}", dir.path().join("demo.db").display());
     config.webhook.url = Some(hook_url);
     config.workers.tick_ms = 100;

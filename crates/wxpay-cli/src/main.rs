@@ -10,6 +10,7 @@ mod backup;
 mod bench;
 mod debug;
 mod demo;
+mod products;
 mod qr;
 mod run;
 
@@ -31,17 +32,31 @@ pub enum QrFormat {
 enum Command {
     /// The merchant backend. With no config: sandbox mode (SQLite at ./data/wxpay.db, in-memory
     /// cache, the WeChat simulator embedded on 127.0.0.1:8090, a demo catalogue).
+    /// A configuration that cannot work (e.g. sandbox credentials with the simulator off) is
+    /// refused with exit code 78, naming the key and where it was set.
     Serve {
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Validate the configuration and print the effective settings (secrets redacted), then
+        /// exit without starting anything.
+        #[arg(long)]
+        check: bool,
     },
     /// The WeChat-side simulator alone.
     Sim {
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Default 127.0.0.1:8090.
+        /// Default: `[simulator] listen` of the config, else 127.0.0.1:8090.
         #[arg(long)]
         listen: Option<SocketAddr>,
+    },
+    /// The catalogue in the database the configuration names: list, add, change, retire.
+    /// Every change is recorded in the audit log (actor `cli:$USER`).
+    Products {
+        #[command(subcommand)]
+        command: products::ProductsCommand,
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
     },
     /// Runs both flows end to end (mini-program and Native mode 1) against an in-process
     /// simulator and server; exits 0 only if both orders end PAID and fulfilled.
@@ -100,7 +115,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Sign { key, sign_type, fields } => debug::sign(&key, &sign_type, &fields),
         Command::Verify { key, file } => debug::verify(&key, file.as_deref()),
-        Command::Serve { config } => run::block_on(run::serve(config)),
+        Command::Serve { config, check: true } => run::block_on(run::check(config)),
+        Command::Serve { config, check: false } => run::block_on(run::serve(config)),
+        Command::Products { command, config } => run::block_on(products::run(config, command)),
         Command::Sim { config, listen } => run::block_on(run::sim(config, listen)),
         Command::Demo => run::block_on(demo::run()),
         Command::Qr { product, format, out, size, config } => {

@@ -23,10 +23,14 @@ pub async fn run(
     let config = Config::load(config_path.as_deref())?;
     let id = ProductId::parse(product.as_str()).map_err(|e| anyhow::anyhow!("--product: {}", e.problem))?;
     let state = wxpay_server::app::build_state(config, Arc::new(SystemClock)).await?;
-    if state.store.get_product(&id).await?.is_none() {
-        let known: Vec<String> =
-            state.store.list_products(false).await?.into_iter().map(|p| p.id.to_string()).collect();
-        bail!("--product: unknown product {id:?}; the catalogue has: {}", known.join(", "));
+    match state.store.get_product(&id).await? {
+        Some(p) if p.retired => bail!("--product: {id} is retired: it cannot be sold, so it gets no QR code"),
+        Some(_) => {}
+        None => {
+            let known: Vec<String> =
+                state.store.list_products(true).await?.into_iter().map(|p| p.id.to_string()).collect();
+            bail!("--product: unknown product {id:?}; the catalogue has: {}", known.join(", "));
+        }
     }
     let link = wxpay_server::qr::long_link(state.wechat.merchant(), &id, state.clock.now());
     let size = wxpay_server::qr::check_size(size).map_err(|e| anyhow::anyhow!("--size: {e}"))?;

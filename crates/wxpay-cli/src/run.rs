@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use wxpay_proto::clock::SystemClock;
-use wxpay_server::config::Config;
+use wxpay_server::config::{Config, ConfigError, EnvRule, Origin};
 
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -22,7 +22,12 @@ pub fn init_tracing() {
         .try_init();
 }
 
-/// Runs an async command on a multi-threaded runtime; errors are printed, exit code 1.
+/// The exit code of a configuration that cannot be used (`EX_CONFIG` of sysexits.h: a service
+/// manager can tell it from a crash and need not restart).
+pub const EXIT_CONFIG: u8 = 78;
+
+/// Runs an async command on a multi-threaded runtime; errors are printed once, exit code 1
+/// ([`EXIT_CONFIG`] for a configuration error).
 pub fn block_on(fut: impl Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -34,10 +39,28 @@ pub fn block_on(fut: impl Future<Output = anyhow::Result<ExitCode>>) -> ExitCode
     match runtime.block_on(fut) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            eprintln!("error: {}", error_text(&e));
+            if e.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// The error and its causes, each said once: many errors already repeat their cause in their own
+/// message, which a plain `{:#}` would print again.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -73,19 +96,53 @@ pub fn embedded_sim_config(config: &Config) -> wxpay_sim::SimConfig {
     sim
 }
 
-pub async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    init_tracing();
-    let mut config = Config::load(config_path.as_deref())?;
-    // Keep notify_url pointing at us when only the listen address was changed.
-    if config.server.public_url == wxpay_server::config::ServerConfig::default().public_url
+/// The configuration `wxpay serve` runs with: loaded, validated, and in sandbox mode with
+/// notify_url following the listen address when only that was changed.
+fn serve_config(config_path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+    let mut config = Config::load(config_path)?;
+    if config.wechat_is_simulated()
+        && config.server.public_url == wxpay_server::config::ServerConfig::default().public_url
         && config.server.listen != wxpay_server::config::ServerConfig::default().listen
     {
         config.server.public_url = format!("http://{}", config.server.listen);
     }
+    Ok(config)
+}
+
+/// `wxpay serve --check`: validates the configuration and prints the effective settings.
+pub async fn check(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config = serve_config(config_path.as_deref())?;
+    let source = config_path.as_ref().map_or("no file, defaults".to_owned(), |p| p.display().to_string());
+    println!("# configuration OK ({source}, then WXPAY_<SECTION>__<KEY> variables)");
+    if config.wechat_is_simulated() {
+        let simulator = if config.simulator.enabled {
+            format!("the embedded simulator on {}", config.simulator.listen)
+        } else {
+            format!("the simulator at {}", config.wechat.pay_base_url)
+        };
+        println!(
+            "# sandbox mode: WeChat is simulated by {simulator} (demo catalogue: {})",
+            config.orders.seed_demo_catalogue
+        );
+    } else {
+        println!("# production: talking to WeChat at {}", config.wechat.pay_base_url);
+    }
+    println!("# notify_url        = {}", config.notify_url());
+    println!("# scan callback URL = {}", config.scan_callback_url());
+    println!();
+    print!("{}", config.effective_toml());
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    init_tracing();
+    let mut config = serve_config(config_path.as_deref())?;
     let sim = if config.simulator.enabled {
         let sim = wxpay_sim::start(embedded_sim_config(&config), Arc::new(SystemClock), config.simulator.listen)
             .await
-            .with_context(|| format!("starting the embedded simulator on {}", config.simulator.listen))?;
+            .with_context(|| {
+                format!("cannot start the embedded simulator on {} (simulator.listen)", config.simulator.listen)
+            })?;
         config.wechat.pay_base_url = sim.base_url();
         config.wechat.sns_base_url = sim.base_url();
         Some(sim)
@@ -94,7 +151,7 @@ pub async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     };
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
-        .with_context(|| format!("listening on {}", config.server.listen))?;
+        .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
     let state = wxpay_server::app::build_state(config.clone(), Arc::new(SystemClock)).await?;
     let admin_token = state.admin_token.clone();
     let server = wxpay_server::app::serve(state, listener).await?;
@@ -127,10 +184,11 @@ pub async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 
 pub async fn sim(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
     init_tracing();
-    let config = wxpay_sim::load_config(config_path.as_deref())?;
-    let addr = listen.unwrap_or_else(|| "127.0.0.1:8090".parse().expect("valid address"));
-    let sim =
-        wxpay_sim::start(config, Arc::new(SystemClock), addr).await.with_context(|| format!("listening on {addr}"))?;
+    let config = sim_config(config_path.as_deref())?;
+    let addr = listen.or(config.simulator.listen).unwrap_or_else(|| "127.0.0.1:8090".parse().expect("valid address"));
+    let sim = wxpay_sim::start(config, Arc::new(SystemClock), addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
     println!("WeChat simulator listening on {}", sim.base_url());
     println!(
         "  pay API    {}/pay/unifiedorder, /pay/orderquery, /pay/closeorder, /secapi/pay/refund, ...",
@@ -142,4 +200,18 @@ pub async fn sim(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> an
     shutdown_signal().await;
     sim.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The simulator's variables: `WXPAY_SIM_<KEY>` and `WXPAY_SIM_<SECTION>__<KEY>`.
+const SIM_ENV: EnvRule = EnvRule { prefix: "WXPAY_SIM_", sectioned: false, ignore: &[] };
+
+/// The simulator's configuration, as strictly checked as the server's.
+fn sim_config(path: Option<&std::path::Path>) -> Result<wxpay_sim::SimConfig, ConfigError> {
+    let config: wxpay_sim::SimConfig = wxpay_server::config::load_layers(path, SIM_ENV)?;
+    config.validate().map_err(|problem| ConfigError {
+        key: "merchants".into(),
+        problem,
+        origin: path.map_or(Origin::Default, |p| Origin::File { path: p.to_owned(), line: None }),
+    })?;
+    Ok(config)
 }

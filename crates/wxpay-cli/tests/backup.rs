@@ -36,7 +36,7 @@ fn text(out: &Output) -> String {
 async fn start_server(db: &Path, sim_url: &str) -> RunningServer {
     let mut config = Config::default();
     config.database.url = format!("sqlite://{}", db.display());
-    config.server.admin_token = Secret(ADMIN_TOKEN.into());
+    config.server.admin_token = Secret::new(ADMIN_TOKEN);
     config.workers.enabled = false;
     config.wechat.pay_base_url = sim_url.to_owned();
     config.wechat.sns_base_url = sim_url.to_owned();

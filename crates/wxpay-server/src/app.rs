@@ -32,6 +32,9 @@ pub enum StartError {
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     WeChat(#[from] crate::wechat::WeChatSetupError),
+    /// A file or directory the server needs: what it is for, its path, the operating system's reason.
+    #[error("cannot {action} {path}: {reason}")]
+    Path { action: &'static str, path: String, reason: std::io::Error },
     #[error("cannot listen: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -40,21 +43,40 @@ pub enum StartError {
 pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
     let url = config.database.url.as_str();
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let store = PostgresStore::connect(url).await?;
-        store.migrate().await?;
+        let opened = async {
+            let store = PostgresStore::connect(url).await?;
+            store.migrate().await?;
+            Ok::<_, crate::store::StoreError>(store)
+        };
+        let store = opened.await.map_err(|e| {
+            StartError::Config(format!(
+                "cannot use the PostgreSQL database {} (database.url): {e}",
+                crate::config::redacted_url(url)
+            ))
+        })?;
         return Ok(Arc::new(store));
     }
     let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
-    if let Some(dir) = Path::new(path.split('?').next().unwrap_or(path)).parent().filter(|d| !d.as_os_str().is_empty())
-    {
-        std::fs::create_dir_all(dir)?;
+    let file = Path::new(path.split('?').next().unwrap_or(path));
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|reason| StartError::Path {
+            action: "create the data directory (database.url)",
+            path: dir.display().to_string(),
+            reason,
+        })?;
     }
     let options = SqliteOptions {
         synchronous_full: !config.database.sqlite_synchronous.eq_ignore_ascii_case("NORMAL"),
         ..SqliteOptions::default()
     };
-    let store = SqliteStore::connect_with(path, &options).await?;
-    store.migrate().await?;
+    let opened = async {
+        let store = SqliteStore::connect_with(path, &options).await?;
+        store.migrate().await?;
+        Ok::<_, crate::store::StoreError>(store)
+    };
+    let store = opened.await.map_err(|e| {
+        StartError::Config(format!("cannot open the SQLite database {} (database.url): {e}", file.display()))
+    })?;
     Ok(Arc::new(store))
 }
 
@@ -88,6 +110,7 @@ pub fn demo_catalogue() -> Vec<Product> {
         name: name.into(),
         price: Fen::new(price),
         active: true,
+        retired: false,
     })
     .collect()
 }
@@ -105,7 +128,8 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<Shared
     let store = open_store(&config).await?;
     let cache = open_cache(&config).await?;
     let wechat = WeChat::from_config(&config, Arc::clone(&metrics))?;
-    if config.orders.seed_demo_catalogue {
+    // Demo data belongs to the sandbox: a merchant talking to WeChat sells their own catalogue.
+    if config.orders.seed_demo_catalogue && config.wechat_is_simulated() {
         for product in demo_catalogue() {
             if store.get_product(&product.id).await?.is_none() {
                 store.upsert_product(&product).await?;

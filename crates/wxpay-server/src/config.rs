@@ -1,16 +1,25 @@
-//! One typed configuration: TOML file, then `WXPAY_...` environment overrides (`__` between
-//! sections, e.g. `WXPAY_DATABASE__URL`). Secrets are redacted in `Debug`.
+//! One typed configuration: defaults, then the TOML file, then `WXPAY_<SECTION>__<KEY>`
+//! environment variables (e.g. `WXPAY_DATABASE__URL`; no other variable is read). Unknown keys
+//! are errors; every error is one [`ConfigError`] naming where the value came from (file and
+//! line, or the variable), the key, and for a misspelt key the nearest valid one
+//! ([`load_layers`], also used for the simulator's file by `wxpay sim`). Secrets are
+//! [`secrecy`] strings ([`Secret`]): zeroised, redacted in `Debug` and when printed.
 //!
 //! With no file and no overrides the result is **sandbox mode**: SQLite at `./data/wxpay.db`, the
 //! in-memory cache, the sandbox merchant, and (wired by `wxpay serve`) the simulator embedded on
-//! its own port.
+//! its own port. When WeChat is not simulated ([`Config::wechat_is_simulated`]), [`Config::validate`]
+//! refuses what would break in production: sandbox or missing credentials, a `public_url` WeChat
+//! cannot reach over HTTPS, a webhook without a real secret; and always a `database.url` that is
+//! neither SQLite nor PostgreSQL.
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Env, Format, Toml};
 use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use wxpay_proto::sign::{ApiKey, SignType};
 
@@ -22,28 +31,87 @@ pub mod sandbox {
     pub const APP_SECRET: &str = "sandbox-app-secret-0000000000000";
 }
 
-/// A secret string: usable, never printed.
-#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(pub String);
+/// A secret string ([`secrecy::SecretString`]: zeroised when dropped, never printed, not
+/// serialisable; the configuration prints it as `<redacted>`).
+#[derive(Clone, Default)]
+pub struct Secret(SecretString);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Secret, D::Error> {
+        lenient_string(deserializer).map(Secret::new)
+    }
+}
+
+/// A string value that an environment variable may have given as a number or a boolean: figment
+/// reads `WXPAY_WECHAT__MCH_ID=1900000109` as an integer, which is still the merchant number.
+fn lenient_string<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    struct Text;
+    impl serde::de::Visitor<'_> for Text {
+        type Value = String;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<String, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+    }
+    deserializer.deserialize_any(Text)
+}
 
 impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(SecretString::from(value.into()))
+    }
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.expose().is_empty()
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Secret {
+        Secret::new(value)
+    }
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        bool::from(subtle::ConstantTimeEq::ct_eq(self.expose().as_bytes(), other.expose().as_bytes()))
     }
 }
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
+        if self.is_empty() {
             f.write_str("\"\"")
         } else {
             f.write_str("<redacted>")
         }
     }
+}
+
+/// How the configuration shows a secret when it is printed (`wxpay serve --check`): `<redacted>`,
+/// or `""` when empty, so that "not set" still shows. [`Secret`] itself is not serialisable.
+fn serialize_redacted<S: serde::Serializer>(secret: &Secret, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(if secret.is_empty() { "" } else { "<redacted>" })
+}
+
+fn serialize_redacted_url<S: serde::Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&redacted_url(url))
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -67,6 +135,7 @@ pub struct ServerConfig {
     /// How WeChat reaches us: `notify_url` is `{public_url}/wxpay/notify`.
     pub public_url: String,
     /// Bearer token of the admin API. Empty: a random one is generated and printed at start.
+    #[serde(serialize_with = "serialize_redacted")]
     pub admin_token: Secret,
     /// Largest accepted body on WeChat callbacks and the JSON API, in bytes.
     pub body_limit_bytes: usize,
@@ -79,9 +148,13 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WechatConfig {
+    #[serde(deserialize_with = "lenient_string")]
     pub appid: String,
+    #[serde(deserialize_with = "lenient_string")]
     pub mch_id: String,
+    #[serde(serialize_with = "serialize_redacted")]
     pub api_key: Secret,
+    #[serde(serialize_with = "serialize_redacted")]
     pub app_secret: Secret,
     /// MD5 (default) or HMAC-SHA256, used for unifiedorder and therefore for paySign.
     pub sign_type: SignType,
@@ -92,6 +165,7 @@ pub struct WechatConfig {
     pub scan_unifiedorder_timeout_ms: u64,
     /// Merchant client certificate for refunds: a PKCS#12 file (password: mch_id by default)...
     pub client_cert_p12: Option<String>,
+    #[serde(serialize_with = "serialize_redacted")]
     pub client_cert_password: Secret,
     /// ...or a PEM certificate and key.
     pub client_cert_pem: Option<String>,
@@ -102,6 +176,7 @@ pub struct WechatConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// `sqlite://PATH` (or a bare path) or `postgres://...`.
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub url: String,
     /// SQLite `synchronous`: FULL (default, durable) or NORMAL.
     pub sqlite_synchronous: String,
@@ -111,6 +186,7 @@ pub struct DatabaseConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
     /// `memory://` or `redis://...`.
+    #[serde(serialize_with = "serialize_redacted_url")]
     pub url: String,
     /// Key prefix in Redis (several deployments or test runs can share one Redis).
     pub prefix: String,
@@ -132,6 +208,7 @@ pub struct WebhookConfig {
     /// Where `order.paid` events are POSTed (optional).
     pub url: Option<String>,
     /// HMAC-SHA256 key for the `X-Wxpay-Signature` header.
+    #[serde(serialize_with = "serialize_redacted")]
     pub secret: Secret,
     /// How long one delivery may take before it counts as failed (and is retried).
     pub timeout_ms: u64,
@@ -144,7 +221,7 @@ pub struct OrdersConfig {
     pub ttl_secs: u64,
     /// At most one on-demand orderquery per order per this many seconds (client polls).
     pub poll_query_min_interval_secs: u64,
-    /// Seed a small demo catalogue at start (on by default in sandbox mode).
+    /// Seed a small demo catalogue at start; only ever while WeChat is simulated.
     pub seed_demo_catalogue: bool,
 }
 
@@ -199,8 +276,8 @@ impl Default for WechatConfig {
         WechatConfig {
             appid: sandbox::APPID.into(),
             mch_id: sandbox::MCH_ID.into(),
-            api_key: Secret(sandbox::API_KEY.into()),
-            app_secret: Secret(sandbox::APP_SECRET.into()),
+            api_key: Secret::new(sandbox::API_KEY),
+            app_secret: Secret::new(sandbox::APP_SECRET),
             sign_type: SignType::Md5,
             pay_base_url: wxpay_proto::client::DEFAULT_PAY_BASE_URL.into(),
             sns_base_url: wxpay_proto::client::DEFAULT_SNS_BASE_URL.into(),
@@ -288,30 +365,252 @@ impl Default for WorkersConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("configuration: {0}")]
-    Load(#[from] Box<figment::Error>),
-    #[error("configuration: {field}: {problem}")]
-    Invalid { field: &'static str, problem: String },
+/// A configuration that cannot be used: where the value came from, the key, what is wrong and
+/// what to set. Printed as one message (it has no `source`, so nothing is printed twice).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted key, e.g. `server.public_url` (`--config` for the file itself).
+    pub key: String,
+    pub problem: String,
+    pub origin: Origin,
 }
 
-fn invalid(field: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { field, problem: problem.into() }
+/// Where a configuration value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// Not known (a config built in code).
+    Unknown,
+    /// The key is not set anywhere: its built-in default is in force.
+    Default,
+    File {
+        path: PathBuf,
+        line: Option<usize>,
+    },
+    Env(String),
 }
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.origin {
+            Origin::Unknown => write!(f, "configuration: {}: {}", self.key, self.problem),
+            Origin::Default => write!(f, "configuration: {} (not set, default in force): {}", self.key, self.problem),
+            Origin::File { path, line: Some(line) } => {
+                write!(f, "configuration: {}, line {line}: {}: {}", path.display(), self.key, self.problem)
+            }
+            Origin::File { path, line: None } => {
+                write!(f, "configuration: {}: {}: {}", path.display(), self.key, self.problem)
+            }
+            Origin::Env(var) => {
+                write!(f, "configuration: environment variable {var}: {}: {}", self.key, self.problem)
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.to_owned(), problem: problem.into(), origin: Origin::Unknown }
+}
+
+/// Which environment variables a loader reads as configuration keys.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvRule {
+    /// e.g. `WXPAY_`.
+    pub prefix: &'static str,
+    /// Whether a variable must name a section and a key (`WXPAY_<SECTION>__<KEY>`); otherwise
+    /// top-level keys are read too (`WXPAY_SIM_TIME_SCALE`).
+    pub sectioned: bool,
+    /// Variables under these prefixes belong to another tool and are left alone.
+    pub ignore: &'static [&'static str],
+}
+
+/// The server's variables: `WXPAY_<SECTION>__<KEY>` only. `WXPAY_API_KEY` (read by `wxpay sign`
+/// and `wxpay verify`) and the simulator's `WXPAY_SIM_*` are not configuration of the server.
+pub const SERVER_ENV: EnvRule = EnvRule { prefix: "WXPAY_", sectioned: true, ignore: &["WXPAY_SIM_"] };
+
+impl EnvRule {
+    /// The configuration variables present, with the dotted key each one sets.
+    fn vars(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = std::env::vars()
+            .filter_map(|(name, _)| {
+                let rest = name.strip_prefix(self.prefix)?;
+                if self.ignore.iter().any(|p| name.starts_with(p)) || (self.sectioned && !rest.contains("__")) {
+                    return None;
+                }
+                let key = rest.to_ascii_lowercase().replace("__", ".");
+                Some((name, key))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn provider(&self) -> Env {
+        let rule = *self;
+        Env::prefixed(self.prefix)
+            .filter(move |key| {
+                let full = format!("{}{}", rule.prefix, key.as_str().to_ascii_uppercase());
+                !rule.ignore.iter().any(|p| full.starts_with(p)) && (!rule.sectioned || key.as_str().contains("__"))
+            })
+            .split("__")
+    }
+}
+
+/// A configuration file's text, for finding the line a key is on.
+struct FileText {
+    path: PathBuf,
+    text: String,
+}
+
+impl FileText {
+    /// The 1-based line of dotted `key` in the file (a table header for a section), if it is there.
+    fn line_of(&self, key: &[String]) -> Option<Option<usize>> {
+        let doc = toml_edit::ImDocument::parse(self.text.as_str()).ok()?;
+        let mut table = doc.as_table();
+        let mut span = None;
+        for (i, part) in key.iter().enumerate() {
+            let (k, item) = table.get_key_value(part)?;
+            span = k.span().or_else(|| item.span());
+            if i + 1 < key.len() {
+                table = item.as_table()?;
+            }
+        }
+        Some(span.map(|s| self.text[..s.start].matches('\n').count() + 1))
+    }
+}
+
+/// Loads `T` from its defaults (`#[serde(default)]`), then the TOML file (if any), then the
+/// environment variables `env` admits, and explains a failure as one [`ConfigError`]: the file
+/// and line or the variable, the key, and for an unknown key the nearest valid one.
+pub fn load_layers<T: DeserializeOwned>(file: Option<&Path>, env: EnvRule) -> Result<T, ConfigError> {
+    let mut figment = Figment::new();
+    let mut text = None;
+    if let Some(path) = file {
+        let content = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            key: "--config".into(),
+            problem: format!("cannot read {}: {e}", path.display()),
+            origin: Origin::Unknown,
+        })?;
+        figment = figment.merge(Toml::string(&content));
+        text = Some(FileText { path: path.to_owned(), text: content });
+    }
+    let sources = Sources { file: text, env: env.vars() };
+    figment.merge(env.provider()).extract().map_err(|e| sources.explain(e))
+}
+
+struct Sources {
+    file: Option<FileText>,
+    /// (variable, dotted key) of every configuration variable set.
+    env: Vec<(String, String)>,
+}
+
+impl Sources {
+    /// Where the value of dotted `key` came from: a variable overrides the file.
+    fn origin(&self, key: &[String]) -> Origin {
+        let dotted = key.join(".");
+        let prefix = format!("{dotted}.");
+        if let Some((var, _)) = self.env.iter().find(|(_, k)| *k == dotted || k.starts_with(&prefix)) {
+            return Origin::Env(var.clone());
+        }
+        if let Some(file) = &self.file {
+            if let Some(line) = file.line_of(key) {
+                return Origin::File { path: file.path.clone(), line };
+            }
+        }
+        Origin::Default
+    }
+
+    fn locate(&self, mut error: ConfigError) -> ConfigError {
+        let key: Vec<String> = error.key.split('.').map(str::to_owned).collect();
+        error.origin = self.origin(&key);
+        error
+    }
+
+    fn explain(&self, error: figment::Error) -> ConfigError {
+        use figment::error::Kind;
+        let mut key = error.path.clone();
+        let problem = match &error.kind {
+            Kind::UnknownField(field, expected) => {
+                // figment's path may or may not end with the field itself.
+                if key.last() != Some(field) {
+                    key.push(field.clone());
+                }
+                let table = &key[..key.len() - 1];
+                let section =
+                    if table.is_empty() { "at the top level".to_owned() } else { format!("in [{}]", table.join(".")) };
+                let hint = nearest(field, expected)
+                    .map(|n| {
+                        let mut near = table.to_vec();
+                        near.push(n.to_owned());
+                        format!("did you mean `{}`? ", near.join("."))
+                    })
+                    .unwrap_or_default();
+                format!("unknown key; {hint}valid keys {section}: {}", expected.join(", "))
+            }
+            Kind::Message(m) if key.is_empty() => {
+                // A TOML syntax error: the message carries the line and column.
+                let path = self.file.as_ref().map(|f| f.path.display().to_string()).unwrap_or_default();
+                return ConfigError {
+                    key: "--config".into(),
+                    problem: format!("{path} is not valid TOML: {}", m.trim()),
+                    origin: Origin::Unknown,
+                };
+            }
+            other => format!("{other}"),
+        };
+        let origin = self.origin(&key);
+        ConfigError { key: key.join("."), problem, origin }
+    }
+}
+
+/// The valid name closest to a misspelt one, if any is close.
+fn nearest<'a>(name: &str, valid: &[&'a str]) -> Option<&'a str> {
+    valid
+        .iter()
+        .map(|v| (strsim::jaro_winkler(name, v), *v))
+        .filter(|(score, _)| *score >= 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, v)| v)
+}
+
+/// Whether `url`'s host is this machine (a loopback or unspecified address, or `localhost`).
+fn is_local_host(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost") || d.ends_with(".localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback() || ip.is_unspecified(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback() || ip.is_unspecified(),
+        None => true,
+    }
+}
+
+/// How many bytes of key material a webhook secret has: a Standard Webhooks `whsec_<base64>`
+/// secret counts its decoded bytes, any other string its bytes.
+pub fn webhook_secret_bytes(secret: &str) -> usize {
+    use base64::Engine;
+    match secret.strip_prefix("whsec_") {
+        Some(b64) => base64::engine::general_purpose::STANDARD.decode(b64).map_or(0, |k| k.len()),
+        None => secret.len(),
+    }
+}
+
+/// The least key material a webhook secret must have (Standard Webhooks secrets have 24 to 64).
+pub const WEBHOOK_SECRET_MIN_BYTES: usize = 24;
 
 impl Config {
-    /// Defaults, then the TOML file (if any), then `WXPAY_*` variables; validated.
+    /// Defaults, then the TOML file (if any), then `WXPAY_<SECTION>__<KEY>` variables; validated.
+    /// Errors name where the value came from (file and line, or the variable).
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
-        if let Some(path) = file {
-            if !path.exists() {
-                return Err(invalid("--config", format!("{} does not exist", path.display())));
-            }
-            figment = figment.merge(Toml::file(path));
+        let config: Config = load_layers(file, SERVER_ENV)?;
+        if let Err(error) = config.validate() {
+            let sources = Sources {
+                file: file.and_then(|path| {
+                    std::fs::read_to_string(path).ok().map(|text| FileText { path: path.to_owned(), text })
+                }),
+                env: SERVER_ENV.vars(),
+            };
+            return Err(sources.locate(error));
         }
-        let config: Config = figment.merge(Env::prefixed("WXPAY_").split("__")).extract().map_err(Box::new)?;
-        config.validate()?;
         Ok(config)
     }
 
@@ -320,32 +619,42 @@ impl Config {
         self.wechat.mch_id == sandbox::MCH_ID || self.wechat.api_key.expose() == sandbox::API_KEY
     }
 
+    /// Whether WeChat is simulated: the embedded simulator is on, or `wechat.pay_base_url` points
+    /// at a simulator on this machine (`wxpay sim`). Otherwise this is production: real WeChat,
+    /// real money, and [`Config::validate`] refuses what would break there.
+    pub fn wechat_is_simulated(&self) -> bool {
+        self.simulator.enabled || url::Url::parse(&self.wechat.pay_base_url).is_ok_and(|u| is_local_host(&u))
+    }
+
     pub fn api_key(&self) -> ApiKey {
         ApiKey::new(self.wechat.api_key.expose())
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_database_url()?;
+        if !self.wechat_is_simulated() {
+            self.check_production()?;
+        }
         if self.inbox.refused_per_minute == 0 || self.inbox.refused_burst == 0 {
             return Err(invalid("inbox.refused_per_minute", "refused_per_minute and refused_burst must be at least 1"));
         }
         if self.inbox.excerpt_bytes > 65536 {
             return Err(invalid("inbox.excerpt_bytes", "must be at most 65536"));
         }
-        if !self.simulator.enabled && self.uses_sandbox_credentials() {
-            return Err(invalid(
-                "wechat.api_key",
-                "the sandbox merchant (mch_id 10000100 / the docs' example key) only works with the simulator; \
-                 set your real appid, mch_id, api_key and app_secret, or enable [simulator]",
-            ));
-        }
         if !self.api_key().looks_valid() {
             return Err(invalid("wechat.api_key", "must be the 32-character API key (API密钥), not the AppSecret"));
         }
-        if self.wechat.appid.is_empty() || self.wechat.mch_id.is_empty() {
-            return Err(invalid("wechat.appid", "appid and mch_id are required"));
+        if self.wechat.appid.is_empty() {
+            return Err(invalid("wechat.appid", "is required: set the mini-program's AppID"));
+        }
+        if self.wechat.mch_id.is_empty() {
+            return Err(invalid("wechat.mch_id", "is required: set the merchant number (商户号)"));
         }
         if self.wechat.app_secret.is_empty() {
-            return Err(invalid("wechat.app_secret", "is required for jscode2session"));
+            return Err(invalid(
+                "wechat.app_secret",
+                "is required for jscode2session: set the mini-program's AppSecret",
+            ));
         }
         if self.orders.ttl_secs < 6 * 60 {
             return Err(invalid("orders.ttl_secs", "must be at least 360: WeChat needs time_expire 5 minutes ahead"));
@@ -387,6 +696,124 @@ impl Config {
         Ok(())
     }
 
+    /// `database.url`: `sqlite:` (or a bare path), `postgres:` or `postgresql:`; anything else
+    /// would be taken for a SQLite file name.
+    fn check_database_url(&self) -> Result<(), ConfigError> {
+        let url = self.database.url.trim();
+        if url.is_empty() {
+            return Err(invalid("database.url", "is empty: set sqlite://PATH or postgres://USER@HOST/DB"));
+        }
+        if let Some((scheme, _)) = url.split_once(':') {
+            let is_scheme =
+                scheme.len() > 1 && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+            if is_scheme && !matches!(scheme.to_ascii_lowercase().as_str(), "sqlite" | "postgres" | "postgresql") {
+                return Err(invalid(
+                    "database.url",
+                    format!(
+                        "has the unsupported scheme `{scheme}:`; use sqlite://PATH (one server) or \
+                         postgres://USER@HOST/DB (several instances)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// What production (real WeChat) needs that the sandbox does not.
+    fn check_production(&self) -> Result<(), ConfigError> {
+        const OR_SIMULATOR: &str = "or run in sandbox mode with [simulator] enabled = true";
+        let w = &self.wechat;
+        if w.appid.is_empty() || w.appid == sandbox::APPID {
+            return Err(invalid(
+                "wechat.appid",
+                format!(
+                    "{} with the simulator off: set your mini-program's AppID (mp.weixin.qq.com → 开发管理 → 开发设置), \
+                     {OR_SIMULATOR}",
+                    if w.appid.is_empty() { "is not set" } else { "is the sandbox appid, which WeChat does not know" }
+                ),
+            ));
+        }
+        if w.app_secret.is_empty() || w.app_secret.expose() == sandbox::APP_SECRET {
+            return Err(invalid(
+                "wechat.app_secret",
+                format!(
+                    "{} with the simulator off: set your mini-program's AppSecret (same page as the AppID), \
+                     {OR_SIMULATOR}",
+                    if w.app_secret.is_empty() { "is not set" } else { "is the sandbox value" }
+                ),
+            ));
+        }
+        if w.mch_id == sandbox::MCH_ID {
+            return Err(invalid(
+                "wechat.mch_id",
+                format!("is the sandbox merchant 10000100: set your merchant number (商户号), {OR_SIMULATOR}"),
+            ));
+        }
+        if w.api_key.expose() == sandbox::API_KEY {
+            return Err(invalid(
+                "wechat.api_key",
+                format!(
+                    "is the docs' example key: set your API key (pay.weixin.qq.com → 账户中心 → API安全 → API密钥), \
+                     {OR_SIMULATOR}"
+                ),
+            ));
+        }
+        let public_url = self.server.public_url.trim();
+        if public_url.is_empty() || public_url == ServerConfig::default().public_url {
+            return Err(invalid(
+                "server.public_url",
+                "is not set: WeChat sends payment notifications to {public_url}/wxpay/notify, so set the HTTPS \
+                 address the internet reaches this server at, e.g. https://pay.example.com",
+            ));
+        }
+        let parsed = url::Url::parse(public_url).map_err(|e| {
+            invalid("server.public_url", format!("is not a URL ({e}): set e.g. https://pay.example.com"))
+        })?;
+        if parsed.scheme() != "https" {
+            return Err(invalid(
+                "server.public_url",
+                format!(
+                    "is {public_url}: WeChat requires an https:// notify_url; terminate TLS in front of the server \
+                     and set the https:// address"
+                ),
+            ));
+        }
+        if is_local_host(&parsed) {
+            return Err(invalid(
+                "server.public_url",
+                format!(
+                    "is {public_url}, this machine: WeChat must reach it from the internet; set the public \
+                     https:// address"
+                ),
+            ));
+        }
+        if self.webhook.url.as_deref().is_some_and(|u| !u.trim().is_empty()) {
+            let have = webhook_secret_bytes(self.webhook.secret.expose());
+            if have < WEBHOOK_SECRET_MIN_BYTES {
+                return Err(invalid(
+                    "webhook.secret",
+                    format!(
+                        "{} while webhook.url is set: receivers could not trust the signature; set at least \
+                         {WEBHOOK_SECRET_MIN_BYTES} random bytes, e.g. whsec_ followed by `openssl rand -base64 32`",
+                        if self.webhook.secret.is_empty() {
+                            "is empty".to_owned()
+                        } else if have == 0 {
+                            "starts with whsec_ but the rest is not base64".to_owned()
+                        } else {
+                            format!("has only {have} bytes of key material")
+                        }
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective settings as TOML, secrets and URL passwords redacted (`wxpay serve --check`).
+    pub fn effective_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot print the settings: {e}\n"))
+    }
+
     /// The longest one worker step on one item may take: the reconciler's close at expiry makes
     /// two WeChat calls (closeorder, then orderquery); the outbox makes one webhook call.
     pub fn longest_worker_call(&self) -> std::time::Duration {
@@ -419,7 +846,27 @@ mod tests {
         let mut c = Config::default();
         c.simulator.enabled = false;
         let err = c.validate().unwrap_err().to_string();
-        assert!(err.contains("wechat.api_key"), "{err}");
+        assert!(err.contains("wechat.appid") && err.contains("sandbox"), "{err}");
+        // A simulator elsewhere on this machine (`wxpay sim`) is still the sandbox.
+        c.wechat.pay_base_url = "http://127.0.0.1:8090".into();
+        assert!(c.wechat_is_simulated());
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn webhook_secrets_count_key_material() {
+        assert_eq!(webhook_secret_bytes(""), 0);
+        assert_eq!(webhook_secret_bytes("short"), 5);
+        // whsec_ + base64 of 24 bytes.
+        assert_eq!(webhook_secret_bytes("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"), 24);
+        assert_eq!(webhook_secret_bytes("whsec_not base64!"), 0);
+    }
+
+    #[test]
+    fn unknown_keys_suggest_the_nearest() {
+        assert_eq!(nearest("listen_addr", &["listen", "public_url"]), Some("listen"));
+        assert_eq!(nearest("publicurl", &["listen", "public_url"]), Some("public_url"));
+        assert_eq!(nearest("zzz", &["listen", "public_url"]), None);
     }
 
     #[test]
@@ -430,6 +877,20 @@ mod tests {
         let dbg = format!("{c:?}");
         assert!(!dbg.contains(sandbox::API_KEY) && !dbg.contains(sandbox::APP_SECRET), "{dbg}");
         assert!(!dbg.contains("s3cret") && dbg.contains("db.internal"), "{dbg}");
+    }
+
+    #[test]
+    fn the_effective_settings_redact_secrets_and_url_passwords() {
+        let mut c = Config::default();
+        c.database.url = "postgres://wxpay:db-s3cret@db.internal/wxpay".into();
+        c.webhook.secret = Secret::new("whsec_hook-s3cret");
+        let toml = c.effective_toml();
+        assert!(!toml.contains("s3cret") && !toml.contains(sandbox::API_KEY), "{toml}");
+        assert!(
+            toml.contains("api_key = \"<redacted>\"") && toml.contains("postgres://wxpay@db.internal/wxpay"),
+            "{toml}"
+        );
+        assert!(toml.contains("admin_token = \"\""), "an empty secret shows as not set: {toml}");
     }
 
     #[test]
@@ -464,8 +925,22 @@ mod tests {
             jail.create_file("zero.toml", "[webhook]\ntimeout_ms = 0\n")?;
             let err = Config::load(Some(Path::new("zero.toml"))).unwrap_err().to_string();
             assert!(err.contains("webhook.timeout_ms"), "{err}");
-            jail.create_file("typo.toml", "[server]\nlisten_addr = \"1\"\n")?;
-            assert!(Config::load(Some(Path::new("typo.toml"))).is_err());
+            jail.create_file("typo.toml", "[server]\n\nlisten_addr = \"1\"\n")?;
+            let err = Config::load(Some(Path::new("typo.toml"))).unwrap_err();
+            assert_eq!(err.key, "server.listen_addr");
+            assert_eq!(err.origin, Origin::File { path: "typo.toml".into(), line: Some(3) });
+            assert!(err.problem.contains("did you mean `server.listen`"), "{err}");
+            // The tool's own WXPAY_API_KEY (wxpay sign / verify) is not configuration.
+            jail.set_env("WXPAY_API_KEY", "x");
+            jail.set_env("WXPAY_SIM_TIME_SCALE", "0.5");
+            assert!(Config::load(None).is_ok());
+            // A merchant number given in a variable reads as a number; it is still the text.
+            jail.set_env("WXPAY_WECHAT__MCH_ID", "1900000109");
+            assert_eq!(Config::load(None).map_err(|e| e.to_string())?.wechat.mch_id, "1900000109");
+            jail.set_env("WXPAY_SERVER__PUBLIC_UR", "https://x");
+            let err = Config::load(None).unwrap_err();
+            assert_eq!(err.origin, Origin::Env("WXPAY_SERVER__PUBLIC_UR".into()));
+            assert!(err.problem.contains("did you mean `server.public_url`"), "{err}");
             Ok(())
         });
     }

@@ -1,6 +1,7 @@
 //! The merchant backend.
 //!
-//! * [`domain`]: money, products, users and the order state machine; pure, no IO.
+//! * [`domain`]: money, products and the catalogue's rules, users and the order state machine;
+//!   pure, no IO.
 //! * [`store`]: the [`store::Store`] trait of domain operations; SQLite and PostgreSQL share their
 //!   statements ([`store::sql`]) and one write path ([`store::apply`] carries out a planned transition).
 //! * [`cache`]: the [`cache::SessionCache`] trait (session keys, login tokens, locks).

@@ -147,15 +147,10 @@ fn ensure_payable(order: &Order, now: DateTime<Utc>) -> Result<(), PayError> {
     }
 }
 
-/// The `body` WeChat shows on the payment sheet ("商家名称-销售商品类目"), at most 128 characters.
+/// The `body` WeChat shows on the payment sheet ("商家名称-销售商品类目"), within WeChat's limit.
 fn order_body(order: &Order) -> String {
     let first = order.items.first().map(|i| i.name.as_str()).unwrap_or("order");
-    let mut body =
-        if order.items.len() > 1 { format!("{first} 等{}件", order.items.len()) } else { first.to_owned() };
-    if body.chars().count() > 128 {
-        body = body.chars().take(128).collect();
-    }
-    body
+    crate::domain::catalogue::order_body(first, order.items.len())
 }
 
 /// A live prepay id for the order: the stored one, or a new one from unifiedorder (within

@@ -37,10 +37,10 @@ impl ScanRefusal {
 pub async fn scan_to_prepay(state: &AppState, callback: &ScanCallback) -> Result<(OutTradeNo, PrepayId), ScanRefusal> {
     let now = state.clock.now();
     let product = state.store.get_product(&callback.product_id).await.map_err(|e| ScanRefusal::busy(e, None))?;
-    if !product.is_some_and(|p| p.active) {
+    if !product.is_some_and(|p| p.on_sale()) {
         return Err(ScanRefusal {
             text: text::UNKNOWN_PRODUCT,
-            why: format!("unknown or inactive product {}", callback.product_id),
+            why: format!("unknown, inactive or retired product {}", callback.product_id),
             order_no: None,
         });
     }

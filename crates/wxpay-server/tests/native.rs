@@ -622,6 +622,7 @@ async fn qr_sheet_lists_every_active_product() {
             name: "<b>Tea</b> & 茶".into(),
             price: wxpay_proto::Fen::new(5),
             active: true,
+            retired: false,
         })
         .await
         .unwrap();

@@ -13,11 +13,12 @@ use chrono::{DateTime, Duration, Utc};
 use common::*;
 use wxpay_proto::clock::ManualClock;
 use wxpay_proto::{Openid, OutTradeNo, ProductId};
+use wxpay_server::domain::catalogue::{CatalogueError, ProductChange};
 use wxpay_server::domain::{Order, OrderEvent, OrderStatus, Product, User};
 use wxpay_server::state::AppState;
 use wxpay_server::store::{
-    ApplyOutcome, DueOrder, InboxCause, InboxRecord, OrderEventRecord, OrderFilter, OutboxEvent, Purged,
-    RefusedCallback, Store, StoreResult, StoredNotification,
+    ApplyOutcome, AuditEvent, DueOrder, InboxCause, InboxRecord, OrderEventRecord, OrderFilter, OutboxEvent,
+    ProductChanged, Purged, RefusedCallback, Store, StoreResult, StoredNotification,
 };
 use wxpay_server::worker::{outbox, reconciler};
 use wxpay_sim::FaultSet;
@@ -238,6 +239,20 @@ impl Store for RiggedStore {
 
     async fn get_product(&self, id: &ProductId) -> StoreResult<Option<Product>> {
         self.inner.get_product(id).await
+    }
+
+    async fn change_product(
+        &self,
+        id: &ProductId,
+        change: &ProductChange,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Result<ProductChanged, CatalogueError>> {
+        self.inner.change_product(id, change, actor, now).await
+    }
+
+    async fn audit_events(&self, subject: Option<&str>, limit: u32) -> StoreResult<Vec<AuditEvent>> {
+        self.inner.audit_events(subject, limit).await
     }
 
     async fn create_order(&self, order: &Order) -> StoreResult<()> {

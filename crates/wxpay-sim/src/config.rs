@@ -18,7 +18,7 @@ pub const SANDBOX_API_KEY: &str = "192006250b4c09247ec02edce69f6a2d";
 pub const SANDBOX_APP_SECRET: &str = "sandbox-app-secret-0000000000000";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct SimConfig {
     /// Add the built-in sandbox merchant (unless a configured merchant already uses its mch_id).
     pub sandbox_merchant: bool,
@@ -50,6 +50,16 @@ pub struct SimConfig {
     /// How often (real milliseconds) the background notifier runs; 0 = only on `run_notifier_once`.
     pub notifier_tick_ms: u64,
     pub faults: FaultConfig,
+    /// `[simulator]`: where `wxpay sim` listens (the same key as in the server's configuration).
+    pub simulator: SimulatorSection,
+}
+
+/// The `[simulator]` table of a simulator configuration file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimulatorSection {
+    /// The address `wxpay sim` listens on (`--listen` wins; default 127.0.0.1:8090).
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for SimConfig {
@@ -70,11 +80,13 @@ impl Default for SimConfig {
             seed: None,
             notifier_tick_ms: 20,
             faults: FaultConfig::default(),
+            simulator: SimulatorSection::default(),
         }
     }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct MerchantConfig {
     /// The mini-program / official-account appid bound to this merchant.
     pub appid: String,
@@ -109,6 +121,7 @@ impl MerchantConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct UserConfig {
     pub name: String,
     #[serde(default)]

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct FaultConfig {
     pub global: FaultSet,
     /// Keyed by out_trade_no.
@@ -24,7 +24,7 @@ impl FaultConfig {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct FaultSet {
     /// Deliver each notification attempt this many times concurrently (WeChat's several servers).
     pub notify_copies: Option<u32>,

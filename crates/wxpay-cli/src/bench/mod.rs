@@ -384,7 +384,7 @@ async fn start_embedded(args: &BenchArgs, admin_token: &str, cache_url: &str) ->
     };
     // WXPAY_* variables still apply (e.g. WXPAY_DATABASE__SQLITE_SYNCHRONOUS=NORMAL).
     let mut config = Config::load(None)?;
-    config.server.admin_token = Secret(admin_token.to_owned());
+    config.server.admin_token = Secret::new(admin_token);
     config.database.url = match (&fresh, &args.database_url) {
         (Some(db), _) => db.url.clone(),
         (None, Some(url)) => url.clone(),

@@ -1,4 +1,6 @@
-//! The admin API (bearer token from config): orders, their history, shipping, product QR codes.
+//! The admin API (bearer token from config): orders, their history, shipping, the catalogue
+//! (create, edit, retire; each change an audit event naming the admin credential), product QR
+//! codes, the audit log.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
@@ -9,9 +11,11 @@ use serde_json::{json, Value};
 use wxpay_proto::{Openid, OutTradeNo, ProductId};
 
 use super::auth::Admin;
-use super::views::AdminOrderView;
+use super::mp::ApiJson;
+use super::views::{AdminOrderView, ProductView};
 use crate::api::AppError;
-use crate::domain::{parse_name, OrderStatus};
+use crate::domain::catalogue::{parse_new_id, ProductChange};
+use crate::domain::{name_of, parse_name, OrderStatus};
 use crate::payments;
 use crate::qr;
 use crate::state::SharedState;
@@ -118,6 +122,9 @@ pub async fn product_qr(
         .get_product(&id)
         .await?
         .ok_or_else(|| AppError::not_found("PRODUCT_NOT_FOUND", format!("unknown product {id}")))?;
+    if product.retired {
+        return Err(crate::domain::catalogue::CatalogueError::Retired(product.id).into());
+    }
     // Validate the request before asking WeChat for a short link.
     let size = qr::check_size(q.size)?;
     if !matches!(file.as_str(), "qr.png" | "qr.svg" | "link" | "qr.txt") {
@@ -190,4 +197,122 @@ pub async fn qr_sheet(
          </style></head><body><h1>微信扫码支付 · Scan with WeChat to pay</h1><div class=\"grid\">\n{cards}</div></body></html>"
     );
     Ok(Html(page).into_response())
+}
+
+/// `POST /admin/api/products`: a new product (`active` defaults to true).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewProduct {
+    id: String,
+    name: String,
+    price_fen: u64,
+    #[serde(default = "on_sale")]
+    active: bool,
+}
+
+fn on_sale() -> bool {
+    true
+}
+
+/// `PUT /admin/api/products/{id}`: the fields to change.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProductPatch {
+    name: Option<String>,
+    price_fen: Option<u64>,
+    active: Option<bool>,
+}
+
+/// Every product, retired ones included.
+pub async fn list_products(_: Admin, State(state): State<SharedState>) -> Result<Json<Vec<ProductView>>, AppError> {
+    let products = state.store.list_products(false).await?;
+    Ok(Json(products.iter().map(ProductView::from).collect()))
+}
+
+async fn change_product(
+    state: &SharedState,
+    admin: &Admin,
+    id: &ProductId,
+    change: ProductChange,
+) -> Result<Json<ProductView>, AppError> {
+    let changed = state.store.change_product(id, &change, &admin.name, state.clock.now()).await??;
+    tracing::info!(
+        actor = %admin.name,
+        product = %changed.after.id,
+        action = %name_of(&change.action()),
+        audit_id = changed.audit_id,
+        "catalogue changed"
+    );
+    Ok(Json(ProductView::from(&changed.after)))
+}
+
+fn existing_id(id: String) -> Result<ProductId, AppError> {
+    ProductId::parse(id)
+        .map_err(|e| AppError::not_found("PRODUCT_NOT_FOUND", format!("unknown product: {}", e.problem)))
+}
+
+pub async fn create_product(
+    admin: Admin,
+    State(state): State<SharedState>,
+    ApiJson(body): ApiJson<NewProduct>,
+) -> Result<(StatusCode, Json<ProductView>), AppError> {
+    let id = parse_new_id(&body.id)?;
+    let change = ProductChange::Create { id: body.id, name: body.name, price_fen: body.price_fen, active: body.active };
+    Ok((StatusCode::CREATED, change_product(&state, &admin, &id, change).await?))
+}
+
+pub async fn update_product(
+    admin: Admin,
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ProductPatch>,
+) -> Result<Json<ProductView>, AppError> {
+    let change = ProductChange::Update { name: body.name, price_fen: body.price_fen, active: body.active };
+    change_product(&state, &admin, &existing_id(id)?, change).await
+}
+
+/// Retires the product: no new orders or scans; it and its orders' history stay.
+pub async fn retire_product(
+    admin: Admin,
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> Result<Json<ProductView>, AppError> {
+    change_product(&state, &admin, &existing_id(id)?, ProductChange::Retire).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    /// e.g. `product:cola`.
+    subject: Option<String>,
+    limit: Option<u32>,
+}
+
+/// The audit log, newest first: who (the admin credential's name), when, what, before/after.
+pub async fn audit_log(
+    _: Admin,
+    State(state): State<SharedState>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<Vec<Value>>, AppError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(AppError::invalid_input("limit: must be between 1 and 1000"));
+    }
+    let events = state.store.audit_events(q.subject.as_deref(), limit).await?;
+    Ok(Json(
+        events
+            .iter()
+            .map(|e| {
+                json!({
+                    "id": e.id,
+                    "actor": e.actor,
+                    "at": e.at.to_rfc3339(),
+                    "action": name_of(&e.action),
+                    "subject": e.subject,
+                    "before": e.before,
+                    "after": e.after,
+                })
+            })
+            .collect(),
+    ))
 }

@@ -3,6 +3,7 @@
 //! ([`PayError`], store, cache, WeChat failures) become HTTP here and nowhere else.
 
 use crate::cache::CacheError;
+use crate::domain::catalogue::CatalogueError;
 use crate::domain::DomainError;
 use crate::payments::PayError;
 use crate::qr::QrError;
@@ -62,6 +63,19 @@ impl From<WeChatFailure> for AppError {
             WeChatFailure::Refused(e) => {
                 Self::new(StatusCode::BAD_GATEWAY, "WECHAT_ERROR", format!("WeChat Pay refused the request: {e}"))
             }
+        }
+    }
+}
+
+impl From<CatalogueError> for AppError {
+    /// A refused catalogue change: 400 naming the field, 404 or 409.
+    fn from(e: CatalogueError) -> Self {
+        let message = e.to_string();
+        match e {
+            CatalogueError::Invalid { .. } => Self::invalid_input(message),
+            CatalogueError::NotFound(_) => Self::not_found("PRODUCT_NOT_FOUND", message),
+            CatalogueError::Exists(_) => Self::conflict("PRODUCT_EXISTS", message),
+            CatalogueError::Retired(_) => Self::conflict("PRODUCT_RETIRED", message),
         }
     }
 }

@@ -10,11 +10,19 @@ pub struct ProductView {
     pub name: String,
     pub price_fen: u64,
     pub active: bool,
+    /// Retired: never on sale again (kept for the history of its orders).
+    pub retired: bool,
 }
 
 impl From<&Product> for ProductView {
     fn from(p: &Product) -> Self {
-        ProductView { id: p.id.to_string(), name: p.name.clone(), price_fen: p.price.get(), active: p.active }
+        ProductView {
+            id: p.id.to_string(),
+            name: p.name.clone(),
+            price_fen: p.price.get(),
+            active: p.active,
+            retired: p.retired,
+        }
     }
 }
 

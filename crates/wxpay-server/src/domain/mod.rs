@@ -1,6 +1,7 @@
-//! The pure domain: products, users, orders and the one transition function that decides every
+//! The pure domain: products and catalogue changes ([`catalogue`]), users, orders and the one transition function that decides every
 //! order state change. No IO and no clock reads here: `now` is always a parameter.
 
+pub mod catalogue;
 mod events;
 mod machine;
 mod order;

@@ -195,7 +195,7 @@ where
             return Err(DomainError::BadQuantity { product_id, quantity, max: MAX_QUANTITY });
         }
         let product = lookup(&product_id).ok_or_else(|| DomainError::UnknownProduct(product_id.clone()))?;
-        if !product.active {
+        if !product.on_sale() {
             return Err(DomainError::InactiveProduct(product_id));
         }
         let line = product.price.checked_mul(quantity).ok_or(DomainError::AmountOverflow)?;
@@ -227,7 +227,13 @@ mod tests {
     use chrono::TimeZone;
 
     fn product(id: &str, price: u64, active: bool) -> Product {
-        Product { id: ProductId::parse(id).unwrap(), name: format!("name of {id}"), price: Fen::new(price), active }
+        Product {
+            id: ProductId::parse(id).unwrap(),
+            name: format!("name of {id}"),
+            price: Fen::new(price),
+            active,
+            retired: false,
+        }
     }
 
     fn catalogue(id: &ProductId) -> Option<Product> {
@@ -269,6 +275,8 @@ mod tests {
         assert_eq!(err, DomainError::UnknownProduct(pid("nope")));
         assert!(err.to_string().contains("nope"));
         assert_eq!(price_order(catalogue, &[(pid("old"), 1)]), Err(DomainError::InactiveProduct(pid("old"))));
+        let retired = |id: &ProductId| Some(Product { retired: true, ..product(id.as_str(), 10, true) });
+        assert_eq!(price_order(retired, &[(pid("gone"), 1)]), Err(DomainError::InactiveProduct(pid("gone"))));
         assert_eq!(price_order(catalogue, &[(pid("free"), 1)]), Err(DomainError::ZeroAmount));
         let many: Vec<_> = (0..21).map(|i| (pid(&format!("p{i}")), 1)).collect();
         assert!(matches!(price_order(catalogue, &many), Err(DomainError::TooManyLines { got: 21, .. })));
@@ -277,7 +285,13 @@ mod tests {
     #[test]
     fn amount_overflow_is_an_error_not_a_wrap() {
         let huge = |id: &ProductId| {
-            Some(Product { id: id.clone(), name: "x".into(), price: Fen::new(u64::MAX / 2), active: true })
+            Some(Product {
+                id: id.clone(),
+                name: "x".into(),
+                price: Fen::new(u64::MAX / 2),
+                active: true,
+                retired: false,
+            })
         };
         assert_eq!(price_order(huge, &[(pid("a"), 3)]), Err(DomainError::AmountOverflow));
         assert_eq!(price_order(huge, &[(pid("a"), 1), (pid("b"), 1), (pid("c"), 1)]), Err(DomainError::AmountOverflow));

@@ -7,8 +7,18 @@ pub struct Product {
     pub id: ProductId,
     pub name: String,
     pub price: Fen,
-    /// Inactive products stay in the table (old orders refer to them) but cannot be ordered.
+    /// Inactive products stay in the table (old orders refer to them) but cannot be ordered;
+    /// an admin may put them on sale again.
     pub active: bool,
+    /// Retired (deleted from the catalogue): never on sale again, kept for the orders' history.
+    pub retired: bool,
+}
+
+impl Product {
+    /// Whether the product may be ordered or scanned now.
+    pub fn on_sale(&self) -> bool {
+        self.active && !self.retired
+    }
 }
 
 /// A mini-program / official-account user, known by openid. The session_key is deliberately not

@@ -34,6 +34,7 @@ macro_rules! store_contract_tests {
         $crate::store_contract_tests!(@cases $harness;
             users_upsert_is_idempotent,
             products_upsert_list_get,
+            catalogue_changes_are_audited_and_keep_orders,
             orders_create_get_and_list_own,
             create_order_twice_conflicts,
             admin_list_filters_and_pages,
@@ -88,9 +89,9 @@ fn txid(s: &str) -> TransactionId {
 
 fn catalogue() -> Vec<Product> {
     vec![
-        Product { id: pid("apple"), name: "Apple".into(), price: Fen::new(150), active: true },
-        Product { id: pid("pear"), name: "Pear".into(), price: Fen::new(99), active: true },
-        Product { id: pid("retired"), name: "Old".into(), price: Fen::new(10), active: false },
+        Product { id: pid("apple"), name: "Apple".into(), price: Fen::new(150), active: true, retired: false },
+        Product { id: pid("pear"), name: "Pear".into(), price: Fen::new(99), active: true, retired: false },
+        Product { id: pid("retired"), name: "Old".into(), price: Fen::new(10), active: false, retired: false },
     ]
 }
 
@@ -183,6 +184,57 @@ pub async fn products_upsert_list_get(h: &dyn StoreHarness) {
     assert_eq!(store.get_product(&pid("apple")).await.unwrap(), Some(apple));
     assert_eq!(store.list_products(true).await.unwrap().len(), 1);
     assert_eq!(store.get_product(&pid("nothing")).await.unwrap(), None);
+}
+
+/// Catalogue changes: each one written with its audit event (actor, time, before/after); a
+/// refused change writes nothing; a price change leaves existing orders as they were; a retired
+/// product is kept but off sale.
+pub async fn catalogue_changes_are_audited_and_keep_orders(h: &dyn StoreHarness) {
+    use crate::domain::catalogue::{AuditAction, CatalogueError, ProductChange};
+    let store = h.open().await;
+    let order = seed_order(&*store).await;
+    let at = t0() + Duration::minutes(5);
+
+    let create = ProductChange::Create { id: "tea".into(), name: "Tea".into(), price_fen: 500, active: true };
+    let created = store.change_product(&pid("tea"), &create, "alice", at).await.unwrap().expect("created");
+    assert_eq!((created.before, created.after.price), (None, Fen::new(500)));
+    let again = store.change_product(&pid("tea"), &create, "alice", at).await.unwrap();
+    assert!(matches!(again, Err(CatalogueError::Exists(_))), "{again:?}");
+
+    let reprice = ProductChange::Update { name: None, price_fen: Some(175), active: None };
+    let changed = store.change_product(&pid("apple"), &reprice, "bob", at).await.unwrap().expect("repriced");
+    assert_eq!(changed.before.as_ref().map(|p| p.price), Some(Fen::new(150)));
+    assert_eq!(store.get_product(&pid("apple")).await.unwrap().map(|p| p.price), Some(Fen::new(175)));
+    // The order made at the old price keeps it.
+    assert_eq!(must_get(&*store, &order.order_no).await, order);
+
+    let bad = ProductChange::Update { name: None, price_fen: Some(0), active: None };
+    assert!(store.change_product(&pid("apple"), &bad, "bob", at).await.unwrap().is_err());
+
+    let retired = store.change_product(&pid("pear"), &ProductChange::Retire, "carol", at).await.unwrap().unwrap();
+    assert!(retired.after.retired && !retired.after.on_sale());
+    let pear = store.get_product(&pid("pear")).await.unwrap().expect("a retired product is kept");
+    assert!(pear.retired);
+    assert!(!store.list_products(true).await.unwrap().iter().any(|p| p.id == pid("pear")));
+    assert_eq!(must_get(&*store, &order.order_no).await.items[1].product_id, pid("pear"));
+
+    let log = store.audit_events(None, 10).await.unwrap();
+    let summary: Vec<_> = log.iter().map(|e| (e.actor.as_str(), e.action, e.subject.as_str())).collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("carol", AuditAction::ProductRetired, "product:pear"),
+            ("bob", AuditAction::ProductUpdated, "product:apple"),
+            ("alice", AuditAction::ProductCreated, "product:tea"),
+        ]
+    );
+    let price_change = &log[1];
+    assert_eq!(price_change.at, at);
+    assert_eq!(price_change.before.as_ref().unwrap()["price_fen"], 150);
+    assert_eq!(price_change.after.as_ref().unwrap()["price_fen"], 175);
+    assert_eq!(log[2].before, None);
+    let apple_only = store.audit_events(Some("product:apple"), 10).await.unwrap();
+    assert_eq!(apple_only.len(), 1);
 }
 
 pub async fn orders_create_get_and_list_own(h: &dyn StoreHarness) {

@@ -9,6 +9,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 use wxpay_proto::{Openid, OutTradeNo, ProductId};
 
+use crate::domain::catalogue::{AuditAction, CatalogueError, ProductChange};
 use crate::domain::{EventKind, Order, OrderEvent, OrderStatus, OutboxMessage, Product, RejectReason, User};
 
 mod apply;
@@ -177,6 +178,28 @@ pub struct InboxCause {
     pub received_at: DateTime<Utc>,
 }
 
+/// A catalogue change as committed, with its audit event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductChanged {
+    pub before: Option<Product>,
+    pub after: Product,
+    pub audit_id: i64,
+}
+
+/// One row of the append-only audit log: who changed what, when, and how.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEvent {
+    pub id: i64,
+    /// The admin credential's name (`cli` for `wxpay products` on the command line).
+    pub actor: String,
+    pub at: DateTime<Utc>,
+    pub action: AuditAction,
+    /// What changed, e.g. `product:cola`.
+    pub subject: String,
+    pub before: Option<serde_json::Value>,
+    pub after: Option<serde_json::Value>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// Creates or upgrades the schema. Idempotent.
@@ -190,6 +213,19 @@ pub trait Store: Send + Sync {
     /// Sorted by id.
     async fn list_products(&self, active_only: bool) -> StoreResult<Vec<Product>>;
     async fn get_product(&self, id: &ProductId) -> StoreResult<Option<Product>>;
+    /// Carries out a catalogue change on product `id` (for a creation, the id being created):
+    /// reads the stored product (locked), applies [`ProductChange::apply`], writes the result and
+    /// appends its audit event by `actor`, in one transaction. The inner error is the change
+    /// refused (nothing written).
+    async fn change_product(
+        &self,
+        id: &ProductId,
+        change: &ProductChange,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Result<ProductChanged, CatalogueError>>;
+    /// The audit log, newest first; only the events of `subject` when given.
+    async fn audit_events(&self, subject: Option<&str>, limit: u32) -> StoreResult<Vec<AuditEvent>>;
 
     /// Inserts a new order with its items and logs `order.created`.
     /// [`StoreError::Conflict`] when the order number exists.

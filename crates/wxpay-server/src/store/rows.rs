@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 use sqlx::FromRow;
 use wxpay_proto::{Fen, Openid, OutTradeNo, PrepayId, ProductId, TradeType, TransactionId};
 
-use super::{DueOrder, InboxRecord, OrderEventRecord, OutboxEvent, StoreError, StoreResult, StoredNotification};
+use super::{
+    AuditEvent, DueOrder, InboxRecord, OrderEventRecord, OutboxEvent, StoreError, StoreResult, StoredNotification,
+};
 use crate::domain::{parse_name, Order, OrderItem, OrderStatus, OutboxMessage, Product, User};
 
 /// The order columns, in the order [`OrderRow`] has them.
@@ -152,7 +154,11 @@ pub(crate) struct ProductRow {
     name: String,
     price_fen: i64,
     active: bool,
+    retired: bool,
 }
+
+/// The product columns, in the order [`ProductRow`] has them.
+pub(crate) const PRODUCT_COLS: &str = "id, name, price_fen, active, retired";
 
 impl TryFrom<ProductRow> for Product {
     type Error = StoreError;
@@ -162,6 +168,7 @@ impl TryFrom<ProductRow> for Product {
             name: r.name,
             price: fen_from_db(r.price_fen)?,
             active: r.active,
+            retired: r.retired,
         })
     }
 }
@@ -286,4 +293,33 @@ impl TryFrom<StatusCountRow> for (OrderStatus, i64) {
 /// Converts every row, failing on the first that does not decode.
 pub(crate) fn convert<R, T: TryFrom<R, Error = StoreError>>(rows: Vec<R>) -> StoreResult<Vec<T>> {
     rows.into_iter().map(T::try_from).collect()
+}
+
+pub(crate) const AUDIT_COLS: &str = "id, actor, at, action, subject, before, after";
+
+#[derive(FromRow)]
+pub(crate) struct AuditRow {
+    id: i64,
+    actor: String,
+    at: i64,
+    action: String,
+    subject: String,
+    before: Option<String>,
+    after: Option<String>,
+}
+
+impl TryFrom<AuditRow> for AuditEvent {
+    type Error = StoreError;
+    fn try_from(r: AuditRow) -> StoreResult<AuditEvent> {
+        let json = |v: Option<String>| v.map(|t| serde_json::from_str(&t).map_err(corrupt)).transpose();
+        Ok(AuditEvent {
+            id: r.id,
+            actor: r.actor,
+            at: from_ms(r.at)?,
+            action: name("audit action", &r.action)?,
+            subject: r.subject,
+            before: json(r.before)?,
+            after: json(r.after)?,
+        })
+    }
 }

@@ -64,13 +64,13 @@ macro_rules! sql_store {
             use super::{dialect, $store};
             use $crate::domain::{name_of, EventKind, Order, OrderEvent, OrderStatus, OutboxMessage, Product, User};
             use $crate::store::rows::{
-                convert, fen_to_db, ms, DueRow, EventRow, InboxRow, ItemRow, OrderRow, OutboxRow, ProductRow,
-                StatusCountRow, UserRow, INBOX_COLS, ORDER_COLS, OUTBOX_COLS,
+                convert, fen_to_db, ms, AuditRow, DueRow, EventRow, InboxRow, ItemRow, OrderRow, OutboxRow,
+                ProductRow, StatusCountRow, UserRow, AUDIT_COLS, INBOX_COLS, ORDER_COLS, OUTBOX_COLS, PRODUCT_COLS,
             };
             use $crate::store::sql::{storable, SqlConn};
             use $crate::store::{
-                ApplyOutcome, DueOrder, InboxCause, InboxRecord, OrderEventRecord, OrderFilter, OutboxEvent, Store,
-                StoreError, StoreResult, StoredNotification,
+                ApplyOutcome, AuditEvent, DueOrder, InboxCause, InboxRecord, OrderEventRecord, OrderFilter, OutboxEvent,
+                ProductChanged, Store, StoreError, StoreResult, StoredNotification,
             };
 
             async fn load_items(conn: &mut $conn, order_no: &str) -> StoreResult<Vec<$crate::domain::OrderItem>> {
@@ -82,6 +82,40 @@ macro_rules! sql_store {
                 .fetch_all(&mut *conn)
                 .await?;
                 convert(rows)
+            }
+
+            async fn load_product(conn: &mut $conn, id: &str, lock: bool) -> StoreResult<Option<Product>> {
+                let lock = if lock { dialect::LOCK_ROW } else { "" };
+                let row: Option<ProductRow> =
+                    sqlx::query_as(&format!("SELECT {PRODUCT_COLS} FROM products WHERE id = $1{lock}"))
+                        .bind(id)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                row.map(Product::try_from).transpose()
+            }
+
+            /// Inserts or overwrites a product; `updated_at` is kept when not given.
+            async fn write_product(
+                conn: &mut $conn,
+                product: &Product,
+                updated_at: Option<chrono::DateTime<chrono::Utc>>,
+            ) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO products (id, name, price_fen, active, retired, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (id) DO UPDATE SET name = excluded.name, price_fen = excluded.price_fen, \
+                     active = excluded.active, retired = excluded.retired, \
+                     updated_at = COALESCE(excluded.updated_at, products.updated_at)",
+                )
+                .bind(product.id.as_str())
+                .bind(&product.name)
+                .bind(fen_to_db(product.price)?)
+                .bind(product.active)
+                .bind(product.retired)
+                .bind(updated_at.map(ms))
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
             }
 
             /// Order rows with their items (small lists: one query per order).
@@ -251,32 +285,16 @@ macro_rules! sql_store {
                 }
 
                 async fn upsert_product(&self, product: &Product) -> StoreResult<()> {
-                    let (id, name, price, active) =
-                        (product.id.to_string(), product.name.clone(), fen_to_db(product.price)?, product.active);
-                    self.write_one(move |conn| {
-                        Box::pin(async move {
-                            sqlx::query(
-                                "INSERT INTO products (id, name, price_fen, active) VALUES ($1, $2, $3, $4) \
-                                 ON CONFLICT (id) DO UPDATE SET name = excluded.name, price_fen = excluded.price_fen, \
-                                 active = excluded.active",
-                            )
-                            .bind(id)
-                            .bind(name)
-                            .bind(price)
-                            .bind(active)
-                            .execute(&mut *conn)
-                            .await?;
-                            Ok(())
-                        })
-                    })
-                    .await
+                    let product = product.clone();
+                    self.write_one(move |conn| Box::pin(async move { write_product(conn, &product, None).await }))
+                        .await
                 }
 
                 async fn list_products(&self, active_only: bool) -> StoreResult<Vec<Product>> {
                     let mut conn = self.read_conn().await?;
-                    let rows: Vec<ProductRow> = sqlx::query_as(
-                        "SELECT id, name, price_fen, active FROM products WHERE active OR NOT $1 ORDER BY id",
-                    )
+                    let rows: Vec<ProductRow> = sqlx::query_as(&format!(
+                        "SELECT {PRODUCT_COLS} FROM products WHERE (active AND NOT retired) OR NOT $1 ORDER BY id"
+                    ))
                     .bind(active_only)
                     .fetch_all(&mut *conn)
                     .await?;
@@ -285,12 +303,75 @@ macro_rules! sql_store {
 
                 async fn get_product(&self, id: &wxpay_proto::ProductId) -> StoreResult<Option<Product>> {
                     let mut conn = self.read_conn().await?;
-                    let row: Option<ProductRow> =
-                        sqlx::query_as("SELECT id, name, price_fen, active FROM products WHERE id = $1")
-                            .bind(id.as_str())
-                            .fetch_optional(&mut *conn)
+                    load_product(&mut conn, id.as_str(), false).await
+                }
+
+                async fn change_product(
+                    &self,
+                    id: &wxpay_proto::ProductId,
+                    change: &$crate::domain::catalogue::ProductChange,
+                    actor: &str,
+                    now: chrono::DateTime<chrono::Utc>,
+                ) -> StoreResult<Result<ProductChanged, $crate::domain::catalogue::CatalogueError>> {
+                    let (id, change, actor) = (id.clone(), change.clone(), actor.to_owned());
+                    self.write_tx(move |conn| {
+                        Box::pin(async move {
+                            let before = load_product(conn, id.as_str(), true).await?;
+                            let after = match change.apply(&id, before.as_ref()) {
+                                Ok(after) => after,
+                                Err(refused) => return Ok(Err(refused)),
+                            };
+                            if before.is_none() {
+                                // A creation: nothing to lock yet, so a concurrent creation of the
+                                // same id is caught by the primary key instead of overwritten.
+                                let inserted = sqlx::query(
+                                    "INSERT INTO products (id, name, price_fen, active, retired, updated_at) \
+                                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING",
+                                )
+                                .bind(after.id.as_str())
+                                .bind(&after.name)
+                                .bind(fen_to_db(after.price)?)
+                                .bind(after.active)
+                                .bind(after.retired)
+                                .bind(ms(now))
+                                .execute(&mut *conn)
+                                .await?;
+                                if inserted.rows_affected() == 0 {
+                                    return Ok(Err($crate::domain::catalogue::CatalogueError::Exists(after.id)));
+                                }
+                            } else {
+                                write_product(conn, &after, Some(now)).await?;
+                            }
+                            let audit_json = $crate::domain::catalogue::audit_json;
+                            let audit_id: i64 = sqlx::query_scalar(
+                                "INSERT INTO audit_events (actor, at, action, subject, before, after) \
+                                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                            )
+                            .bind(storable(&actor))
+                            .bind(ms(now))
+                            .bind(name_of(&change.action()))
+                            .bind(format!("product:{}", after.id))
+                            .bind(before.as_ref().map(|p| audit_json(p).to_string()))
+                            .bind(audit_json(&after).to_string())
+                            .fetch_one(&mut *conn)
                             .await?;
-                    row.map(Product::try_from).transpose()
+                            Ok(Ok(ProductChanged { before, after, audit_id }))
+                        })
+                    })
+                    .await
+                }
+
+                async fn audit_events(&self, subject: Option<&str>, limit: u32) -> StoreResult<Vec<AuditEvent>> {
+                    let mut conn = self.read_conn().await?;
+                    let rows: Vec<AuditRow> = sqlx::query_as(&format!(
+                        "SELECT {AUDIT_COLS} FROM audit_events WHERE (CAST($1 AS TEXT) IS NULL OR subject = $1) \
+                         ORDER BY id DESC LIMIT $2"
+                    ))
+                    .bind(subject.map(str::to_owned))
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    convert(rows)
                 }
 
                 async fn create_order(&self, order: &Order) -> StoreResult<()> {

@@ -91,9 +91,9 @@ impl TestEnv {
             config.server.session_ttl_secs = 600;
         }
         config.server.public_url = server_url.clone();
-        config.server.admin_token = wxpay_server::config::Secret(ADMIN_TOKEN.into());
+        config.server.admin_token = wxpay_server::config::Secret::new(ADMIN_TOKEN);
         config.workers.enabled = false;
-        config.webhook.secret = wxpay_server::config::Secret(WEBHOOK_SECRET.into());
+        config.webhook.secret = wxpay_server::config::Secret::new(WEBHOOK_SECRET);
         tweak(&mut config, &mut sim_config);
 
         let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
