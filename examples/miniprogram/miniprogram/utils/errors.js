@@ -6,7 +6,7 @@ const TEXTS = {
   UNAUTHORIZED: '请先登录',
   SESSION_EXPIRED: '登录已过期，请重新登录',
   PRODUCT_NOT_FOUND: '商品已下架或不存在',
-  PRODUCT_RETIRED: '商品已下架',
+  PRODUCT_UNAVAILABLE: '商品已下架',
   ORDER_NOT_FOUND: '订单不存在',
   ORDER_PAID: '订单已支付，无需重复支付',
   ORDER_CLOSED: '订单已关闭，请重新下单',
