@@ -346,6 +346,38 @@ impl Store for RiggedStore {
         self.inner.outbox_for_order(order_no).await
     }
 
+    async fn outbox_dead_letter(&self, id: i64, owner: &str, now: DateTime<Utc>, error: &str) -> StoreResult<bool> {
+        self.inner.outbox_dead_letter(id, owner, now, error).await
+    }
+
+    async fn dead_letters(&self, limit: u32) -> StoreResult<Vec<OutboxEvent>> {
+        self.inner.dead_letters(limit).await
+    }
+
+    async fn resend_dead_letter(&self, id: i64, now: DateTime<Utc>) -> StoreResult<bool> {
+        self.inner.resend_dead_letter(id, now).await
+    }
+
+    async fn ops_counts(&self, overdue_cutoff: DateTime<Utc>) -> StoreResult<wxpay_server::store::OpsCounts> {
+        self.inner.ops_counts(overdue_cutoff).await
+    }
+
+    async fn add_admin_token(&self, name: &str, token_sha256: &str, now: DateTime<Utc>) -> StoreResult<()> {
+        self.inner.add_admin_token(name, token_sha256, now).await
+    }
+
+    async fn list_admin_tokens(&self) -> StoreResult<Vec<wxpay_server::store::AdminToken>> {
+        self.inner.list_admin_tokens().await
+    }
+
+    async fn revoke_admin_token(&self, name: &str) -> StoreResult<bool> {
+        self.inner.revoke_admin_token(name).await
+    }
+
+    async fn admin_token_name(&self, token_sha256: &str) -> StoreResult<Option<String>> {
+        self.inner.admin_token_name(token_sha256).await
+    }
+
     async fn count_orders_by_status(&self) -> StoreResult<Vec<(OrderStatus, i64)>> {
         self.inner.count_orders_by_status().await
     }
@@ -377,6 +409,7 @@ fn instance(env: &TestEnv, store: Arc<dyn Store>, id: &str) -> Arc<AppState> {
         short_links: Default::default(),
         outbox_wake: tokio::sync::Notify::new(),
         refused_limiter: wxpay_server::state::refused_limiter(&shared.config),
+        auth_limiters: wxpay_server::state::AuthLimiters::new(&shared.config),
     })
 }
 
