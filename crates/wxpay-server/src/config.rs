@@ -224,8 +224,8 @@ impl Default for ServerConfig {
             body_limit_bytes: 64 * 1024,
             session_ttl_secs: 7 * 24 * 3600,
             server_ip: "127.0.0.1".into(),
-            auth_per_minute: 60,
-            auth_burst: 30,
+            auth_per_minute: 300,
+            auth_burst: 100,
             client_ip_header: String::new(),
         }
     }

@@ -385,6 +385,9 @@ async fn start_embedded(args: &BenchArgs, admin_token: &str, cache_url: &str) ->
     // WXPAY_* variables still apply (e.g. WXPAY_DATABASE__SQLITE_SYNCHRONOUS=NORMAL).
     let mut config = Config::load(None)?;
     config.server.admin_token = Secret(admin_token.to_owned());
+    // Every virtual user comes from this host: lift the per-address login/admin limits.
+    config.server.auth_per_minute = u32::MAX;
+    config.server.auth_burst = u32::MAX;
     config.database.url = match (&fresh, &args.database_url) {
         (Some(db), _) => db.url.clone(),
         (None, Some(url)) => url.clone(),
