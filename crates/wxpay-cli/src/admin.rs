@@ -95,7 +95,10 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<ExitCode> {
         TokenCommand::Revoke { name, .. } => {
             if !store.revoke_admin_token(&name).await? {
                 let known: Vec<String> = store.list_admin_tokens().await?.into_iter().map(|t| t.name).collect();
-                bail!("no admin token named {name:?}; the tokens are: {}", if known.is_empty() { "(none)".to_owned() } else { known.join(", ") });
+                bail!(
+                    "no admin token named {name:?}; the tokens are: {}",
+                    if known.is_empty() { "(none)".to_owned() } else { known.join(", ") }
+                );
             }
             eprintln!("admin token {name:?} revoked");
         }

@@ -45,7 +45,8 @@ pub struct AuthLimiters {
 impl AuthLimiters {
     pub fn new(config: &Config) -> AuthLimiters {
         let limiter = || {
-            let per_minute = std::num::NonZeroU32::new(config.server.auth_per_minute).unwrap_or(std::num::NonZeroU32::MIN);
+            let per_minute =
+                std::num::NonZeroU32::new(config.server.auth_per_minute).unwrap_or(std::num::NonZeroU32::MIN);
             let burst = std::num::NonZeroU32::new(config.server.auth_burst).unwrap_or(std::num::NonZeroU32::MIN);
             governor::RateLimiter::keyed(governor::Quota::per_minute(per_minute).allow_burst(burst))
         };

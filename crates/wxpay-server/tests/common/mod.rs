@@ -371,9 +371,10 @@ pub fn check_webhook_signature(
     mac.update(format!("{id}.{timestamp}.").as_bytes());
     mac.update(raw_body);
     let expected = mac.finalize().into_bytes();
-    let matches = signature.split(' ').filter_map(|s| s.strip_prefix("v1,")).any(|given| {
-        b64.decode(given).is_ok_and(|given| given.as_slice() == expected.as_slice())
-    });
+    let matches = signature
+        .split(' ')
+        .filter_map(|s| s.strip_prefix("v1,"))
+        .any(|given| b64.decode(given).is_ok_and(|given| given.as_slice() == expected.as_slice()));
     if matches {
         Ok(())
     } else {
