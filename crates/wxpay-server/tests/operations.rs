@@ -63,3 +63,32 @@ async fn api_times_are_in_beijing_time() {
     }
     env.shutdown().await;
 }
+
+/// Every metric the alert rules and the dashboard under `deploy/` use is one the server exports
+/// (a renamed metric must not silently turn an alert off).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deploy_files_name_only_metrics_the_server_exports() {
+    let env = TestEnv::start().await;
+    let exposition = env.metrics().await;
+    let exported: std::collections::BTreeSet<&str> =
+        exposition.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+    let deploy = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let mut checked = 0;
+    for file in ["prometheus-alerts.yml", "grafana-dashboard.json"] {
+        let text = std::fs::read_to_string(deploy.join(file)).unwrap();
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("wxpay_") {
+            let name: String =
+                rest[at..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit()).collect();
+            rest = &rest[at + name.len()..];
+            let family = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(&name);
+            assert!(exported.contains(family), "{file} uses {name}, which /metrics does not export: {exported:?}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "found only {checked} metric names in deploy/");
+    env.shutdown().await;
+}

@@ -14,10 +14,13 @@ use wxpay_server::api::auth;
 use wxpay_server::config::Secret;
 use wxpay_server::worker::outbox;
 
+/// Every POST a receiver got: its headers and raw body.
+type Posts = Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>>;
+
 /// A receiver that keeps every POST's headers and raw body and answers with `answers` in turn
 /// (then 200).
-async fn raw_receiver(answers: Vec<u16>) -> (String, Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>>) {
-    let got: Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>> = Arc::default();
+async fn raw_receiver(answers: Vec<u16>) -> (String, Posts) {
+    let got: Posts = Arc::default();
     let sink = got.clone();
     let app = axum::Router::new().route(
         "/hook",

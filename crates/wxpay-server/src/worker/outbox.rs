@@ -228,7 +228,7 @@ mod tests {
         let key = signing_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         let body = r#"{"test": 2432232314}"#;
         assert_eq!(
-            signature(&[key.clone()], "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
+            signature(std::slice::from_ref(&key), "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body),
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
         let two = signature(&[key, b"old".to_vec()], "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body);
