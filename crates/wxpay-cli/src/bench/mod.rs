@@ -404,6 +404,14 @@ async fn start_embedded(args: &BenchArgs, admin_token: &str, cache_url: &str) ->
     config.orders.seed_demo_catalogue = true;
     config.workers.enabled = true;
     config.workers.tick_ms = 50;
+    // A local webhook receiver that accepts every event, so that deliveries (and their lag) are
+    // real: without a webhook URL nothing is delivered.
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    config.webhook.url = Some(format!("http://{}/hook", hook.local_addr()?));
+    let sink = axum::Router::new().route("/hook", axum::routing::post(|| async { "ok" }));
+    tokio::spawn(async move {
+        let _ = axum::serve(hook, sink).await;
+    });
     let mut listeners = Vec::with_capacity(args.instances);
     let mut configs = Vec::with_capacity(args.instances);
     for _ in 0..args.instances.max(1) {
