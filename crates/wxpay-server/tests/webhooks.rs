@@ -168,6 +168,7 @@ async fn a_delivery_past_its_maximum_age_is_a_dead_letter() {
     let (_, dead) = env.admin_get("/admin/api/webhooks/dead").await;
     assert_eq!(dead.as_array().unwrap().len(), 1, "{dead}");
     assert_eq!(dead[0]["attempts"], 2);
+    assert!(dead[0]["last_error"].as_str().unwrap().contains("601 s of age"), "{}", dead[0]);
     env.shutdown().await;
 }
 

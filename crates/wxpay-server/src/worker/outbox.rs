@@ -136,7 +136,11 @@ async fn attempt(
             let too_old = age >= Duration::seconds(i64::try_from(webhook.max_age_secs).unwrap_or(i64::MAX));
             let recorded = if out_of_attempts || too_old {
                 count("dead");
-                let why = if out_of_attempts { format!("{attempts} attempts") } else { format!("age {}", age) };
+                let why = if out_of_attempts {
+                    format!("{attempts} attempts")
+                } else {
+                    format!("{} s of age", age.num_seconds())
+                };
                 tracing::error!(
                     event_id = event.id, order_no = %event.order_no, %error, %why,
                     "webhook delivery failed for good: dead letter (resend: POST /admin/api/webhooks/{{id}}/resend)"
