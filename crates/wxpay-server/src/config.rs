@@ -496,6 +496,29 @@ mod tests {
     }
 
     #[test]
+    fn webhook_and_rate_limit_settings_are_checked() {
+        let mut c = Config::default();
+        c.webhook.secret = Secret("whsec_not base64!".into());
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("webhook.secret") && err.contains("base64"), "{err}");
+        c.webhook.secret = Secret("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into());
+        c.webhook.previous_secrets = vec![Secret("whsec_%%%".into())];
+        assert!(c.validate().unwrap_err().to_string().contains("webhook.secret"));
+        c.webhook.previous_secrets.clear();
+        assert!(c.validate().is_ok());
+        c.webhook.max_attempts = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("webhook.max_attempts"));
+        c.webhook.max_attempts = 3;
+        c.server.auth_burst = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("server.auth_per_minute"));
+        c.server.auth_burst = 5;
+        c.server.client_ip_header = "X Real IP".into();
+        assert!(c.validate().unwrap_err().to_string().contains("server.client_ip_header"));
+        c.server.client_ip_header = "X-Real-IP".into();
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
     fn urls_lose_their_passwords_for_printing() {
         assert_eq!(redacted_url("postgres://u:s3cret@db:5432/app"), "postgres://u@db:5432/app");
         assert_eq!(redacted_url("redis://:s3cret@cache:6379/0"), "redis://cache:6379/0");
