@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod admin;
 mod backup;
 mod bench;
 mod debug;
@@ -108,6 +109,12 @@ enum Command {
     /// Load generator: runs virtual users through whole flows (mini-program, Native, a storm of
     /// duplicate notifications) and checks that every payment was applied exactly once.
     Bench(bench::BenchArgs),
+    /// Administration: named admin API tokens (`wxpay admin token add|list|revoke`), new
+    /// webhook secrets (`wxpay admin webhook-secret`).
+    Admin {
+        #[command(subcommand)]
+        command: admin::AdminCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -125,5 +132,6 @@ fn main() -> ExitCode {
         }
         Command::Bench(args) => run::block_on(bench::run(args)),
         Command::Backup { to, config } => run::block_on(backup::run(config, to)),
+        Command::Admin { command } => run::block_on(admin::run(command)),
     }
 }

@@ -8,18 +8,19 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use wxpay_proto::clock::SystemClock;
-use wxpay_server::config::{Config, ConfigError, EnvRule, Origin};
+use wxpay_server::config::{Config, ConfigError, EnvRule, LogFormat, Origin};
 
-pub fn init_tracing() {
+/// Log lines on stderr: text for a person, or (`log.format = "json"`) one JSON object per line
+/// with the request span's fields (request id, method, path) on each.
+pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=info"));
     use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.with_target(false).with_ansi(std::io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
+    };
 }
 
 /// The exit code of a configuration that cannot be used (`EX_CONFIG` of sysexits.h: a service
@@ -135,8 +136,8 @@ pub async fn check(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    init_tracing();
     let mut config = serve_config(config_path.as_deref())?;
+    init_tracing(config.log.format);
     let sim = if config.simulator.enabled {
         let sim = wxpay_sim::start(embedded_sim_config(&config), Arc::new(SystemClock), config.simulator.listen)
             .await
@@ -160,8 +161,10 @@ pub async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     println!("  WeChat callbacks  {}/wxpay/notify, {}/wxpay/native/scan", server.base_url(), server.base_url());
     println!("  health, metrics   {}/healthz, {}/metrics", server.base_url(), server.base_url());
     println!("  database          {}", wxpay_server::config::redacted_url(&config.database.url));
-    if config.server.admin_token.is_empty() {
-        println!("  admin token       {admin_token}   (generated: set server.admin_token to keep one)");
+    if config.server.admin_token.is_empty() && !admin_token.is_empty() {
+        println!("  admin token       {admin_token}   (generated for this sandbox run; `wxpay admin token add NAME` makes lasting ones)");
+    } else if admin_token.is_empty() {
+        println!("  admin             named tokens only (`wxpay admin token add NAME`)");
     }
     match &sim {
         Some(sim) => println!(
@@ -183,7 +186,7 @@ pub async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn sim(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
-    init_tracing();
+    init_tracing(LogFormat::Text);
     let config = sim_config(config_path.as_deref())?;
     let addr = listen.or(config.simulator.listen).unwrap_or_else(|| "127.0.0.1:8090".parse().expect("valid address"));
     let sim = wxpay_sim::start(config, Arc::new(SystemClock), addr)

@@ -44,7 +44,8 @@ const MCH_ID: &str = "1900000777";
 const API_KEY: &str = "Ch4osK3yQ9wE2rT6yU8iO0pA3sD5fG7h";
 const APP_SECRET: &str = "chaos-test-app-secret-0000000000";
 const ADMIN_TOKEN: &str = "chaos-admin-token";
-const WEBHOOK_SECRET: &str = "chaos-webhook-secret";
+/// `whsec_` + base64 of `chaos-webhook-secret` (Standard Webhooks form).
+const WEBHOOK_SECRET: &str = "whsec_Y2hhb3Mtd2ViaG9vay1zZWNyZXQ=";
 /// Distinct mini-program users (each logs in once per server run, or again after a restart).
 const USERS: usize = 64;
 /// How long one client step keeps retrying through faults and restarts.
@@ -182,7 +183,7 @@ type Deliveries = Arc<Mutex<Vec<Delivery>>>;
 
 async fn hook(State(got): State<Deliveries>, headers: HeaderMap, body: Bytes) -> StatusCode {
     let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let event_id = headers.get("x-wxpay-event-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let event_id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     got.lock().unwrap().push(Delivery {
         event_id,
         order_no: json["order_no"].as_str().unwrap_or_default().to_owned(),
@@ -258,6 +259,9 @@ fn write_server_config(dir: &Path, port: u16, sim: &str, hook: &str, backend: &B
 listen = "127.0.0.1:{port}"
 public_url = "http://127.0.0.1:{port}"
 admin_token = "{ADMIN_TOKEN}"
+# Every client here is on 127.0.0.1: lift the per-address login/admin limits.
+auth_per_minute = 1000000
+auth_burst = 1000000
 
 [wechat]
 appid = "{APPID}"

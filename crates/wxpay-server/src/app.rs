@@ -136,10 +136,14 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<Shared
             }
         }
     }
-    let admin_token = if config.server.admin_token.is_empty() {
+    // The legacy single token (named `admin`): from config, or in sandbox mode generated and
+    // printed at start. In production without one, only named tokens (`wxpay admin token add`) work.
+    let admin_token = if !config.server.admin_token.is_empty() {
+        config.server.admin_token.expose().to_owned()
+    } else if config.simulator.enabled {
         random_hex(16)
     } else {
-        config.server.admin_token.expose().to_owned()
+        String::new()
     };
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
@@ -147,6 +151,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<Shared
         .build()
         .map_err(|e| StartError::Config(format!("http client: {e}")))?;
     let refused_limiter = crate::state::refused_limiter(&config);
+    let auth_limiters = crate::state::AuthLimiters::new(&config);
     Ok(Arc::new(AppState {
         config,
         store,
@@ -160,6 +165,7 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<Shared
         short_links: ShortLinkCache::default(),
         outbox_wake: tokio::sync::Notify::new(),
         refused_limiter,
+        auth_limiters,
     }))
 }
 

@@ -110,6 +110,10 @@ fn serialize_redacted<S: serde::Serializer>(secret: &Secret, serializer: S) -> R
     serializer.serialize_str(if secret.is_empty() { "" } else { "<redacted>" })
 }
 
+fn serialize_redacted_list<S: serde::Serializer>(secrets: &[Secret], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(secrets.iter().map(|s| if s.is_empty() { "" } else { "<redacted>" }))
+}
+
 fn serialize_redacted_url<S: serde::Serializer>(url: &str, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&redacted_url(url))
 }
@@ -126,6 +130,24 @@ pub struct Config {
     pub orders: OrdersConfig,
     pub workers: WorkersConfig,
     pub inbox: InboxConfig,
+    pub log: LogConfig,
+}
+
+/// How log lines are written (to stderr).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (default: for a person at a terminal) or `json` (one JSON object per line, for a
+    /// log collector).
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,6 +165,14 @@ pub struct ServerConfig {
     pub session_ttl_secs: u64,
     /// `spbill_create_ip` for unifiedorder when the client IP is unknown (Native: our server IP).
     pub server_ip: String,
+    /// Login (`/api/mp/login`) and admin requests allowed per client address and minute, after a
+    /// burst of `auth_burst`; past it they are answered 429 with `Retry-After`.
+    pub auth_per_minute: u32,
+    pub auth_burst: u32,
+    /// The header a reverse proxy in front of us sets to the client's address (e.g.
+    /// `X-Real-IP`), used for the rate limits. Empty (default): the connection's peer address.
+    /// Set it only behind a proxy that overwrites the header, or clients can pick their address.
+    pub client_ip_header: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -207,11 +237,20 @@ pub struct SimulatorConfig {
 pub struct WebhookConfig {
     /// Where `order.paid` events are POSTed (optional).
     pub url: Option<String>,
-    /// HMAC-SHA256 key for the `X-Wxpay-Signature` header.
+    /// The signing secret, Standard Webhooks style: `whsec_` + base64 of the key bytes (any
+    /// other text is used as the key bytes as is).
     #[serde(serialize_with = "serialize_redacted")]
     pub secret: Secret,
+    /// Secrets being rotated out: deliveries are also signed with each of these (several
+    /// `v1,` signatures) until receivers have switched to `secret`.
+    #[serde(serialize_with = "serialize_redacted_list")]
+    pub previous_secrets: Vec<Secret>,
     /// How long one delivery may take before it counts as failed (and is retried).
     pub timeout_ms: u64,
+    /// Attempts before an event becomes a dead letter (shown by the admin API, resent on request).
+    pub max_attempts: u32,
+    /// Age (since the payment) after which a failing event becomes a dead letter.
+    pub max_age_secs: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -267,6 +306,9 @@ impl Default for ServerConfig {
             body_limit_bytes: 64 * 1024,
             session_ttl_secs: 7 * 24 * 3600,
             server_ip: "127.0.0.1".into(),
+            auth_per_minute: 300,
+            auth_burst: 100,
+            client_ip_header: String::new(),
         }
     }
 }
@@ -349,7 +391,14 @@ impl Default for SimulatorConfig {
 
 impl Default for WebhookConfig {
     fn default() -> Self {
-        WebhookConfig { url: None, secret: Secret::default(), timeout_ms: 10_000 }
+        WebhookConfig {
+            url: None,
+            secret: Secret::default(),
+            previous_secrets: Vec::new(),
+            timeout_ms: 10_000,
+            max_attempts: 15,
+            max_age_secs: 3 * 24 * 3600,
+        }
     }
 }
 
@@ -638,6 +687,25 @@ impl Config {
         if self.inbox.refused_per_minute == 0 || self.inbox.refused_burst == 0 {
             return Err(invalid("inbox.refused_per_minute", "refused_per_minute and refused_burst must be at least 1"));
         }
+        if self.server.auth_per_minute == 0 || self.server.auth_burst == 0 {
+            return Err(invalid("server.auth_per_minute", "auth_per_minute and auth_burst must be at least 1"));
+        }
+        if !self.server.client_ip_header.is_empty()
+            && axum::http::HeaderName::from_bytes(self.server.client_ip_header.as_bytes()).is_err()
+        {
+            return Err(invalid("server.client_ip_header", "is not a valid HTTP header name (e.g. X-Real-IP)"));
+        }
+        for secret in std::iter::once(&self.webhook.secret).chain(&self.webhook.previous_secrets) {
+            if !secret.is_empty() && crate::worker::outbox::signing_key(secret.expose()).is_none() {
+                return Err(invalid(
+                    "webhook.secret",
+                    "a `whsec_` secret must continue with base64 key bytes (e.g. whsec_ + `openssl rand -base64 32`)",
+                ));
+            }
+        }
+        if self.webhook.max_attempts == 0 || self.webhook.max_age_secs == 0 {
+            return Err(invalid("webhook.max_attempts", "max_attempts and max_age_secs must be at least 1"));
+        }
         if self.inbox.excerpt_bytes > 65536 {
             return Err(invalid("inbox.excerpt_bytes", "must be at most 65536"));
         }
@@ -891,6 +959,29 @@ mod tests {
             "{toml}"
         );
         assert!(toml.contains("admin_token = \"\""), "an empty secret shows as not set: {toml}");
+    }
+
+    #[test]
+    fn webhook_and_rate_limit_settings_are_checked() {
+        let mut c = Config::default();
+        c.webhook.secret = Secret::new("whsec_not base64!");
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.contains("webhook.secret") && err.contains("base64"), "{err}");
+        c.webhook.secret = Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+        c.webhook.previous_secrets = vec![Secret::new("whsec_%%%")];
+        assert!(c.validate().unwrap_err().to_string().contains("webhook.secret"));
+        c.webhook.previous_secrets.clear();
+        assert!(c.validate().is_ok());
+        c.webhook.max_attempts = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("webhook.max_attempts"));
+        c.webhook.max_attempts = 3;
+        c.server.auth_burst = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("server.auth_per_minute"));
+        c.server.auth_burst = 5;
+        c.server.client_ip_header = "X Real IP".into();
+        assert!(c.validate().unwrap_err().to_string().contains("server.client_ip_header"));
+        c.server.client_ip_header = "X-Real-IP".into();
+        assert!(c.validate().is_ok());
     }
 
     #[test]

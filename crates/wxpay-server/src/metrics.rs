@@ -38,6 +38,29 @@ pub struct EndpointLabels {
     pub endpoint: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: String,
+    pub route: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpRouteLabels {
+    pub method: String,
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DependencyLabels {
+    pub dependency: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     /// Inbound WeChat callbacks by kind (pay/refund/scan) and outcome (applied, duplicate, rejected, ...).
@@ -49,6 +72,15 @@ pub struct Metrics {
     pub wechat_calls: Family<CallLabels, Counter>,
     pub wechat_latency: Family<EndpointLabels, Histogram>,
     pub webhook_deliveries: Family<ReasonLabels, Counter>,
+    /// HTTP requests by method, route pattern and status.
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_latency: Family<HttpRouteLabels, Histogram>,
+    /// Webhook events by state (`pending`, `dead`), refreshed at scrape time.
+    pub webhook_backlog: Family<StateLabels, Gauge>,
+    /// Orders still CREATED/PAYING more than 5 minutes past their expiry, refreshed at scrape time.
+    pub orders_overdue: Gauge,
+    /// 1 when the dependency (database, cache) answered at scrape time, else 0.
+    pub dependency_up: Family<DependencyLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -72,8 +104,33 @@ impl Default for Metrics {
         registry.register("wechat_api_latency_seconds", "Latency of WeChat API calls", wechat_latency.clone());
         let webhook_deliveries = Family::<ReasonLabels, Counter>::default();
         registry.register("webhook_deliveries", "Fulfilment webhook attempts, by outcome", webhook_deliveries.clone());
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register("http_requests", "HTTP requests, by method, route and status", http_requests.clone());
+        let http_latency = Family::<HttpRouteLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 14))
+        });
+        registry.register("http_request_duration_seconds", "Latency of HTTP requests", http_latency.clone());
+        let webhook_backlog = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "webhook_backlog",
+            "Undelivered webhook events, by state (pending: waiting for an attempt; dead: out of attempts)",
+            webhook_backlog.clone(),
+        );
+        let orders_overdue = Gauge::default();
+        registry.register(
+            "orders_overdue",
+            "Orders still CREATED or PAYING more than 5 minutes after their expiry",
+            orders_overdue.clone(),
+        );
+        let dependency_up = Family::<DependencyLabels, Gauge>::default();
+        registry.register("dependency_up", "1 when the dependency answered at scrape time", dependency_up.clone());
         Metrics {
             registry,
+            http_requests,
+            http_latency,
+            webhook_backlog,
+            orders_overdue,
+            dependency_up,
             notifications,
             verification_failures,
             orders,
@@ -96,6 +153,25 @@ impl Metrics {
     pub fn wechat_call(&self, endpoint: &str, outcome: &str, elapsed: Duration) {
         self.wechat_calls.get_or_create(&CallLabels { endpoint: endpoint.into(), outcome: outcome.into() }).inc();
         self.wechat_latency.get_or_create(&EndpointLabels { endpoint: endpoint.into() }).observe(elapsed.as_secs_f64());
+    }
+
+    pub fn http_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        self.http_requests
+            .get_or_create(&HttpLabels { method: method.into(), route: route.into(), status: status.to_string() })
+            .inc();
+        self.http_latency
+            .get_or_create(&HttpRouteLabels { method: method.into(), route: route.into() })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn set_ops(&self, counts: &crate::store::OpsCounts) {
+        self.webhook_backlog.get_or_create(&StateLabels { state: "pending".into() }).set(counts.webhook_pending);
+        self.webhook_backlog.get_or_create(&StateLabels { state: "dead".into() }).set(counts.webhook_dead);
+        self.orders_overdue.set(counts.orders_overdue);
+    }
+
+    pub fn set_dependency_up(&self, dependency: &str, up: bool) {
+        self.dependency_up.get_or_create(&DependencyLabels { dependency: dependency.into() }).set(i64::from(up));
     }
 
     pub fn set_orders(&self, status: &str, count: i64) {

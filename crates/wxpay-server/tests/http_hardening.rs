@@ -80,8 +80,8 @@ async fn private_answers_are_not_cached_and_html_gets_security_headers() {
         assert_private(&format!("admin orders (token: {})", token.is_some()), resp.headers());
     }
 
-    // The QR sheet: HTML, with the admin token in its query string.
-    let resp = env.http.get(env.url(&format!("/admin/products/qr-sheet?token={ADMIN_TOKEN}"))).send().await.unwrap();
+    // The QR sheet: HTML, with the admin bearer token.
+    let resp = env.http.get(env.url("/admin/products/qr-sheet")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let headers = resp.headers().clone();
     assert!(headers.get("content-type").unwrap().to_str().unwrap().starts_with("text/html"));

@@ -23,18 +23,22 @@ use wxpay_server::store::{
 use wxpay_server::worker::{outbox, reconciler};
 use wxpay_sim::FaultSet;
 
-/// The receiver's HMAC code against a known answer computed outside this code base:
-/// `printf '%s' '1700000000.{"id":1,"kind":"order.paid"}' | openssl dgst -sha256 -hmac whsec-test-secret`.
+/// The receiver's check against the Standard Webhooks spec's own example (secret, id, timestamp,
+/// body and signature published with the spec), a known answer from outside this code base.
 #[test]
-fn the_test_receivers_check_matches_an_independent_known_answer() {
-    let body = br#"{"id":1,"kind":"order.paid"}"#;
-    let known = "v1=cfec604c43b54b735e974725d238fc05ec15a7e2d4b5ad54e5b3ab61f008cd84";
-    assert_eq!(check_webhook_signature("whsec-test-secret", Some("1700000000"), Some(known), body), Ok(()));
-    assert!(check_webhook_signature("whsec-test-secret", Some("1700000001"), Some(known), body).is_err());
-    assert!(check_webhook_signature("other-secret", Some("1700000000"), Some(known), body).is_err());
-    assert!(check_webhook_signature("whsec-test-secret", Some("1700000000"), Some(known), b"{}").is_err());
-    assert!(check_webhook_signature("whsec-test-secret", Some("1700000000"), Some(&known[3..]), body).is_err());
-    assert!(check_webhook_signature("whsec-test-secret", None, Some(known), body).is_err());
+fn the_test_receivers_check_matches_the_specs_example() {
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let (id, ts, body) = (Some("msg_p5jXN8AQM9LWM0D4loKWxJek"), Some("1614265330"), br#"{"test": 2432232314}"#);
+    let known = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+    assert_eq!(check_webhook_signature(secret, id, ts, Some(known), body), Ok(()));
+    let rotating = format!("v1,bm90IGl0 {known}");
+    assert_eq!(check_webhook_signature(secret, id, ts, Some(&rotating), body), Ok(()), "one of several");
+    assert!(check_webhook_signature(secret, id, Some("1614265331"), Some(known), body).is_err());
+    assert!(check_webhook_signature(secret, Some("msg_other"), ts, Some(known), body).is_err());
+    assert!(check_webhook_signature("whsec_b3RoZXI=", id, ts, Some(known), body).is_err());
+    assert!(check_webhook_signature(secret, id, ts, Some(known), b"{}").is_err());
+    assert!(check_webhook_signature(secret, id, ts, Some(&known[3..]), body).is_err());
+    assert!(check_webhook_signature(secret, id, None, Some(known), body).is_err());
 }
 
 fn wechat_calls(text: &str, endpoint: &str) -> f64 {
@@ -141,11 +145,11 @@ async fn webhook_failure_backs_off_then_delivers_one_event() {
     assert!(ev["delivered_at"].is_null(), "{detail}");
     assert!(ev["last_error"].as_str().is_some_and(|e| e.contains("500")), "{detail}");
 
-    // Documented backoff: 5 s, 10 s, 20 s, ...
+    // Documented backoff: 5 s, 10 s, 20 s, ..., each jittered to between half and all of it.
     assert_eq!(outbox::deliver_once(env.state()).await.unwrap(), outbox::DeliveryReport::default());
-    env.advance(4);
-    assert_eq!(outbox::deliver_once(env.state()).await.unwrap(), outbox::DeliveryReport::default(), "4 s later");
-    env.advance(1);
+    env.advance(2);
+    assert_eq!(outbox::deliver_once(env.state()).await.unwrap(), outbox::DeliveryReport::default(), "2 s later");
+    env.advance(3);
     let r = outbox::deliver_once(env.state()).await.unwrap();
     assert_eq!((r.delivered, r.failed), (1, 0), "5 s later: {r:?}");
     env.advance(3600);
@@ -361,6 +365,38 @@ impl Store for RiggedStore {
         self.inner.outbox_for_order(order_no).await
     }
 
+    async fn outbox_dead_letter(&self, id: i64, owner: &str, now: DateTime<Utc>, error: &str) -> StoreResult<bool> {
+        self.inner.outbox_dead_letter(id, owner, now, error).await
+    }
+
+    async fn dead_letters(&self, limit: u32) -> StoreResult<Vec<OutboxEvent>> {
+        self.inner.dead_letters(limit).await
+    }
+
+    async fn resend_dead_letter(&self, id: i64, now: DateTime<Utc>) -> StoreResult<bool> {
+        self.inner.resend_dead_letter(id, now).await
+    }
+
+    async fn ops_counts(&self, overdue_cutoff: DateTime<Utc>) -> StoreResult<wxpay_server::store::OpsCounts> {
+        self.inner.ops_counts(overdue_cutoff).await
+    }
+
+    async fn add_admin_token(&self, name: &str, token_sha256: &str, now: DateTime<Utc>) -> StoreResult<()> {
+        self.inner.add_admin_token(name, token_sha256, now).await
+    }
+
+    async fn list_admin_tokens(&self) -> StoreResult<Vec<wxpay_server::store::AdminToken>> {
+        self.inner.list_admin_tokens().await
+    }
+
+    async fn revoke_admin_token(&self, name: &str) -> StoreResult<bool> {
+        self.inner.revoke_admin_token(name).await
+    }
+
+    async fn admin_token_name(&self, token_sha256: &str) -> StoreResult<Option<String>> {
+        self.inner.admin_token_name(token_sha256).await
+    }
+
     async fn count_orders_by_status(&self) -> StoreResult<Vec<(OrderStatus, i64)>> {
         self.inner.count_orders_by_status().await
     }
@@ -392,6 +428,7 @@ fn instance(env: &TestEnv, store: Arc<dyn Store>, id: &str) -> Arc<AppState> {
         short_links: Default::default(),
         outbox_wake: tokio::sync::Notify::new(),
         refused_limiter: wxpay_server::state::refused_limiter(&shared.config),
+        auth_limiters: wxpay_server::state::AuthLimiters::new(&shared.config),
     })
 }
 

@@ -385,6 +385,9 @@ async fn start_embedded(args: &BenchArgs, admin_token: &str, cache_url: &str) ->
     // WXPAY_* variables still apply (e.g. WXPAY_DATABASE__SQLITE_SYNCHRONOUS=NORMAL).
     let mut config = Config::load(None)?;
     config.server.admin_token = Secret::new(admin_token);
+    // Every virtual user comes from this host: lift the per-address login/admin limits.
+    config.server.auth_per_minute = u32::MAX;
+    config.server.auth_burst = u32::MAX;
     config.database.url = match (&fresh, &args.database_url) {
         (Some(db), _) => db.url.clone(),
         (None, Some(url)) => url.clone(),
@@ -401,6 +404,14 @@ async fn start_embedded(args: &BenchArgs, admin_token: &str, cache_url: &str) ->
     config.orders.seed_demo_catalogue = true;
     config.workers.enabled = true;
     config.workers.tick_ms = 50;
+    // A local webhook receiver that accepts every event, so that deliveries (and their lag) are
+    // real: without a webhook URL nothing is delivered.
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    config.webhook.url = Some(format!("http://{}/hook", hook.local_addr()?));
+    let sink = axum::Router::new().route("/hook", axum::routing::post(|| async { "ok" }));
+    tokio::spawn(async move {
+        let _ = axum::serve(hook, sink).await;
+    });
     let mut listeners = Vec::with_capacity(args.instances);
     let mut configs = Vec::with_capacity(args.instances);
     for _ in 0..args.instances.max(1) {

@@ -1,6 +1,6 @@
-//! The admin API (bearer token from config): orders, their history, shipping, the catalogue
-//! (create, edit, retire; each change an audit event naming the admin credential), product QR
-//! codes, the audit log.
+//! The admin API (named bearer tokens, see [`super::auth`]): orders, their history, shipping,
+//! the catalogue (create, edit, retire; each change an audit event naming the admin credential),
+//! product QR codes, the printable QR sheet, the audit log, webhook dead letters and their resend.
 
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
@@ -12,7 +12,7 @@ use wxpay_proto::{Openid, OutTradeNo, ProductId};
 
 use super::auth::Admin;
 use super::mp::ApiJson;
-use super::views::{AdminOrderView, ProductView};
+use super::views::{api_time, AdminOrderView, ProductView};
 use crate::api::AppError;
 use crate::domain::catalogue::{parse_new_id, ProductChange};
 use crate::domain::{name_of, parse_name, OrderStatus};
@@ -66,24 +66,25 @@ pub async fn order_detail(
     let outbox = state.store.outbox_for_order(&order_no).await?;
     Ok(Json(json!({
         "order": AdminOrderView::from(&order),
-        "events": events.iter().map(|e| json!({"kind": e.kind, "at": e.at.to_rfc3339(), "detail": e.detail})).collect::<Vec<_>>(),
+        "events": events.iter().map(|e| json!({"kind": e.kind, "at": api_time(e.at), "detail": e.detail})).collect::<Vec<_>>(),
         "notifications": notifications.iter().map(|n| json!({
             "id": n.id,
             "kind": n.record.kind,
             "verified": n.record.verified,
             "outcome": n.record.outcome,
             "reason": n.record.reason,
-            "received_at": n.record.received_at.to_rfc3339(),
+            "received_at": api_time(n.record.received_at),
             "repeats": n.repeats,
-            "last_received_at": n.last_received_at.map(|t| t.to_rfc3339()),
+            "last_received_at": n.last_received_at.map(api_time),
             "raw_body": n.record.raw_body,
         })).collect::<Vec<_>>(),
         "outbox": outbox.iter().map(|o| json!({
             "id": o.id,
             "kind": o.message.kind(),
             "attempts": o.attempts,
-            "created_at": o.created_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            "delivered_at": o.delivered_at.map(|t| t.to_rfc3339()),
+            "created_at": api_time(o.created_at),
+            "delivered_at": o.delivered_at.map(api_time),
+            "dead_at": o.dead_at.map(api_time),
             "last_error": o.last_error,
             "payload": o.message.payload(),
         })).collect::<Vec<_>>(),
@@ -145,8 +146,6 @@ pub async fn product_qr(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SheetQuery {
-    /// Browsers cannot send a bearer header when opening a page to print; the token may come here.
-    token: Option<String>,
     short: Option<bool>,
 }
 
@@ -155,17 +154,12 @@ fn escape_html(s: &str) -> String {
 }
 
 /// A printable A4 page with every active product's name, price and QR code.
+/// Same bearer authentication as the rest of the admin side: no token in a URL.
 pub async fn qr_sheet(
+    _: Admin,
     State(state): State<SharedState>,
-    headers: axum::http::HeaderMap,
     Query(q): Query<SheetQuery>,
 ) -> Result<Response, AppError> {
-    let header_token =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let token = header_token.or(q.token.as_deref()).unwrap_or("");
-    if !super::auth::is_admin_token(&state, token) {
-        return Ok((StatusCode::UNAUTHORIZED, "admin token required").into_response());
-    }
     let mut cards = String::new();
     for p in state.store.list_products(true).await? {
         let link = if q.short.unwrap_or(false) {
@@ -280,6 +274,22 @@ pub async fn retire_product(
     change_product(&state, &admin, &existing_id(id)?, ProductChange::Retire).await
 }
 
+/// One webhook event as the admin API shows it.
+fn outbox_view(o: &crate::store::OutboxEvent) -> Value {
+    json!({
+        "id": o.id,
+        "order_no": o.order_no.as_str(),
+        "kind": o.message.kind(),
+        "attempts": o.attempts,
+        "created_at": api_time(o.created_at),
+        "next_attempt_at": api_time(o.next_attempt_at),
+        "delivered_at": o.delivered_at.map(api_time),
+        "dead_at": o.dead_at.map(api_time),
+        "last_error": o.last_error,
+        "payload": o.message.payload(),
+    })
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
@@ -306,7 +316,7 @@ pub async fn audit_log(
                 json!({
                     "id": e.id,
                     "actor": e.actor,
-                    "at": e.at.to_rfc3339(),
+                    "at": api_time(e.at),
                     "action": name_of(&e.action),
                     "subject": e.subject,
                     "before": e.before,
@@ -315,4 +325,40 @@ pub async fn audit_log(
             })
             .collect(),
     ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadQuery {
+    limit: Option<u32>,
+}
+
+/// Webhook events that ran out of attempts or age (dead letters), oldest first.
+pub async fn dead_letters(
+    _: Admin,
+    State(state): State<SharedState>,
+    Query(q): Query<DeadQuery>,
+) -> Result<Json<Vec<Value>>, AppError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(AppError::invalid_input("limit: must be between 1 and 1000"));
+    }
+    let dead = state.store.dead_letters(limit).await?;
+    Ok(Json(dead.iter().map(outbox_view).collect()))
+}
+
+/// Sends a dead letter again: due now, with a fresh attempt count.
+pub async fn resend_webhook(
+    admin: Admin,
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, AppError> {
+    let not_dead = || AppError::not_found("WEBHOOK_NOT_DEAD", format!("webhook event {id} is not a dead letter"));
+    let event_id: i64 = id.parse().map_err(|_| not_dead())?;
+    if !state.store.resend_dead_letter(event_id, state.clock.now()).await? {
+        return Err(not_dead());
+    }
+    tracing::info!(event_id, admin = %admin.name, "webhook dead letter resent");
+    state.outbox_wake.notify_one();
+    Ok(Json(json!({ "id": event_id, "resent": true, "by": admin.name })))
 }

@@ -1,4 +1,7 @@
 //! HTTP: the mini-program API (JSON), WeChat's callbacks (XML), the admin API, operations.
+//!
+//! Around every route: a request id, one access-log line and the HTTP metrics
+//! ([`access_log`]); around login and the admin side: the per-address rate limits of [`auth`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,7 +9,7 @@ use std::time::Duration;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
 use axum::routing::{get, post};
-use axum::Router;
+use axum::{middleware, Router};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -14,6 +17,7 @@ use tower_http::trace::TraceLayer;
 use crate::state::SharedState;
 pub use error::AppError;
 
+pub mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod callbacks;
@@ -26,8 +30,24 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub fn router(state: SharedState) -> Router {
     let body_limit = state.config.server.body_limit_bytes;
-    Router::new()
+    let login = Router::new()
         .route("/api/mp/login", post(mp::login))
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), auth::rate_limit_login));
+    let admin = Router::new()
+        .route("/admin/api/orders", get(admin::list_orders))
+        .route("/admin/api/orders/{order_no}", get(admin::order_detail))
+        .route("/admin/api/orders/{order_no}/ship", post(admin::ship))
+        .route("/admin/api/products", get(admin::list_products).post(admin::create_product))
+        .route("/admin/api/products/{id}", axum::routing::put(admin::update_product).delete(admin::retire_product))
+        .route("/admin/api/products/{id}/{file}", get(admin::product_qr))
+        .route("/admin/api/audit", get(admin::audit_log))
+        .route("/admin/api/webhooks/dead", get(admin::dead_letters))
+        .route("/admin/api/webhooks/{id}/resend", post(admin::resend_webhook))
+        .route("/admin/products/qr-sheet", get(admin::qr_sheet))
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), auth::rate_limit_admin));
+    Router::new()
+        .merge(login)
+        .merge(admin)
         .route("/api/products", get(mp::products))
         .route("/api/orders", post(mp::create_order).get(mp::list_orders))
         .route("/api/orders/{order_no}", get(mp::get_order))
@@ -36,19 +56,12 @@ pub fn router(state: SharedState) -> Router {
         .route("/wxpay/notify", post(callbacks::pay_notify))
         .route("/wxpay/native/scan", post(callbacks::native_scan))
         .route("/wxpay/refund/notify", post(callbacks::refund_notify))
-        .route("/admin/api/orders", get(admin::list_orders))
-        .route("/admin/api/orders/{order_no}", get(admin::order_detail))
-        .route("/admin/api/orders/{order_no}/ship", post(admin::ship))
-        .route("/admin/api/products", get(admin::list_products).post(admin::create_product))
-        .route("/admin/api/products/{id}", axum::routing::put(admin::update_product).delete(admin::retire_product))
-        .route("/admin/api/products/{id}/{file}", get(admin::product_qr))
-        .route("/admin/api/audit", get(admin::audit_log))
-        .route("/admin/products/qr-sheet", get(admin::qr_sheet))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(middleware::from_fn_with_state(Arc::clone(&state), access_log::access_log))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
             let id = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-");
             tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())

@@ -39,12 +39,21 @@ pub async fn healthz(State(state): State<SharedState>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// The Prometheus exposition; the gauges (orders by status, webhook backlog, overdue orders,
+/// dependencies up) are refreshed first.
 pub async fn metrics(State(state): State<SharedState>) -> Response {
     if let Ok(counts) = state.store.count_orders_by_status().await {
         for (status, n) in counts {
             state.metrics.set_orders(&crate::domain::name_of(&status), n);
         }
     }
+    let cutoff = state.clock.now() - chrono::Duration::minutes(5);
+    if let Ok(counts) = state.store.ops_counts(cutoff).await {
+        state.metrics.set_ops(&counts);
+    }
+    let (database, cache) = tokio::join!(check(state.store.ping()), check(state.cache.resolve_token("healthz-probe")));
+    state.metrics.set_dependency_up("database", database.is_none());
+    state.metrics.set_dependency_up("cache", cache.is_none());
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render())
         .into_response()
 }

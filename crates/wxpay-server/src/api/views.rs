@@ -4,6 +4,8 @@ use serde::Serialize;
 
 use crate::domain::{Fulfilment, Order, OrderStatus, Product};
 
+pub use crate::domain::api_time;
+
 #[derive(Serialize)]
 pub struct ProductView {
     pub id: String,
@@ -68,10 +70,10 @@ impl From<&Order> for OrderView {
                     quantity: i.quantity,
                 })
                 .collect(),
-            created_at: o.created_at.to_rfc3339(),
-            expires_at: o.expires_at.to_rfc3339(),
-            paid_at: o.paid_at.map(|t| t.to_rfc3339()),
-            closed_at: o.closed_at.map(|t| t.to_rfc3339()),
+            created_at: api_time(o.created_at),
+            expires_at: api_time(o.expires_at),
+            paid_at: o.paid_at.map(api_time),
+            closed_at: o.closed_at.map(api_time),
             transaction_id: o.transaction_id.as_ref().map(|t| t.to_string()),
         }
     }

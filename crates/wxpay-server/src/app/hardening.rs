@@ -6,8 +6,7 @@
 //!   sees it, so a client cannot forge or break log lines through it.
 //! * **Answers that must not be stored.** Everything under `/admin` (the admin API, the QR sheet)
 //!   and `/api` (login, orders: per-user data and bearer tokens) carries
-//!   `Cache-Control: no-store` and `Referrer-Policy: no-referrer` (the QR sheet accepts its admin
-//!   token in the query string, which a referrer would leak).
+//!   `Cache-Control: no-store` and `Referrer-Policy: no-referrer`.
 //! * **HTML answers** also get the usual browser headers: a restrictive `Content-Security-Policy`
 //!   (no scripts, no framing; the inline styles and SVG our pages use), `X-Frame-Options: DENY`.
 //!   `X-Content-Type-Options: nosniff` goes on every answer.

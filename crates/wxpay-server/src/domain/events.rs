@@ -63,7 +63,7 @@ impl OrderPaidEvent {
             openid: order.openid.to_string(),
             amount_fen: order.amount.get(),
             transaction_id: order.transaction_id.as_ref().map(|t| t.to_string()),
-            paid_at: order.paid_at.map(|t| t.to_rfc3339()),
+            paid_at: order.paid_at.map(super::api_time),
             trade_type: order.trade_type,
             needs_review: order.needs_review,
             review_reason: order.review_reason.clone(),

@@ -89,12 +89,12 @@ impl OrderEvent {
     pub fn detail(&self) -> serde_json::Value {
         match self {
             OrderEvent::PrepayIssued { prepay_id, prepay_expires_at } => {
-                json!({ "prepay_id": prepay_id.as_str(), "prepay_expires_at": prepay_expires_at.to_rfc3339() })
+                json!({ "prepay_id": prepay_id.as_str(), "prepay_expires_at": super::api_time(*prepay_expires_at) })
             }
             OrderEvent::PaymentConfirmed { transaction_id, amount, paid_at, source, reported } => json!({
                 "transaction_id": transaction_id.as_str(),
                 "amount_fen": amount.get(),
-                "paid_at": paid_at.to_rfc3339(),
+                "paid_at": super::api_time(*paid_at),
                 "source": source,
                 "payer": reported.payer.as_ref().map(|p| p.as_str()),
                 "trade_type": reported.trade_type.map(|t| t.as_str()),

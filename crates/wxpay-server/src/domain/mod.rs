@@ -20,6 +20,12 @@ use serde::Serialize;
 use wxpay_proto::ProductId;
 
 /// The name of a unit enum value as stored and shown (its serde name, e.g. `PAID`, `order.paid`).
+/// A time as the API (and the webhook) gives it: RFC 3339 in Beijing time (`+08:00`, like order
+/// numbers and every WeChat time), to the millisecond.
+pub fn api_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.with_timezone(&wxpay_proto::types::beijing()).to_rfc3339_opts(chrono::SecondsFormat::Millis, false)
+}
+
 pub fn name_of<T: Serialize>(value: &T) -> String {
     match serde_json::to_value(value) {
         Ok(serde_json::Value::String(s)) => s,

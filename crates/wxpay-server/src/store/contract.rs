@@ -56,7 +56,9 @@ macro_rules! store_contract_tests {
             refused_callbacks_are_bounded_and_old_rows_purged,
             inbox_rows_without_an_order_are_kept,
             counts_orders_by_status,
-            data_survives_restart
+            data_survives_restart,
+            outbox_dead_letters_wait_for_a_resend,
+            admin_tokens_are_found_by_hash_and_revoked
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {
@@ -835,4 +837,55 @@ pub async fn inbox_rows_without_an_order_are_kept(h: &dyn StoreHarness) {
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!((got[0].id, &got[0].record), (id1, &unattached));
     assert!(store.notifications_for_order(&OutTradeNo::parse("WXSEED1").unwrap()).await.unwrap().is_empty());
+}
+
+pub async fn outbox_dead_letters_wait_for_a_resend(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    let order = seed_order(&*store).await;
+    let no = &order.order_no;
+    applied(store.apply_event(no, &payment("TX-DEAD", order.amount), t0()).await.unwrap());
+    let lease = Duration::seconds(30);
+    let cutoff = t0() - Duration::days(1);
+    assert_eq!(store.ops_counts(cutoff).await.unwrap().webhook_pending, 1);
+    let id = store.claim_outbox(t0(), "w1", lease, 10).await.unwrap()[0].id;
+    // Only the lease holder can bury it.
+    assert!(!store.outbox_dead_letter(id, "w2", t0(), "late").await.unwrap());
+    assert!(store.outbox_dead_letter(id, "w1", t0(), "HTTP 500 (dead letter)").await.unwrap());
+    assert!(store.claim_outbox(t0() + Duration::days(30), "w1", lease, 10).await.unwrap().is_empty(), "dead");
+    let dead = store.dead_letters(10).await.unwrap();
+    assert_eq!(dead.iter().map(|e| (e.id, e.attempts, e.dead_at)).collect::<Vec<_>>(), vec![(id, 1, Some(t0()))]);
+    assert_eq!(dead[0].last_error.as_deref(), Some("HTTP 500 (dead letter)"));
+    let counts = store.ops_counts(cutoff).await.unwrap();
+    assert_eq!((counts.webhook_pending, counts.webhook_dead), (0, 1));
+
+    let later = t0() + Duration::hours(2);
+    assert!(store.resend_dead_letter(id, later).await.unwrap());
+    assert!(!store.resend_dead_letter(id, later).await.unwrap(), "no longer dead");
+    assert!(store.dead_letters(10).await.unwrap().is_empty());
+    let again = store.claim_outbox(later, "w3", lease, 10).await.unwrap();
+    assert_eq!(again.iter().map(|e| (e.id, e.attempts, e.dead_at)).collect::<Vec<_>>(), vec![(id, 0, None)]);
+    store.outbox_delivered(id, later).await.unwrap();
+    assert!(!store.resend_dead_letter(id, later).await.unwrap(), "a delivered event is not resent");
+    assert!(!store.resend_dead_letter(id + 1000, later).await.unwrap());
+    assert_eq!(store.ops_counts(cutoff).await.unwrap(), crate::store::OpsCounts::default());
+}
+
+pub async fn admin_tokens_are_found_by_hash_and_revoked(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    assert!(store.list_admin_tokens().await.unwrap().is_empty());
+    store.add_admin_token("zoe", "hash-zoe", t0()).await.unwrap();
+    store.add_admin_token("amy", "hash-amy", t0() + Duration::seconds(1)).await.unwrap();
+    assert!(matches!(store.add_admin_token("zoe", "hash-other", t0()).await, Err(super::StoreError::Conflict(_))));
+    assert!(matches!(store.add_admin_token("other", "hash-amy", t0()).await, Err(super::StoreError::Conflict(_))));
+    let listed = store.list_admin_tokens().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|t| (t.name.as_str(), t.created_at)).collect::<Vec<_>>(),
+        vec![("amy", t0() + Duration::seconds(1)), ("zoe", t0())]
+    );
+    assert_eq!(store.admin_token_name("hash-zoe").await.unwrap().as_deref(), Some("zoe"));
+    assert_eq!(store.admin_token_name("zoe").await.unwrap(), None);
+    assert!(store.revoke_admin_token("zoe").await.unwrap());
+    assert!(!store.revoke_admin_token("zoe").await.unwrap());
+    assert_eq!(store.admin_token_name("hash-zoe").await.unwrap(), None);
+    assert_eq!(store.list_admin_tokens().await.unwrap().len(), 1);
 }

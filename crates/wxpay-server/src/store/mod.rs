@@ -167,6 +167,28 @@ pub struct OutboxEvent {
     pub next_attempt_at: DateTime<Utc>,
     pub delivered_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
+    /// Set when the event ran out of attempts or age ([`Store::outbox_dead_letter`]): it is no
+    /// longer claimed until an admin resends it ([`Store::resend_dead_letter`]).
+    pub dead_at: Option<DateTime<Utc>>,
+}
+
+/// A named admin API credential. Only a SHA-256 of the token itself is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminToken {
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Counts for the operations gauges, taken at scrape time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpsCounts {
+    /// Webhook events not delivered yet and not dead (waiting for their next attempt).
+    pub webhook_pending: i64,
+    /// Dead-lettered webhook events (waiting for an admin's resend).
+    pub webhook_dead: i64,
+    /// Orders still CREATED or PAYING although their payable window ended before the cutoff
+    /// (the reconciler should have settled them).
+    pub orders_overdue: i64,
 }
 
 /// The inbox row of the verified callback that caused a state change, written in the same
@@ -329,6 +351,27 @@ pub trait Store: Send + Sync {
         error: &str,
     ) -> StoreResult<bool>;
     async fn outbox_for_order(&self, order_no: &OutTradeNo) -> StoreResult<Vec<OutboxEvent>>;
+    /// Counts a last failed attempt by `owner` and makes the event a dead letter (no longer
+    /// claimed). Only while `owner` holds the lease; false otherwise (nothing changed).
+    async fn outbox_dead_letter(&self, id: i64, owner: &str, now: DateTime<Utc>, error: &str) -> StoreResult<bool>;
+    /// Dead letters, oldest first, at most `limit`.
+    async fn dead_letters(&self, limit: u32) -> StoreResult<Vec<OutboxEvent>>;
+    /// Makes a dead letter due again at `now` with a fresh attempt count (its last error is
+    /// kept). False when `id` is not a dead letter.
+    async fn resend_dead_letter(&self, id: i64, now: DateTime<Utc>) -> StoreResult<bool>;
+    /// The operations gauges; `overdue_cutoff` is the expiry before which a pending order counts
+    /// as overdue.
+    async fn ops_counts(&self, overdue_cutoff: DateTime<Utc>) -> StoreResult<OpsCounts>;
+
+    /// Stores a new named admin token by its SHA-256 (lowercase hex). [`StoreError::Conflict`]
+    /// when the name (or the hash) exists.
+    async fn add_admin_token(&self, name: &str, token_sha256: &str, now: DateTime<Utc>) -> StoreResult<()>;
+    /// Sorted by name.
+    async fn list_admin_tokens(&self) -> StoreResult<Vec<AdminToken>>;
+    /// Deletes the token named `name`; false when there is none.
+    async fn revoke_admin_token(&self, name: &str) -> StoreResult<bool>;
+    /// The name of the admin token with this SHA-256, if one exists.
+    async fn admin_token_name(&self, token_sha256: &str) -> StoreResult<Option<String>>;
 
     /// Every status with its count (statuses with no orders included as 0).
     async fn count_orders_by_status(&self) -> StoreResult<Vec<(OrderStatus, i64)>>;

@@ -16,7 +16,7 @@ pub(crate) const ORDER_COLS: &str = "order_no, openid, trade_type, amount_fen, s
      expires_at, prepay_id, prepay_expires_at, transaction_id, paid_at, closed_at, needs_review, review_reason, version";
 
 pub(crate) const OUTBOX_COLS: &str =
-    "id, order_no, kind, payload, attempts, created_at, next_attempt_at, delivered_at, last_error";
+    "id, order_no, kind, payload, attempts, created_at, next_attempt_at, delivered_at, last_error, dead_at";
 
 pub(crate) const INBOX_COLS: &str =
     "id, kind, out_trade_no, raw_body, verified, outcome, reason, received_at, repeats, last_received_at";
@@ -258,6 +258,7 @@ pub(crate) struct OutboxRow {
     next_attempt_at: i64,
     delivered_at: Option<i64>,
     last_error: Option<String>,
+    dead_at: Option<i64>,
 }
 
 impl TryFrom<OutboxRow> for OutboxEvent {
@@ -273,7 +274,21 @@ impl TryFrom<OutboxRow> for OutboxEvent {
             next_attempt_at: from_ms(r.next_attempt_at)?,
             delivered_at: opt_from_ms(r.delivered_at)?,
             last_error: r.last_error,
+            dead_at: opt_from_ms(r.dead_at)?,
         })
+    }
+}
+
+#[derive(FromRow)]
+pub(crate) struct AdminTokenRow {
+    name: String,
+    created_at: i64,
+}
+
+impl TryFrom<AdminTokenRow> for crate::store::AdminToken {
+    type Error = StoreError;
+    fn try_from(r: AdminTokenRow) -> StoreResult<crate::store::AdminToken> {
+        Ok(crate::store::AdminToken { name: r.name, created_at: from_ms(r.created_at)? })
     }
 }
 

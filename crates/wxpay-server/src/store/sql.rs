@@ -64,8 +64,9 @@ macro_rules! sql_store {
             use super::{dialect, $store};
             use $crate::domain::{name_of, EventKind, Order, OrderEvent, OrderStatus, OutboxMessage, Product, User};
             use $crate::store::rows::{
-                convert, fen_to_db, ms, AuditRow, DueRow, EventRow, InboxRow, ItemRow, OrderRow, OutboxRow,
-                ProductRow, StatusCountRow, UserRow, AUDIT_COLS, INBOX_COLS, ORDER_COLS, OUTBOX_COLS, PRODUCT_COLS,
+                convert, fen_to_db, ms, AdminTokenRow, AuditRow, DueRow, EventRow, InboxRow, ItemRow, OrderRow,
+                OutboxRow, ProductRow, StatusCountRow, UserRow, AUDIT_COLS, INBOX_COLS, ORDER_COLS, OUTBOX_COLS,
+                PRODUCT_COLS,
             };
             use $crate::store::sql::{storable, SqlConn};
             use $crate::store::{
@@ -767,6 +768,142 @@ macro_rules! sql_store {
                             .fetch_all(&mut *conn)
                             .await?;
                     convert(rows)
+                }
+
+                async fn outbox_dead_letter(
+                    &self,
+                    id: i64,
+                    owner: &str,
+                    now: chrono::DateTime<chrono::Utc>,
+                    error: &str,
+                ) -> StoreResult<bool> {
+                    let (owner, error) = (owner.to_owned(), storable(error));
+                    self.write_one(move |conn| {
+                        Box::pin(async move {
+                            let done = sqlx::query(
+                                "UPDATE outbox SET attempts = attempts + 1, dead_at = $1, last_error = $2, \
+                                 lease_owner = NULL, lease_until = NULL \
+                                 WHERE id = $3 AND delivered_at IS NULL AND lease_owner = $4",
+                            )
+                            .bind(ms(now))
+                            .bind(error)
+                            .bind(id)
+                            .bind(owner)
+                            .execute(&mut *conn)
+                            .await?;
+                            Ok(done.rows_affected() == 1)
+                        })
+                    })
+                    .await
+                }
+
+                async fn dead_letters(&self, limit: u32) -> StoreResult<Vec<OutboxEvent>> {
+                    let mut conn = self.read_conn().await?;
+                    let rows: Vec<OutboxRow> = sqlx::query_as(&format!(
+                        "SELECT {OUTBOX_COLS} FROM outbox WHERE dead_at IS NOT NULL AND delivered_at IS NULL \
+                         ORDER BY dead_at, id LIMIT $1"
+                    ))
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    convert(rows)
+                }
+
+                async fn resend_dead_letter(&self, id: i64, now: chrono::DateTime<chrono::Utc>) -> StoreResult<bool> {
+                    self.write_one(move |conn| {
+                        Box::pin(async move {
+                            let done = sqlx::query(
+                                "UPDATE outbox SET dead_at = NULL, attempts = 0, next_attempt_at = $1 \
+                                 WHERE id = $2 AND dead_at IS NOT NULL AND delivered_at IS NULL",
+                            )
+                            .bind(ms(now))
+                            .bind(id)
+                            .execute(&mut *conn)
+                            .await?;
+                            Ok(done.rows_affected() == 1)
+                        })
+                    })
+                    .await
+                }
+
+                async fn ops_counts(
+                    &self,
+                    overdue_cutoff: chrono::DateTime<chrono::Utc>,
+                ) -> StoreResult<$crate::store::OpsCounts> {
+                    let mut conn = self.read_conn().await?;
+                    let webhook_pending: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL",
+                    )
+                    .fetch_one(&mut *conn)
+                    .await?;
+                    let webhook_dead: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND dead_at IS NOT NULL",
+                    )
+                    .fetch_one(&mut *conn)
+                    .await?;
+                    let orders_overdue: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM orders WHERE status IN ($1, $2) AND expires_at < $3",
+                    )
+                    .bind(name_of(&OrderStatus::Created))
+                    .bind(name_of(&OrderStatus::Paying))
+                    .bind(ms(overdue_cutoff))
+                    .fetch_one(&mut *conn)
+                    .await?;
+                    Ok($crate::store::OpsCounts { webhook_pending, webhook_dead, orders_overdue })
+                }
+
+                async fn add_admin_token(
+                    &self,
+                    name: &str,
+                    token_sha256: &str,
+                    now: chrono::DateTime<chrono::Utc>,
+                ) -> StoreResult<()> {
+                    let (name, hash) = (name.to_owned(), token_sha256.to_owned());
+                    self.write_one(move |conn| {
+                        Box::pin(async move {
+                            sqlx::query("INSERT INTO admin_tokens (name, token_sha256, created_at) VALUES ($1, $2, $3)")
+                                .bind(name)
+                                .bind(hash)
+                                .bind(ms(now))
+                                .execute(&mut *conn)
+                                .await?;
+                            Ok(())
+                        })
+                    })
+                    .await
+                }
+
+                async fn list_admin_tokens(&self) -> StoreResult<Vec<$crate::store::AdminToken>> {
+                    let mut conn = self.read_conn().await?;
+                    let rows: Vec<AdminTokenRow> =
+                        sqlx::query_as("SELECT name, created_at FROM admin_tokens ORDER BY name")
+                            .fetch_all(&mut *conn)
+                            .await?;
+                    convert(rows)
+                }
+
+                async fn revoke_admin_token(&self, name: &str) -> StoreResult<bool> {
+                    let name = name.to_owned();
+                    self.write_one(move |conn| {
+                        Box::pin(async move {
+                            let done = sqlx::query("DELETE FROM admin_tokens WHERE name = $1")
+                                .bind(name)
+                                .execute(&mut *conn)
+                                .await?;
+                            Ok(done.rows_affected() == 1)
+                        })
+                    })
+                    .await
+                }
+
+                async fn admin_token_name(&self, token_sha256: &str) -> StoreResult<Option<String>> {
+                    let mut conn = self.read_conn().await?;
+                    let name: Option<String> =
+                        sqlx::query_scalar("SELECT name FROM admin_tokens WHERE token_sha256 = $1")
+                            .bind(token_sha256)
+                            .fetch_optional(&mut *conn)
+                            .await?;
+                    Ok(name)
                 }
 
                 async fn count_orders_by_status(&self) -> StoreResult<Vec<(OrderStatus, i64)>> {

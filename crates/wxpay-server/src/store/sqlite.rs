@@ -139,7 +139,7 @@ mod dialect {
     pub(super) fn claim_outbox_sql() -> String {
         format!(
             "UPDATE outbox SET lease_owner = $1, lease_until = $2 WHERE id IN ( \
-                SELECT id FROM outbox WHERE delivered_at IS NULL AND next_attempt_at <= $3 \
+                SELECT id FROM outbox WHERE delivered_at IS NULL AND dead_at IS NULL AND next_attempt_at <= $3 \
                 AND (lease_until IS NULL OR lease_until <= $3) ORDER BY id LIMIT $4) \
              RETURNING {OUTBOX_COLS}"
         )

@@ -90,6 +90,7 @@ async fn reconcile_loop(state: SharedState, tick: Duration, mut shutdown: watch:
             bounded(&state, "retention", retention::purge_once(&state)).await;
             // Forget the rate-limit state of source addresses that have been quiet.
             state.refused_limiter.retain_recent();
+            state.auth_limiters.retain_recent();
         }
     }
 }

@@ -26,7 +26,8 @@ pub const APPID: &str = "wxd930ea5d5a258f4f";
 pub const MCH_ID: &str = "10000100";
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 /// The webhook secret every test server signs with (what the receivers check against).
-pub const WEBHOOK_SECRET: &str = "test-webhook-secret";
+/// (Standard Webhooks form: `whsec_` + base64 of the key bytes `test-webhook-secret`.)
+pub const WEBHOOK_SECRET: &str = "whsec_dGVzdC13ZWJob29rLXNlY3JldA==";
 /// The sandbox merchant's API key (the official docs' example value).
 pub const SANDBOX_KEY: &str = "192006250b4c09247ec02edce69f6a2d";
 
@@ -94,6 +95,9 @@ impl TestEnv {
         config.server.admin_token = wxpay_server::config::Secret::new(ADMIN_TOKEN);
         config.workers.enabled = false;
         config.webhook.secret = wxpay_server::config::Secret::new(WEBHOOK_SECRET);
+        // Every test client is on 127.0.0.1: no per-address limit unless a test sets one.
+        config.server.auth_per_minute = u32::MAX;
+        config.server.auth_burst = u32::MAX;
         tweak(&mut config, &mut sim_config);
 
         let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -314,8 +318,9 @@ pub async fn webhook_receiver_answering(
                 let json = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
                 let signature = check_webhook_signature(
                     WEBHOOK_SECRET,
-                    header("x-wxpay-timestamp").as_deref(),
-                    header("x-wxpay-signature").as_deref(),
+                    header("webhook-id").as_deref(),
+                    header("webhook-timestamp").as_deref(),
+                    header("webhook-signature").as_deref(),
                     &body,
                 );
                 let mut posts = posts.lock().unwrap();
@@ -329,7 +334,7 @@ pub async fn webhook_receiver_answering(
                     Ok(()) if (200..300).contains(&answered) => got.lock().unwrap().push(json.clone()),
                     Ok(()) => {}
                 }
-                let event_id = header("x-wxpay-event-id").unwrap_or_default();
+                let event_id = header("webhook-id").unwrap_or_default();
                 posts.push(WebhookPost { event_id, body: json, signature, answered });
                 axum::http::StatusCode::from_u16(answered).unwrap()
             }
@@ -341,27 +346,40 @@ pub async fn webhook_receiver_answering(
     (url, got, posts)
 }
 
-/// The receiver's own check of `X-Wxpay-Signature: v1=<hex hmac_sha256(secret, "{timestamp}.{raw body}")>`,
-/// written from the documented format (not with the server's function), over the raw bytes.
+/// The receiver's own check of a Standard Webhooks signature, written from the spec (not with
+/// the server's function), over the raw bytes: `webhook-signature` holds one or more
+/// space-separated `v1,<base64 hmac_sha256(key, "{webhook-id}.{webhook-timestamp}.{body}")>`,
+/// the key being the base64 after `whsec_`; one matching signature suffices.
 pub fn check_webhook_signature(
     secret: &str,
+    id: Option<&str>,
     timestamp: Option<&str>,
     signature: Option<&str>,
     raw_body: &[u8],
 ) -> Result<(), String> {
+    use base64::Engine;
     use hmac::{Hmac, Mac};
-    let timestamp = timestamp.ok_or("no X-Wxpay-Timestamp header")?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let id = id.ok_or("no webhook-id header")?;
+    let timestamp = timestamp.ok_or("no webhook-timestamp header")?;
     if timestamp.is_empty() || !timestamp.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("X-Wxpay-Timestamp {timestamp:?} is not unix seconds"));
+        return Err(format!("webhook-timestamp {timestamp:?} is not unix seconds"));
     }
-    let signature = signature.ok_or("no X-Wxpay-Signature header")?;
-    let given = signature.strip_prefix("v1=").ok_or_else(|| format!("signature {signature:?} has no v1= prefix"))?;
-    let given = hex::decode(given).map_err(|e| format!("signature {signature:?} is not hex: {e}"))?;
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(timestamp.as_bytes());
-    mac.update(b".");
+    let signature = signature.ok_or("no webhook-signature header")?;
+    let key = b64.decode(secret.strip_prefix("whsec_").ok_or("the secret has no whsec_ prefix")?).unwrap();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
     mac.update(raw_body);
-    mac.verify_slice(&given).map_err(|_| format!("signature {signature:?} does not match the body"))
+    let expected = mac.finalize().into_bytes();
+    let matches = signature
+        .split(' ')
+        .filter_map(|s| s.strip_prefix("v1,"))
+        .any(|given| b64.decode(given).is_ok_and(|given| given.as_slice() == expected.as_slice()));
+    if matches {
+        Ok(())
+    } else {
+        Err(format!("no signature in {signature:?} matches the body"))
+    }
 }
 
 /// How many `kind` entries the admin detail's event log has.
