@@ -14,6 +14,7 @@ use clap::Subcommand;
 use rand::RngCore;
 use wxpay_server::api::auth;
 use wxpay_server::config::Config;
+use wxpay_server::domain::{name_of, parse_name, Role};
 use wxpay_server::store::StoreError;
 
 #[derive(Subcommand)]
@@ -33,10 +34,14 @@ pub enum TokenCommand {
     /// Creates a token named NAME (who acted, in the audit log) and prints it once.
     Add {
         name: String,
+        /// owner (everything), operator (orders, shipping, refunds), viewer (reads only) or
+        /// till (a Native mode-1 till's /till/api only).
+        #[arg(long, default_value = "owner", value_parser = ["owner", "operator", "viewer", "till"])]
+        role: String,
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Lists the token names and when they were created.
+    /// Lists the token names, their roles and when they were created.
     List {
         #[arg(long)]
         config: Option<PathBuf>,
@@ -70,10 +75,11 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("opening {}", wxpay_server::config::redacted_url(&config.database.url)))?;
     let now = chrono::Utc::now();
     match command {
-        TokenCommand::Add { name, .. } => {
+        TokenCommand::Add { name, role, .. } => {
             auth::check_token_name(&name).map_err(anyhow::Error::msg)?;
+            let role: Role = parse_name("--role", &role)?;
             let token = auth::new_admin_token();
-            match store.add_admin_token(&name, &auth::token_sha256(&token), now).await {
+            match store.add_admin_token(&name, role, &auth::token_sha256(&token), now).await {
                 Ok(()) => {}
                 Err(StoreError::Conflict(_)) => {
                     bail!("an admin token named {name:?} exists; revoke it first (`wxpay admin token revoke {name}`) or pick another name")
@@ -81,7 +87,10 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<ExitCode> {
                 Err(e) => return Err(e.into()),
             }
             println!("{token}");
-            eprintln!("admin token {name:?} created; it is shown only this once: keep it in a password manager");
+            eprintln!(
+                "admin token {name:?} ({}) created; it is shown only this once: keep it in a password manager",
+                name_of(&role)
+            );
         }
         TokenCommand::List { .. } => {
             let tokens = store.list_admin_tokens().await?;
@@ -89,7 +98,7 @@ pub async fn run(command: AdminCommand) -> anyhow::Result<ExitCode> {
                 eprintln!("no named admin tokens; create one with `wxpay admin token add NAME`");
             }
             for t in tokens {
-                println!("{}\t{}", t.name, wxpay_server::domain::api_time(t.created_at));
+                println!("{}\t{}\t{}", t.name, name_of(&t.role), wxpay_server::domain::api_time(t.created_at));
             }
         }
         TokenCommand::Revoke { name, .. } => {

@@ -138,6 +138,14 @@ pub async fn check(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
 pub async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     let mut config = serve_config(config_path.as_deref())?;
     init_tracing(config.log.format);
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
+    // A public_url that follows the listen address follows the bound one (port 0 included), so
+    // that notify_url and the scan callback reach us.
+    if config.server.public_url == format!("http://{}", config.server.listen) {
+        config.server.public_url = format!("http://{}", listener.local_addr()?);
+    }
     let sim = if config.simulator.enabled {
         let sim = wxpay_sim::start(embedded_sim_config(&config), Arc::new(SystemClock), config.simulator.listen)
             .await
@@ -150,9 +158,6 @@ pub async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (server.listen)", config.server.listen))?;
     let state = wxpay_server::app::build_state(config.clone(), Arc::new(SystemClock)).await?;
     let admin_token = state.admin_token.clone();
     let server = wxpay_server::app::serve(state, listener).await?;

@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use serde_json::Value;
 use wxpay_server::api::auth;
+use wxpay_server::domain::Role;
 
 async fn admin_status(env: &TestEnv, token: Option<&str>) -> (u16, Option<String>) {
     let mut req = env.http.get(env.url("/admin/api/orders"));
@@ -23,16 +24,22 @@ async fn named_tokens_work_until_revoked_and_are_stored_hashed() {
     let store = &env.state().store;
     let token = auth::new_admin_token();
     assert!(token.starts_with(auth::ADMIN_TOKEN_PREFIX) && token.len() > 64, "{token}");
-    store.add_admin_token("alice", &auth::token_sha256(&token), chrono::Utc::now()).await.unwrap();
+    store.add_admin_token("alice", Role::Owner, &auth::token_sha256(&token), chrono::Utc::now()).await.unwrap();
 
     // The store never holds the token itself.
     let listed = store.list_admin_tokens().await.unwrap();
     assert_eq!(listed.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["alice"]);
-    assert_eq!(store.admin_token_name(&auth::token_sha256(&token)).await.unwrap().as_deref(), Some("alice"));
-    assert_eq!(store.admin_token_name(&token).await.unwrap(), None, "looked up by hash only");
+    assert_eq!(
+        store.admin_credential(&auth::token_sha256(&token)).await.unwrap(),
+        Some(("alice".to_owned(), Role::Owner))
+    );
+    assert_eq!(store.admin_credential(&token).await.unwrap(), None, "looked up by hash only");
     // A second token of the same name is refused.
     let other = auth::new_admin_token();
-    assert!(store.add_admin_token("alice", &auth::token_sha256(&other), chrono::Utc::now()).await.is_err());
+    assert!(store
+        .add_admin_token("alice", Role::Owner, &auth::token_sha256(&other), chrono::Utc::now())
+        .await
+        .is_err());
 
     assert_eq!(admin_status(&env, Some(&token)).await.0, 200);
     assert_eq!(admin_status(&env, Some(&other)).await.0, 401, "an unknown token");
@@ -52,7 +59,11 @@ async fn named_tokens_work_until_revoked_and_are_stored_hashed() {
 async fn the_credential_name_is_the_actor() {
     let env = TestEnv::start().await;
     let token = auth::new_admin_token();
-    env.state().store.add_admin_token("bob", &auth::token_sha256(&token), chrono::Utc::now()).await.unwrap();
+    env.state()
+        .store
+        .add_admin_token("bob", Role::Owner, &auth::token_sha256(&token), chrono::Utc::now())
+        .await
+        .unwrap();
     // Unknown event: 404, but authenticated as bob (not 401).
     let resp = env.http.post(env.url("/admin/api/webhooks/12345/resend")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(resp.status(), 404);

@@ -58,19 +58,6 @@ async fn admin_link(env: &TestEnv, product: &str, short: bool) -> String {
     body
 }
 
-/// The user's phone scans a link (`action`: pay or cancel); the answer is what the user sees.
-async fn scan(env: &TestEnv, user: &str, url: &str, action: &str) -> Value {
-    env.http
-        .post(format!("{}/sim/phone/scan", env.sim.base_url()))
-        .json(&json!({ "user": user, "url": url, "action": action }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 async fn admin_orders(env: &TestEnv) -> Vec<Value> {
     let (status, body) = env.admin_get("/admin/api/orders").await;
     assert_eq!(status, 200, "{body}");
@@ -174,7 +161,7 @@ async fn scan_pay_to_fulfilment() {
     assert_eq!(parsed.time_stamp, env.clock.now().timestamp(), "time_stamp from the shared clock");
     assert!(admin_orders(&env).await.is_empty(), "printing a QR code creates no order");
 
-    let paid = scan(&env, "carol", &link, "pay").await;
+    let paid = env.scan("carol", &link, "pay").await;
     assert_eq!(paid["errMsg"], "ok", "{paid}");
     assert_eq!(paid["total_fee"], 300, "{paid}");
     let order_no = paid["out_trade_no"].as_str().unwrap().to_owned();
@@ -242,7 +229,7 @@ async fn tampered_link_is_refused_by_the_phone() {
 
     for (what, url) in [("product_id", &other_product), ("sign", &bad_sign), ("key", &other_key)] {
         assert_ne!(url, &link);
-        let answer = scan(&env, "mallory", url, "pay").await;
+        let answer = env.scan("mallory", url, "pay").await;
         assert_eq!(answer["errMsg"], "fail", "{what}: {answer}");
         assert_eq!(answer["err_code_des"], "原生支付URL参数错误", "{what}: {answer}");
         assert!(answer.get("callback").is_none(), "{what}: the merchant must not be called: {answer}");
@@ -251,7 +238,7 @@ async fn tampered_link_is_refused_by_the_phone() {
     assert!(scan_inbox(&env).await.is_empty(), "no scan callback reached us");
 
     // The untouched link still works (the refusals above were about the tampering).
-    let answer = scan(&env, "mallory", &link, "cancel").await;
+    let answer = env.scan("mallory", &link, "cancel").await;
     assert_eq!(answer["errMsg"], "cancel", "{answer}");
     assert_eq!(admin_orders(&env).await.len(), 1);
     env.shutdown().await;
@@ -329,7 +316,7 @@ async fn unknown_or_inactive_product_is_refused_with_a_readable_text() {
     let env = TestEnv::start().await;
     let now = env.clock.now().timestamp();
 
-    let answer = scan(&env, "erin", &signed_link("nope", now), "pay").await;
+    let answer = env.scan("erin", &signed_link("nope", now), "pay").await;
     assert_eq!(answer["errMsg"], "fail", "{answer}");
     let des = answer["err_code_des"].as_str().unwrap();
     assert!(des.contains("不存在"), "the user sees why: {answer}");
@@ -339,7 +326,7 @@ async fn unknown_or_inactive_product_is_refused_with_a_readable_text() {
     let mut ticket = env.state().store.get_product(&ProductId::parse("ticket").unwrap()).await.unwrap().unwrap();
     ticket.active = false;
     env.state().store.upsert_product(&ticket).await.unwrap();
-    let answer = scan(&env, "erin", &signed_link("ticket", now), "pay").await;
+    let answer = env.scan("erin", &signed_link("ticket", now), "pay").await;
     assert_eq!(answer["errMsg"], "fail", "{answer}");
     assert!(answer["err_code_des"].as_str().unwrap().contains("不存在"), "{answer}");
 
@@ -364,19 +351,19 @@ async fn repeated_scans_reuse_the_payable_order() {
     let env = TestEnv::start().await;
     let link = admin_link(&env, "cola", false).await;
 
-    let first = scan(&env, "frank", &link, "cancel").await;
+    let first = env.scan("frank", &link, "cancel").await;
     assert_eq!(first["errMsg"], "cancel", "{first}");
     let order_no = first["out_trade_no"].as_str().unwrap().to_owned();
 
     // The same user scans again (even a freshly printed link): the same order.
-    let second = scan(&env, "frank", &admin_link(&env, "cola", false).await, "cancel").await;
+    let second = env.scan("frank", &admin_link(&env, "cola", false).await, "cancel").await;
     assert_eq!(second["out_trade_no"], order_no.as_str(), "{second}");
     assert_eq!(admin_orders(&env).await.len(), 1);
 
     // Another product is another order; another user is another order.
-    let coffee = scan(&env, "frank", &admin_link(&env, "coffee", false).await, "cancel").await;
+    let coffee = env.scan("frank", &admin_link(&env, "coffee", false).await, "cancel").await;
     assert_ne!(coffee["out_trade_no"], order_no.as_str(), "{coffee}");
-    let other = scan(&env, "grace", &link, "cancel").await;
+    let other = env.scan("grace", &link, "cancel").await;
     let other_no = other["out_trade_no"].as_str().unwrap().to_owned();
     assert_ne!(other_no, order_no);
     let orders = admin_orders(&env).await;
@@ -385,13 +372,13 @@ async fn repeated_scans_reuse_the_payable_order() {
     assert_eq!(grace["openid"], env.sim.openid(APPID, "grace").as_str());
 
     // The third scan pays the reused order.
-    let paid = scan(&env, "frank", &link, "pay").await;
+    let paid = env.scan("frank", &link, "pay").await;
     assert_eq!(paid["errMsg"], "ok", "{paid}");
     assert_eq!(paid["out_trade_no"], order_no.as_str());
     wait_paid(&env, &order_no).await;
 
     // Once paid, scanning again buys another cola: a new order.
-    let again = scan(&env, "frank", &link, "cancel").await;
+    let again = env.scan("frank", &link, "cancel").await;
     assert_eq!(again["errMsg"], "cancel", "{again}");
     let new_no = again["out_trade_no"].as_str().unwrap().to_owned();
     assert_ne!(new_no, order_no);
@@ -399,7 +386,7 @@ async fn repeated_scans_reuse_the_payable_order() {
     // An order too close to its expiry is not handed out again: a fresh one replaces it.
     let ttl = i64::try_from(env.config.orders.ttl_secs).unwrap();
     env.advance(ttl - 5 * 60);
-    let late = scan(&env, "frank", &link, "pay").await;
+    let late = env.scan("frank", &link, "pay").await;
     assert_eq!(late["errMsg"], "ok", "{late}");
     assert_ne!(late["out_trade_no"], new_no.as_str(), "{late}");
     assert_eq!(admin_orders(&env).await.len(), 5);
@@ -415,7 +402,7 @@ async fn unifiedorder_systemerror_gives_a_readable_fail_and_no_paid_state() {
         FaultSet { api_error_rate: 1.0, api_endpoint: Some("/pay/unifiedorder".into()), ..FaultSet::default() },
     );
 
-    let answer = scan(&env, "heidi", &link, "pay").await;
+    let answer = env.scan("heidi", &link, "pay").await;
     assert_eq!(answer["errMsg"], "fail", "{answer}");
     let des = answer["err_code_des"].as_str().unwrap();
     assert!(des.contains("系统繁忙"), "a readable text: {answer}");
@@ -431,7 +418,7 @@ async fn unifiedorder_systemerror_gives_a_readable_fail_and_no_paid_state() {
 
     // WeChat recovers; the next scan pays (reusing the order if one was made).
     env.sim.clear_faults();
-    let paid = scan(&env, "heidi", &link, "pay").await;
+    let paid = env.scan("heidi", &link, "pay").await;
     assert_eq!(paid["errMsg"], "ok", "{paid}");
     let order_no = paid["out_trade_no"].as_str().unwrap().to_owned();
     assert_eq!(orders[0]["order_no"], order_no.as_str(), "the unpaid order is reused");
@@ -462,7 +449,7 @@ async fn slow_unifiedorder_answers_fail_within_the_budget() {
     );
 
     let started = Instant::now();
-    let answer = scan(&env, "ivan", &link, "pay").await;
+    let answer = env.scan("ivan", &link, "pay").await;
     let took = started.elapsed();
     assert_eq!(answer["errMsg"], "fail", "{answer}");
     assert!(answer["err_code_des"].as_str().unwrap().contains("系统繁忙"), "{answer}");
@@ -483,7 +470,7 @@ async fn slow_unifiedorder_answers_fail_within_the_budget() {
     // WeChat did make the order (only its answer was late); scanning again reuses our order,
     // unifiedorder with the same parameters is accepted, and the user pays.
     env.sim.clear_faults();
-    let paid = scan(&env, "ivan", &link, "pay").await;
+    let paid = env.scan("ivan", &link, "pay").await;
     assert_eq!(paid["errMsg"], "ok", "{paid}");
     assert_eq!(paid["out_trade_no"], order_no.as_str());
     wait_paid(&env, &order_no).await;
@@ -516,7 +503,7 @@ async fn qr_png_decodes_to_a_payable_link() {
     assert!(short_modules < long_modules, "short {short_modules} vs long {long_modules}");
 
     // The phone pays by scanning the short code.
-    let paid = scan(&env, "judy", &short, "pay").await;
+    let paid = env.scan("judy", &short, "pay").await;
     assert_eq!(paid["errMsg"], "ok", "{paid}");
     assert_eq!(paid["total_fee"], 300);
     let orders = admin_orders(&env).await;
@@ -526,7 +513,7 @@ async fn qr_png_decodes_to_a_payable_link() {
     // And by scanning the long one (another product).
     let (_, _, png) = admin_raw(&env, "/admin/api/products/coffee/qr.png?size=128", Some(ADMIN_TOKEN)).await;
     let (coffee, _) = decode_png(&png);
-    let paid = scan(&env, "judy", &coffee, "pay").await;
+    let paid = env.scan("judy", &coffee, "pay").await;
     assert_eq!(paid["errMsg"], "ok", "{paid}");
     assert_eq!(paid["total_fee"], 1200);
 
@@ -589,7 +576,7 @@ async fn short_qr_when_wechat_is_down() {
     env.sim.clear_faults();
     let short = admin_link(&env, "sandwich", true).await;
     assert!(short.starts_with("weixin://wxpay/s/"), "{short}");
-    let paid = scan(&env, "kim", &short, "pay").await;
+    let paid = env.scan("kim", &short, "pay").await;
     assert_eq!(paid["errMsg"], "ok", "{paid}");
     assert_eq!(paid["total_fee"], 1800);
     env.shutdown().await;
@@ -600,7 +587,7 @@ async fn scan_pay_with_an_hmac_sha256_merchant() {
     // The merchant signs its API calls with HMAC-SHA256; links, callbacks and replies stay MD5.
     let env = TestEnv::start_with(|c, _| c.wechat.sign_type = SignType::HmacSha256).await;
     let link = admin_link(&env, "cola", false).await;
-    let paid = scan(&env, "liam", &link, "pay").await;
+    let paid = env.scan("liam", &link, "pay").await;
     assert_eq!(paid["errMsg"], "ok", "{paid}");
     let order_no = paid["out_trade_no"].as_str().unwrap().to_owned();
     assert_eq!(env.sim.order(MCH_ID, &order_no).unwrap().sign_type, "HMAC-SHA256");

@@ -12,6 +12,7 @@ use common::*;
 use serde_json::Value;
 use wxpay_server::api::auth;
 use wxpay_server::config::Secret;
+use wxpay_server::domain::Role;
 use wxpay_server::worker::outbox;
 
 /// Every POST a receiver got: its headers and raw body.
@@ -103,7 +104,11 @@ async fn a_delivery_out_of_attempts_is_a_dead_letter_until_an_admin_resends_it()
     })
     .await;
     let token = auth::new_admin_token();
-    env.state().store.add_admin_token("carol", &auth::token_sha256(&token), chrono::Utc::now()).await.unwrap();
+    env.state()
+        .store
+        .add_admin_token("carol", Role::Owner, &auth::token_sha256(&token), chrono::Utc::now())
+        .await
+        .unwrap();
     let order_no = paid_order(&env, "ben").await;
 
     for attempt in 1..=3 {

@@ -381,8 +381,14 @@ impl Store for RiggedStore {
         self.inner.ops_counts(overdue_cutoff).await
     }
 
-    async fn add_admin_token(&self, name: &str, token_sha256: &str, now: DateTime<Utc>) -> StoreResult<()> {
-        self.inner.add_admin_token(name, token_sha256, now).await
+    async fn add_admin_token(
+        &self,
+        name: &str,
+        role: wxpay_server::domain::Role,
+        token_sha256: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()> {
+        self.inner.add_admin_token(name, role, token_sha256, now).await
     }
 
     async fn list_admin_tokens(&self) -> StoreResult<Vec<wxpay_server::store::AdminToken>> {
@@ -393,8 +399,16 @@ impl Store for RiggedStore {
         self.inner.revoke_admin_token(name).await
     }
 
-    async fn admin_token_name(&self, token_sha256: &str) -> StoreResult<Option<String>> {
-        self.inner.admin_token_name(token_sha256).await
+    async fn admin_credential(&self, token_sha256: &str) -> StoreResult<Option<(String, wxpay_server::domain::Role)>> {
+        self.inner.admin_credential(token_sha256).await
+    }
+
+    async fn latest_native_order_for_product(
+        &self,
+        product_id: &wxpay_proto::ProductId,
+        after: DateTime<Utc>,
+    ) -> StoreResult<Option<wxpay_server::domain::Order>> {
+        self.inner.latest_native_order_for_product(product_id, after).await
     }
 
     async fn count_orders_by_status(&self) -> StoreResult<Vec<(OrderStatus, i64)>> {

@@ -63,5 +63,7 @@ module.exports = async function setup() {
   process.env.WXPAY_URL = started.url
   process.env.WXPAY_SIM_URL = started.sim
   process.env.WXPAY_ADMIN_TOKEN = ADMIN_TOKEN
+  process.env.WXPAY_CONFIG = config
+  process.env.WXPAY_BIN = binary()
   globalThis.__WXPAY__ = { child, dir }
 }

@@ -15,7 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::{ConnectInfo, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
@@ -25,6 +25,7 @@ use subtle::ConstantTimeEq;
 use wxpay_proto::Openid;
 
 use crate::api::AppError;
+use crate::domain::{name_of, Role};
 use crate::state::{RefusedLimiter, SharedState};
 
 /// The name of the legacy credential from `server.admin_token`.
@@ -56,27 +57,58 @@ impl FromRequestParts<SharedState> for CurrentUser {
 }
 
 /// A caller holding an admin credential. `name` says who acted (the audit log's actor): the
-/// named token's name, or `admin` for `server.admin_token`.
+/// named token's name, or `admin` for `server.admin_token` (an owner). A `viewer` only gets
+/// through on reads (GET, HEAD); a `till` token never does.
 pub struct Admin {
     pub name: String,
+    pub role: Role,
 }
 
 impl FromRequestParts<SharedState> for Admin {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, AppError> {
-        let token = bearer(parts).unwrap_or("");
-        if token.is_empty() || token.len() > 256 {
-            return Err(admin_required());
+        let (name, role) = credential(parts, state).await?;
+        let write = !matches!(parts.method, Method::GET | Method::HEAD);
+        if !role.may_use_admin(write) {
+            return Err(AppError::new(
+                StatusCode::FORBIDDEN,
+                "FORBIDDEN",
+                format!(
+                    "the admin token {name:?} has the role {}, which may not {}",
+                    name_of(&role),
+                    if write { "change anything" } else { "use the admin API" }
+                ),
+            ));
         }
-        if is_legacy_admin_token(state, token) {
-            return Ok(Admin { name: LEGACY_ADMIN.to_owned() });
-        }
-        match state.store.admin_token_name(&token_sha256(token)).await? {
-            Some(name) => Ok(Admin { name }),
-            None => Err(admin_required()),
-        }
+        Ok(Admin { name, role })
     }
+}
+
+/// A till of Native mode 1 (or any admin credential): may read what `/till/api` offers.
+pub struct Till {
+    pub name: String,
+}
+
+impl FromRequestParts<SharedState> for Till {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, AppError> {
+        let (name, _) = credential(parts, state).await?;
+        Ok(Till { name })
+    }
+}
+
+/// The name and role of the bearer credential, or 401.
+async fn credential(parts: &Parts, state: &SharedState) -> Result<(String, Role), AppError> {
+    let token = bearer(parts).unwrap_or("");
+    if token.is_empty() || token.len() > 256 {
+        return Err(admin_required());
+    }
+    if is_legacy_admin_token(state, token) {
+        return Ok((LEGACY_ADMIN.to_owned(), Role::Owner));
+    }
+    state.store.admin_credential(&token_sha256(token)).await?.ok_or_else(admin_required)
 }
 
 fn admin_required() -> AppError {

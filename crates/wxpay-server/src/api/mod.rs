@@ -24,6 +24,7 @@ pub mod callbacks;
 pub mod error;
 pub mod mp;
 pub mod ops;
+pub mod till;
 pub mod views;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -44,6 +45,9 @@ pub fn router(state: SharedState) -> Router {
         .route("/admin/api/webhooks/dead", get(admin::dead_letters))
         .route("/admin/api/webhooks/{id}/resend", post(admin::resend_webhook))
         .route("/admin/products/qr-sheet", get(admin::qr_sheet))
+        .route("/till/api/products/{id}", get(till::product))
+        .route("/till/api/products/{id}/qr.svg", get(till::qr_svg))
+        .route("/till/api/products/{id}/latest-order", get(till::latest_order))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), auth::rate_limit_admin));
     Router::new()
         .merge(login)
@@ -56,6 +60,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/wxpay/notify", post(callbacks::pay_notify))
         .route("/wxpay/native/scan", post(callbacks::native_scan))
         .route("/wxpay/refund/notify", post(callbacks::refund_notify))
+        .route("/till/", get(till::asset))
+        .route("/till/{file}", get(till::asset))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .layer(DefaultBodyLimit::max(body_limit))

@@ -4,11 +4,12 @@
 //!   charset (`[A-Za-z0-9._-]{1,64}`); anything else (spaces, quotes, `=`, control or non-ASCII
 //!   bytes, overlong) is replaced by a fresh UUID before any log line or the echo in the answer
 //!   sees it, so a client cannot forge or break log lines through it.
-//! * **Answers that must not be stored.** Everything under `/admin` (the admin API, the QR sheet)
-//!   and `/api` (login, orders: per-user data and bearer tokens) carries
+//! * **Answers that must not be stored.** Everything under `/admin` (the admin API, the QR sheet),
+//!   `/till` and `/api` (login, orders: per-user data and bearer tokens) carries
 //!   `Cache-Control: no-store` and `Referrer-Policy: no-referrer`.
 //! * **HTML answers** also get the usual browser headers: a restrictive `Content-Security-Policy`
-//!   (no scripts, no framing; the inline styles and SVG our pages use), `X-Frame-Options: DENY`.
+//!   (no scripts, no framing; the inline styles and SVG our pages use) unless the page set a
+//!   policy of its own (the till's allows its own script), `X-Frame-Options: DENY`.
 //!   `X-Content-Type-Options: nosniff` goes on every answer.
 
 use axum::extract::Request;
@@ -45,7 +46,9 @@ pub fn is_safe_request_id(id: &[u8]) -> bool {
 
 /// Paths whose answers must never be kept by a browser or proxy cache.
 fn is_private_path(path: &str) -> bool {
-    ["/admin", "/api"].iter().any(|p| path == *p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')))
+    ["/admin", "/api", "/till"]
+        .iter()
+        .any(|p| path == *p || path.strip_prefix(p).is_some_and(|rest| rest.starts_with('/')))
 }
 
 async fn hardening(mut req: Request, next: Next) -> Response {
@@ -69,7 +72,7 @@ async fn hardening(mut req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with("text/html"));
     if html {
-        headers.insert(header::CONTENT_SECURITY_POLICY, HTML_CSP);
+        headers.entry(header::CONTENT_SECURITY_POLICY).or_insert(HTML_CSP);
         headers.insert(header::X_FRAME_OPTIONS, DENY);
         headers.entry(header::REFERRER_POLICY).or_insert(NO_REFERRER);
     }

@@ -1,12 +1,14 @@
 //! The pure domain: products and catalogue changes ([`catalogue`]), users, orders and the one transition function that decides every
 //! order state change. No IO and no clock reads here: `now` is always a parameter.
 
+pub mod access;
 pub mod catalogue;
 mod events;
 mod machine;
 mod order;
 mod product;
 
+pub use access::Role;
 pub use events::{EventKind, OrderPaidEvent, OutboxKind, OutboxMessage, PaidItem};
 pub use machine::{
     decide, merge_review_reason, plan, CloseReason, Decision, LogEntry, OrderEvent, Payment, PaymentSource, Plan,

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::domain::{
     name_of, price_order, CloseReason, Fulfilment, Order, OrderEvent, OrderStatus, PaymentSource, Product,
-    RejectReason, Reported, REVIEW_PAID_AFTER_CLOSE,
+    RejectReason, Reported, Role, REVIEW_PAID_AFTER_CLOSE,
 };
 
 /// A fresh database for one test case.
@@ -873,19 +873,26 @@ pub async fn outbox_dead_letters_wait_for_a_resend(h: &dyn StoreHarness) {
 pub async fn admin_tokens_are_found_by_hash_and_revoked(h: &dyn StoreHarness) {
     let store = h.open().await;
     assert!(store.list_admin_tokens().await.unwrap().is_empty());
-    store.add_admin_token("zoe", "hash-zoe", t0()).await.unwrap();
-    store.add_admin_token("amy", "hash-amy", t0() + Duration::seconds(1)).await.unwrap();
-    assert!(matches!(store.add_admin_token("zoe", "hash-other", t0()).await, Err(super::StoreError::Conflict(_))));
-    assert!(matches!(store.add_admin_token("other", "hash-amy", t0()).await, Err(super::StoreError::Conflict(_))));
+    store.add_admin_token("zoe", Role::Owner, "hash-zoe", t0()).await.unwrap();
+    store.add_admin_token("amy", Role::Till, "hash-amy", t0() + Duration::seconds(1)).await.unwrap();
+    assert!(matches!(
+        store.add_admin_token("zoe", Role::Viewer, "hash-other", t0()).await,
+        Err(super::StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.add_admin_token("other", Role::Owner, "hash-amy", t0()).await,
+        Err(super::StoreError::Conflict(_))
+    ));
     let listed = store.list_admin_tokens().await.unwrap();
     assert_eq!(
-        listed.iter().map(|t| (t.name.as_str(), t.created_at)).collect::<Vec<_>>(),
-        vec![("amy", t0() + Duration::seconds(1)), ("zoe", t0())]
+        listed.iter().map(|t| (t.name.as_str(), t.role, t.created_at)).collect::<Vec<_>>(),
+        vec![("amy", Role::Till, t0() + Duration::seconds(1)), ("zoe", Role::Owner, t0())]
     );
-    assert_eq!(store.admin_token_name("hash-zoe").await.unwrap().as_deref(), Some("zoe"));
-    assert_eq!(store.admin_token_name("zoe").await.unwrap(), None);
+    assert_eq!(store.admin_credential("hash-zoe").await.unwrap(), Some(("zoe".to_owned(), Role::Owner)));
+    assert_eq!(store.admin_credential("hash-amy").await.unwrap(), Some(("amy".to_owned(), Role::Till)));
+    assert_eq!(store.admin_credential("zoe").await.unwrap(), None);
     assert!(store.revoke_admin_token("zoe").await.unwrap());
     assert!(!store.revoke_admin_token("zoe").await.unwrap());
-    assert_eq!(store.admin_token_name("hash-zoe").await.unwrap(), None);
+    assert_eq!(store.admin_credential("hash-zoe").await.unwrap(), None);
     assert_eq!(store.list_admin_tokens().await.unwrap().len(), 1);
 }

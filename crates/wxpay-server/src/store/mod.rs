@@ -176,6 +176,7 @@ pub struct OutboxEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminToken {
     pub name: String,
+    pub role: crate::domain::Role,
     pub created_at: DateTime<Utc>,
 }
 
@@ -365,13 +366,26 @@ pub trait Store: Send + Sync {
 
     /// Stores a new named admin token by its SHA-256 (lowercase hex). [`StoreError::Conflict`]
     /// when the name (or the hash) exists.
-    async fn add_admin_token(&self, name: &str, token_sha256: &str, now: DateTime<Utc>) -> StoreResult<()>;
+    async fn add_admin_token(
+        &self,
+        name: &str,
+        role: crate::domain::Role,
+        token_sha256: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<()>;
     /// Sorted by name.
     async fn list_admin_tokens(&self) -> StoreResult<Vec<AdminToken>>;
     /// Deletes the token named `name`; false when there is none.
     async fn revoke_admin_token(&self, name: &str) -> StoreResult<bool>;
-    /// The name of the admin token with this SHA-256, if one exists.
-    async fn admin_token_name(&self, token_sha256: &str) -> StoreResult<Option<String>>;
+    /// The name and role of the admin token with this SHA-256, if one exists.
+    async fn admin_credential(&self, token_sha256: &str) -> StoreResult<Option<(String, crate::domain::Role)>>;
+    /// The newest Native (mode 1) order of one product created after `after`, if any: what a
+    /// till waits for.
+    async fn latest_native_order_for_product(
+        &self,
+        product_id: &ProductId,
+        after: DateTime<Utc>,
+    ) -> StoreResult<Option<Order>>;
 
     /// Every status with its count (statuses with no orders included as 0).
     async fn count_orders_by_status(&self) -> StoreResult<Vec<(OrderStatus, i64)>>;

@@ -50,7 +50,7 @@ fn u32_from_db(v: i64) -> StoreResult<u32> {
 }
 
 /// A stored enum name back to its value.
-fn name<T: serde::de::DeserializeOwned>(field: &'static str, v: &str) -> StoreResult<T> {
+pub(crate) fn name<T: serde::de::DeserializeOwned>(field: &'static str, v: &str) -> StoreResult<T> {
     parse_name(field, v).map_err(corrupt)
 }
 
@@ -282,13 +282,18 @@ impl TryFrom<OutboxRow> for OutboxEvent {
 #[derive(FromRow)]
 pub(crate) struct AdminTokenRow {
     name: String,
+    role: String,
     created_at: i64,
 }
 
 impl TryFrom<AdminTokenRow> for crate::store::AdminToken {
     type Error = StoreError;
     fn try_from(r: AdminTokenRow) -> StoreResult<crate::store::AdminToken> {
-        Ok(crate::store::AdminToken { name: r.name, created_at: from_ms(r.created_at)? })
+        Ok(crate::store::AdminToken {
+            name: r.name,
+            role: name("admin_tokens.role", &r.role)?,
+            created_at: from_ms(r.created_at)?,
+        })
     }
 }
 

@@ -64,7 +64,7 @@ macro_rules! sql_store {
             use super::{dialect, $store};
             use $crate::domain::{name_of, EventKind, Order, OrderEvent, OrderStatus, OutboxMessage, Product, User};
             use $crate::store::rows::{
-                convert, fen_to_db, ms, AdminTokenRow, AuditRow, DueRow, EventRow, InboxRow, ItemRow, OrderRow,
+                convert, fen_to_db, ms, name as stored_name, AdminTokenRow, AuditRow, DueRow, EventRow, InboxRow, ItemRow, OrderRow,
                 OutboxRow, ProductRow, StatusCountRow, UserRow, AUDIT_COLS, INBOX_COLS, ORDER_COLS, OUTBOX_COLS,
                 PRODUCT_COLS,
             };
@@ -855,14 +855,18 @@ macro_rules! sql_store {
                 async fn add_admin_token(
                     &self,
                     name: &str,
+                    role: $crate::domain::Role,
                     token_sha256: &str,
                     now: chrono::DateTime<chrono::Utc>,
                 ) -> StoreResult<()> {
-                    let (name, hash) = (name.to_owned(), token_sha256.to_owned());
+                    let (name, hash, role) = (name.to_owned(), token_sha256.to_owned(), name_of(&role));
                     self.write_one(move |conn| {
                         Box::pin(async move {
-                            sqlx::query("INSERT INTO admin_tokens (name, token_sha256, created_at) VALUES ($1, $2, $3)")
+                            sqlx::query(
+                                "INSERT INTO admin_tokens (name, role, token_sha256, created_at) VALUES ($1, $2, $3, $4)",
+                            )
                                 .bind(name)
+                                .bind(role)
                                 .bind(hash)
                                 .bind(ms(now))
                                 .execute(&mut *conn)
@@ -876,7 +880,7 @@ macro_rules! sql_store {
                 async fn list_admin_tokens(&self) -> StoreResult<Vec<$crate::store::AdminToken>> {
                     let mut conn = self.read_conn().await?;
                     let rows: Vec<AdminTokenRow> =
-                        sqlx::query_as("SELECT name, created_at FROM admin_tokens ORDER BY name")
+                        sqlx::query_as("SELECT name, role, created_at FROM admin_tokens ORDER BY name")
                             .fetch_all(&mut *conn)
                             .await?;
                     convert(rows)
@@ -896,14 +900,35 @@ macro_rules! sql_store {
                     .await
                 }
 
-                async fn admin_token_name(&self, token_sha256: &str) -> StoreResult<Option<String>> {
+                async fn admin_credential(
+                    &self,
+                    token_sha256: &str,
+                ) -> StoreResult<Option<(String, $crate::domain::Role)>> {
                     let mut conn = self.read_conn().await?;
-                    let name: Option<String> =
-                        sqlx::query_scalar("SELECT name FROM admin_tokens WHERE token_sha256 = $1")
+                    let row: Option<(String, String)> =
+                        sqlx::query_as("SELECT name, role FROM admin_tokens WHERE token_sha256 = $1")
                             .bind(token_sha256)
                             .fetch_optional(&mut *conn)
                             .await?;
-                    Ok(name)
+                    row.map(|(name, role)| Ok((name, stored_name("admin_tokens.role", &role)?))).transpose()
+                }
+
+                async fn latest_native_order_for_product(
+                    &self,
+                    product_id: &wxpay_proto::ProductId,
+                    after: chrono::DateTime<chrono::Utc>,
+                ) -> StoreResult<Option<Order>> {
+                    let mut conn = self.read_conn().await?;
+                    let rows: Vec<OrderRow> = sqlx::query_as(&format!(
+                        "SELECT {ORDER_COLS} FROM orders o WHERE o.trade_type = 'NATIVE' AND o.created_at > $2 \
+                         AND EXISTS (SELECT 1 FROM order_items i WHERE i.order_no = o.order_no AND i.product_id = $1) \
+                         ORDER BY o.created_at DESC, o.order_no DESC LIMIT 1"
+                    ))
+                    .bind(product_id.as_str())
+                    .bind(ms(after))
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    Ok(with_items(&mut conn, rows).await?.pop())
                 }
 
                 async fn count_orders_by_status(&self) -> StoreResult<Vec<(OrderStatus, i64)>> {

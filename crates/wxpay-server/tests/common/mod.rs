@@ -208,6 +208,19 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// The user's phone scans a link (`action`: pay or cancel); the answer is what the user sees.
+    pub async fn scan(&self, user: &str, url: &str, action: &str) -> Value {
+        self.http
+            .post(format!("{}/sim/phone/scan", self.sim.base_url()))
+            .json(&json!({ "user": user, "url": url, "action": action }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn order(&self, token: &str, order_no: &str) -> (u16, Value) {
         self.api.order(token, order_no).await.unwrap().into_pair()
     }
