@@ -39,6 +39,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/admin/api/orders", get(admin::list_orders))
         .route("/admin/api/orders/{order_no}", get(admin::order_detail))
         .route("/admin/api/orders/{order_no}/ship", post(admin::ship))
+        .route("/admin/api/orders/{order_no}/refunds", post(admin::refund))
         .route("/admin/api/products/{id}/{file}", get(admin::product_qr))
         .route("/admin/products/qr-sheet", get(admin::qr_sheet))
         .route("/healthz", get(ops::healthz))
