@@ -116,7 +116,8 @@ pub async fn send(state: &AppState, order: &Order, refund: Refund) -> Result<Ref
         }
         RefundCallOutcome::Unanswered(why) => {
             tracing::warn!(order_no = %order.order_no, out_refund_no = %refund.out_refund_no, %why, "refund not answered; it will be sent again");
-            return Ok(refund);
+            // A notification may have settled it meanwhile.
+            return Ok(state.store.get_refund(&refund.out_refund_no).await?.unwrap_or(refund));
         }
     };
     match apply(state, &refund.out_refund_no, &event, None).await? {

@@ -45,6 +45,8 @@ pub async fn refunds_once(state: &AppState) -> Result<RefundReport, StoreError> 
         }
         let refund = item.refund;
         let no = refund.out_refund_no.clone();
+        // The first attempt came after one delay already: the next waits twice as long.
+        let attempts = item.attempts + 1;
         let Some(order) = state.store.get_order(&refund.order_no).await? else {
             return Err(StoreError::Corrupt(format!("refund {no} of a missing order {}", refund.order_no)));
         };
@@ -53,7 +55,7 @@ pub async fn refunds_once(state: &AppState) -> Result<RefundReport, StoreError> 
                 report.sent += 1;
                 let after = refunds::send(state, &order, refund).await?;
                 if after.status == RefundStatus::Requested {
-                    Some(now + backoff(config.retry_secs, item.attempts, 600))
+                    Some(now + backoff(config.retry_secs, attempts, 600))
                 } else {
                     if after.status.is_final() {
                         report.settled += 1;
@@ -73,17 +75,15 @@ pub async fn refunds_once(state: &AppState) -> Result<RefundReport, StoreError> 
                             RefundOutcome::AlreadyDone(..) | RefundOutcome::NotFound => None,
                             // WeChat's answer does not match the refund: keep asking, slowly, and
                             // let a human see the log.
-                            RefundOutcome::Rejected(..) => {
-                                Some(now + backoff(config.query_after_secs, item.attempts, 3600))
-                            }
+                            RefundOutcome::Rejected(..) => Some(now + backoff(config.query_after_secs, attempts, 3600)),
                         }
                     }
                     RefundQueryOutcome::Processing | RefundQueryOutcome::NotFound => {
-                        Some(now + backoff(config.query_after_secs, item.attempts, 3600))
+                        Some(now + backoff(config.query_after_secs, attempts, 3600))
                     }
                     RefundQueryOutcome::Failed(e) => {
                         tracing::warn!(out_refund_no = %no, error = %e, "refundquery failed; will retry");
-                        Some(now + backoff(config.retry_secs, item.attempts, 600))
+                        Some(now + backoff(config.retry_secs, attempts, 600))
                     }
                 }
             }
