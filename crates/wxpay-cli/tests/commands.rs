@@ -25,6 +25,27 @@ fn demo_runs_both_flows_to_paid_and_fulfilled() {
     assert!(stdout.contains("OK    mini-program"), "{stdout}");
     assert!(stdout.contains("OK    native mode 1"), "{stdout}");
     assert!(stdout.contains("requestPayment:ok"), "{stdout}");
+    // The partial refund of the mini-program order.
+    assert!(stdout.contains("order PARTIALLY_REFUNDED"), "{stdout}");
+    assert!(stdout.contains("refund event refund.succeeded delivered"), "{stdout}");
+    assert!(stdout.contains("paid, fulfilled and partly refunded"), "{stdout}");
+}
+
+#[test]
+fn refund_names_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = wxpay(&["refund", "WX1", "--amount", "1.005", "--reason", "r", "--token", "t"], dir.path());
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--amount") && stderr.contains("12.50"), "{stderr}");
+    // Nothing listens on port 9 of localhost: the error names the server to check.
+    let out = wxpay(
+        &["refund", "WX1", "--amount", "1.50", "--reason", "r", "--token", "t", "--server", "http://127.0.0.1:9"],
+        dir.path(),
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--server http://127.0.0.1:9") && stderr.contains("150 fen"), "{stderr}");
 }
 
 #[test]
