@@ -103,7 +103,9 @@ impl Demo {
             "refund result notification (退款结果通知) decrypted: refund SUCCESS, order PARTIALLY_REFUNDED, refunded {} fen",
             order["order"]["refunded_fen"]
         ));
-        let hook = self.until("the refund.succeeded webhook", async || Ok(self.hook_for(order_no, "refund.succeeded"))).await?;
+        let hook = self
+            .until("the refund.succeeded webhook", async || Ok(self.hook_for(order_no, "refund.succeeded")))
+            .await?;
         self.say(&format!("refund event {} delivered to the merchant webhook", hook["kind"].as_str().unwrap_or("?")));
         Ok(())
     }
