@@ -180,7 +180,9 @@ pub(crate) async fn apply_refund_event<C: SqlConn + ?Sized>(
 }
 
 /// Writes a refund transition planned on `order` as read; the refund and order as written, or
-/// `None` when someone wrote first (nothing was written).
+/// `None` when the refund changed since it was read (nothing was written). The refund is written
+/// first: once it is, a lost race on the order (which cannot happen while its row is locked) is an
+/// error that rolls the whole transaction back, never a retry on top of a half-written change.
 async fn write_refund<C: SqlConn + ?Sized>(
     conn: &mut C,
     order: &Order,
@@ -189,23 +191,26 @@ async fn write_refund<C: SqlConn + ?Sized>(
 ) -> StoreResult<Option<(Refund, Order)>> {
     let RefundTransition { mut refund, created, log, order: next_order, order_log, outbox, next_attempt_at } =
         transition;
+    if created {
+        conn.insert_refund(&refund, next_attempt_at).await?;
+    } else if conn.cas_refund(&refund, refund.version, next_attempt_at, now).await? {
+        refund.version += 1;
+    } else {
+        return Ok(None);
+    }
     let mut order_after = order.clone();
     if let Some(mut next) = next_order {
         if !conn.cas_order(&next, order.version, None, now).await? {
-            return Ok(None);
+            return Err(StoreError::Conflict(format!(
+                "order {} changed while refund {} was written; nothing was recorded",
+                order.order_no, refund.out_refund_no
+            )));
         }
         for entry in &order_log {
             conn.append_event(next.order_no.as_str(), entry.kind, &entry.detail, now).await?;
         }
         next.version = order.version + 1;
         order_after = next;
-    }
-    if created {
-        conn.insert_refund(&refund, next_attempt_at).await?;
-    } else if !conn.cas_refund(&refund, refund.version, next_attempt_at, now).await? {
-        return Ok(None);
-    } else {
-        refund.version += 1;
     }
     for entry in &log {
         conn.append_refund_event(refund.out_refund_no.as_str(), entry.kind, &entry.detail, now).await?;
