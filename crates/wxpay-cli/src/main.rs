@@ -95,7 +95,7 @@ enum Command {
     Refund {
         /// The order number (out_trade_no).
         order_no: String,
-        /// How much, in yuan (e.g. 12.50).
+        /// How much, in fen (1250 = ¥12.50).
         #[arg(long)]
         amount: String,
         /// Why (shown to the user by WeChat; at most 80 characters).

@@ -1,11 +1,13 @@
-//! `wxpay refund ORDER_NO --amount YUAN --reason TEXT`: starts a refund (申请退款) through a
+//! `wxpay refund ORDER_NO --amount FEN --reason TEXT`: starts a refund (申请退款) through a
 //! running server's admin API, as an operator would from the admin UI, and prints the outcome.
+//! Amounts are integer fen, as everywhere in the API (`--amount 1250` is ¥12.50).
 
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use serde_json::json;
-use wxpay_proto::bill::{fen_to_yuan, parse_yuan};
+use wxpay_proto::bill::fen_to_yuan;
+use wxpay_proto::Fen;
 use wxpay_server::client::MerchantApi;
 
 pub struct RefundArgs {
@@ -19,10 +21,13 @@ pub struct RefundArgs {
 }
 
 pub async fn run(args: RefundArgs) -> anyhow::Result<ExitCode> {
-    let fen = parse_yuan(args.amount.trim()).map_err(|e| anyhow::anyhow!("--amount: {e} (e.g. --amount 12.50)"))?;
-    if fen.get() == 0 {
-        bail!("--amount: must be greater than 0 (an amount in yuan, e.g. 12.50)");
-    }
+    let fen = match args.amount.trim().parse::<u64>() {
+        Ok(0) | Err(_) => bail!(
+            "--amount: must be a whole number of fen greater than 0 (--amount 1250 refunds ¥12.50), got {:?}",
+            args.amount
+        ),
+        Ok(n) => Fen::new(n),
+    };
     if args.token.is_empty() {
         bail!("--token: the server's admin token is required (or set WXPAY_ADMIN_TOKEN)");
     }
