@@ -157,7 +157,12 @@ pub(crate) async fn apply_refund_event<C: SqlConn + ?Sized>(
     for _ in 0..CAS_RETRIES {
         let found = conn.load_refund(out_refund_no.as_str()).await?;
         let Some(order_no) = found.map(|r| r.order_no) else {
-            record_refund_cause(conn, cause, None, out_refund_no, &RefundOutcome::NotFound).await?;
+            // Kept with the order the report names, so that it shows in that order's history.
+            let named = match event {
+                RefundEvent::Settled(s) => Some(&s.order_no),
+                _ => None,
+            };
+            record_refund_cause(conn, cause, named, out_refund_no, &RefundOutcome::NotFound).await?;
             return Ok(RefundOutcome::NotFound);
         };
         // Every refund write locks its order first: read the refund again under that lock.

@@ -983,6 +983,14 @@ pub async fn refund_results_apply_once_with_their_inbox_row(h: &dyn StoreHarness
     // An unknown refund: not found, its inbox row kept as refused.
     let unknown = OutRefundNo::parse("NOPE").unwrap();
     assert_eq!(store.apply_refund_event(&unknown, &accepted, cause(), t0()).await.unwrap(), RefundOutcome::NotFound);
+    let before = store.notifications_for_order(no).await.unwrap().len();
+    let report = settled(&order, 1, RefundResult::Success);
+    assert_eq!(store.apply_refund_event(&unknown, &report, cause(), t0()).await.unwrap(), RefundOutcome::NotFound);
+    let inbox = store.notifications_for_order(no).await.unwrap();
+    assert_eq!(inbox.len(), before + 1, "kept with the order it names");
+    let last = &inbox.last().unwrap().record;
+    assert_eq!((last.outcome, last.verified), (InboxOutcome::Rejected, false));
+    assert!(last.reason.as_deref().unwrap().starts_with("unknown_refund: NOPE"), "{last:?}");
 }
 
 pub async fn refund_worker_claims_due_refunds_with_leases(h: &dyn StoreHarness) {
