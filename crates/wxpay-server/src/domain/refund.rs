@@ -700,11 +700,25 @@ mod tests {
             RefundPlan::Reject(RefundReject::ConflictingResult { .. })
         ));
 
-        // The rest of the money: REFUNDED.
+        // A partly refunded order can still be shipped (fulfilment is not a money event).
+        let mut pending = o.clone();
+        pending.fulfilment = crate::domain::Fulfilment::Pending;
+        assert!(matches!(
+            crate::domain::decide(&pending, &crate::domain::OrderEvent::Shipped, t0()),
+            crate::domain::Decision::Apply { .. }
+        ));
+
+        // The rest of the money: REFUNDED, and nothing left to ship.
         let r2 = created(&o, std::slice::from_ref(&done), 600, "R2");
         let t = applied(plan_event(&o, &r2, &settled(RefundResult::Success, 600), t0()));
         let o = t.order.unwrap();
         assert_eq!((o.status, o.refunded), (OrderStatus::Refunded, Fen::new(1000)));
+        let mut pending = o.clone();
+        pending.fulfilment = crate::domain::Fulfilment::Pending;
+        assert!(matches!(
+            crate::domain::decide(&pending, &crate::domain::OrderEvent::Shipped, t0()),
+            crate::domain::Decision::Reject(_)
+        ));
     }
 
     #[test]
