@@ -27,7 +27,7 @@ use wxpay_proto::types::beijing;
 use wxpay_proto::{Fen, OutRefundNo, OutTradeNo};
 
 use super::events::{OutboxMessage, RefundOutcomeEvent};
-use super::machine::LogEntry;
+use super::machine::{merge_review_reason, LogEntry};
 use super::{EventKind, Order, OrderStatus};
 
 /// The life of a refund. The serde names are what is stored and shown.
@@ -278,6 +278,14 @@ pub enum RefundPlan {
     /// Already so (an idempotent replay, a duplicate report): nothing to write.
     AlreadyDone(Box<Refund>),
     Reject(RefundReject),
+    /// Refused, and money may be wrong (WeChat reports another final result than the one we
+    /// recorded): the refund stays as it is, the order (`order`, its version as read) is flagged
+    /// for review with `log` (an `order.flagged` row).
+    Flag {
+        reason: RefundReject,
+        order: Box<Order>,
+        log: LogEntry,
+    },
 }
 
 /// The money of `order` that refunds hold (all but REFUSED and REFUNDCLOSE).
@@ -470,7 +478,30 @@ pub fn plan_event(order: &Order, refund: &Refund, event: &RefundEvent, now: Date
                     transition(next, log, order_next, order_log, Some(outbox), None)
                 }
                 current if current == status => done(),
-                current => RefundPlan::Reject(RefundReject::ConflictingResult { current, got: status }),
+                current => {
+                    let reason = RefundReject::ConflictingResult { current, got: status };
+                    let text = format!("refund {}: {reason}", refund.out_refund_no);
+                    match merge_review_reason(order.review_reason.as_deref(), &text) {
+                        // Already flagged for this very report: nothing more to write.
+                        None => RefundPlan::Reject(reason),
+                        Some(review_reason) => {
+                            let mut flagged = order.clone();
+                            flagged.needs_review = true;
+                            flagged.review_reason = Some(review_reason);
+                            let detail = json!({
+                                "code": reason.code(),
+                                "reason": text,
+                                "out_refund_no": refund.out_refund_no.as_str(),
+                                "source": s.source,
+                            });
+                            RefundPlan::Flag {
+                                reason,
+                                order: Box::new(flagged),
+                                log: LogEntry { kind: EventKind::OrderFlagged, detail },
+                            }
+                        }
+                    }
+                }
             }
         }
     }
@@ -689,14 +720,24 @@ mod tests {
         assert_eq!(msg.refund_no(), Some("R1"));
         assert_eq!(OutboxMessage::from_parts(msg.kind(), msg.payload()).unwrap(), msg);
 
-        // The same settlement again: a duplicate; another result: a conflict.
+        // The same settlement again: a duplicate; another result: a conflict that flags the
+        // order for review (money may be wrong), once.
         let done = t.refund;
         assert!(matches!(
             plan_event(&o, &done, &settled(RefundResult::Success, 400), t0()),
             RefundPlan::AlreadyDone(_)
         ));
+        let RefundPlan::Flag { reason, order: flagged, log } =
+            plan_event(&o, &done, &settled(RefundResult::RefundClose, 400), t0())
+        else {
+            panic!("expected a flag")
+        };
+        assert!(matches!(reason, RefundReject::ConflictingResult { .. }));
+        assert!(flagged.needs_review && flagged.review_reason.as_deref().unwrap().contains("R1"), "{flagged:?}");
+        assert_eq!((flagged.status, flagged.refunded), (o.status, o.refunded));
+        assert_eq!(log.kind, EventKind::OrderFlagged);
         assert!(matches!(
-            plan_event(&o, &done, &settled(RefundResult::RefundClose, 400), t0()),
+            plan_event(&flagged, &done, &settled(RefundResult::RefundClose, 400), t0()),
             RefundPlan::Reject(RefundReject::ConflictingResult { .. })
         ));
 

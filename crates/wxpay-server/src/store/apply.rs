@@ -137,7 +137,7 @@ pub(crate) async fn request_refund<C: SqlConn + ?Sized>(
     };
     match plan_refund_request(&order, &refunds, by_key.as_ref(), by_no.as_ref(), request, new_refund_no(now), now) {
         RefundPlan::AlreadyDone(refund) => Ok(RefundOutcome::AlreadyDone(*refund, order)),
-        RefundPlan::Reject(reason) => Ok(RefundOutcome::Rejected(reason, by_key)),
+        RefundPlan::Reject(reason) | RefundPlan::Flag { reason, .. } => Ok(RefundOutcome::Rejected(reason, by_key)),
         RefundPlan::Apply(transition) => match write_refund(conn, &order, *transition, now).await? {
             Some((refund, order)) => Ok(RefundOutcome::Applied(refund, order)),
             None => Err(StoreError::Conflict(format!("order {order_no} changed while a refund was recorded"))),
@@ -173,6 +173,13 @@ pub(crate) async fn apply_refund_event<C: SqlConn + ?Sized>(
         let outcome = match plan_refund_event(&order, &refund, event, now) {
             RefundPlan::AlreadyDone(refund) => RefundOutcome::AlreadyDone(*refund, order),
             RefundPlan::Reject(reason) => RefundOutcome::Rejected(reason, Some(refund)),
+            RefundPlan::Flag { reason, order: flagged, log } => {
+                if !conn.cas_order(&flagged, order.version, None, now).await? {
+                    return Err(StoreError::Conflict(format!("order {order_no} changed under its lock")));
+                }
+                conn.append_event(order_no.as_str(), log.kind, &log.detail, now).await?;
+                RefundOutcome::Rejected(reason, Some(refund))
+            }
             RefundPlan::Apply(transition) => match write_refund(conn, &order, *transition, now).await? {
                 Some((refund, order)) => RefundOutcome::Applied(refund, order),
                 None => continue,

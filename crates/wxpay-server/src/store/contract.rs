@@ -958,6 +958,21 @@ pub async fn refund_results_apply_once_with_their_inbox_row(h: &dyn StoreHarness
             .unwrap(),
     );
     assert_eq!(r2.status, RefundStatus::RefundClose);
+    // WeChat later says it succeeded after all: refused (the refund stays REFUNDCLOSE, nothing is
+    // counted), and the order is flagged for a human, once.
+    for _ in 0..2 {
+        let late = settled(&order, 299, RefundResult::Success);
+        assert!(matches!(
+            store.apply_refund_event(&r2.out_refund_no, &late, cause(), t0()).await.unwrap(),
+            RefundOutcome::Rejected(crate::domain::RefundReject::ConflictingResult { .. }, Some(_))
+        ));
+    }
+    let flagged = must_get(&*store, no).await;
+    assert!(flagged.needs_review, "{flagged:?}");
+    assert!(flagged.review_reason.as_deref().unwrap().contains(r2.out_refund_no.as_str()), "{flagged:?}");
+    assert_eq!(flagged.refunded, Fen::new(100));
+    let kinds = event_kinds(&*store, no).await;
+    assert_eq!(kinds.iter().filter(|k| *k == "order.flagged").count(), 1, "{kinds:?}");
     // A mismatching amount changes nothing and is recorded as refused.
     let r3 = refund_of(store.request_refund(no, &refund_request(299, "k3"), t0()).await.unwrap());
     assert!(matches!(
