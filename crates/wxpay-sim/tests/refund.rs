@@ -123,7 +123,7 @@ async fn partial_refunds_idempotency_query_and_notification() {
 /// Faults on refunds: a refund that ends CHANGE or REFUNDCLOSE (refundquery and the notification
 /// say so, without a success time), a refund call answered with a business error (no refund
 /// made; the same out_refund_no goes through once the fault is cleared), and refund notifications
-/// sent twice.
+/// sent twice or held back.
 #[tokio::test]
 async fn refund_faults_change_refundclose_errors_and_copies() {
     let sim = start(SimConfig { refund_settle_secs: 5, refund_min_interval_secs: 0, ..config() }).await;
@@ -151,9 +151,14 @@ async fn refund_faults_change_refundclose_errors_and_copies() {
     let with_url = |no: &str, fee: u64| refund_fields("RFF1", no, 1000, fee).with("notify_url", refund_rx.url.as_str());
     let r = signed_post(&base, "/secapi/pay/refund", with_url("F1", 100), SignType::Md5).await;
     assert_eq!(r.get("result_code"), Some("SUCCESS"), "{r:?}");
-    faults
-        .orders
-        .insert("RFF1".into(), wxpay_sim::FaultSet { refund_result: Some("REFUNDCLOSE".into()), ..Default::default() });
+    faults.orders.insert(
+        "RFF1".into(),
+        wxpay_sim::FaultSet {
+            refund_result: Some("REFUNDCLOSE".into()),
+            notify_delay_secs: Some(30),
+            ..Default::default()
+        },
+    );
     sim.handle.set_faults(faults);
     let r = signed_post(&base, "/secapi/pay/refund", with_url("F2", 900), SignType::Md5).await;
     assert_eq!(r.get("result_code"), Some("SUCCESS"), "{r:?}");
@@ -167,8 +172,13 @@ async fn refund_faults_change_refundclose_errors_and_copies() {
     assert_eq!(raw.get("refund_status_0"), Some("CHANGE"));
     assert_eq!(raw.get("refund_status_1"), Some("REFUNDCLOSE"));
     assert!(raw.get("refund_success_time_0").is_none() && raw.get("refund_success_time_1").is_none());
-    // F1 notified twice (2 copies), F2 once; each says its own result.
-    assert!(wait_until(|| refund_rx.count() == 3).await);
+    // F1 notified twice (2 copies); F2 once, 30 s after it settled (notify_delay_secs).
+    assert!(wait_until(|| refund_rx.count() == 2).await);
+    let f2_attempts =
+        || sim.handle.notifications(Some("RFF1")).iter().filter(|a| a.out_refund_no.as_deref() == Some("F2")).count();
+    assert_eq!(f2_attempts(), 0, "F2's notification is held back");
+    sim.clock.advance(chrono::Duration::seconds(30));
+    assert!(wait_until(|| refund_rx.count() == 3 && f2_attempts() == 1).await);
     let statuses: Vec<RefundStatus> = refund_rx
         .bodies()
         .iter()
