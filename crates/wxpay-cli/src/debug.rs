@@ -4,6 +4,7 @@ use std::io::Read;
 use std::path::Path;
 use std::process::ExitCode;
 
+use wxpay_proto::msg::Message;
 use wxpay_proto::sign::{self, ApiKey, SignError, SignType};
 use wxpay_proto::{xml, Fields};
 
@@ -53,6 +54,10 @@ pub fn verify(key: &str, file: Option<&Path>) -> ExitCode {
     };
     let key = ApiKey::new(key);
     warn_about_key(&key);
+    // A refund result notification (退款结果通知) has no sign: its req_info is encrypted instead.
+    if fields.get("req_info").is_some() && fields.get("sign").is_none() {
+        return explain_refund_notification(&fields, &key);
+    }
     let canonical = sign::canonical_string(fields.iter());
     // Requests declare sign_type; notifications usually don't, so the length decides.
     let declared = fields.non_empty("sign_type").is_some();
@@ -80,6 +85,46 @@ pub fn verify(key: &str, file: Option<&Path>) -> ExitCode {
             println!("canonical string (hashed with &key=<API key> appended):");
             println!("{canonical}");
             println!("hints: the key is the 32-character API key (not the AppSecret nor the APIv3 key); every received field counts, unknown ones too; empty values are left out.");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Decrypts `req_info` (AES-256-ECB, key = lower-case hex MD5 of the API key) and prints what the
+/// refund notification says; the decryption is what authenticates it.
+fn explain_refund_notification(fields: &Fields, key: &ApiKey) -> ExitCode {
+    println!("refund result notification (退款结果通知): no sign; req_info is AES-256-ECB encrypted with MD5(API key)");
+    let req_info = fields.get("req_info").unwrap_or("");
+    match wxpay_proto::msg::refund::decrypt_req_info(req_info, key) {
+        Ok(inner) => {
+            println!(
+                "valid: req_info decrypts with this key (appid {}, mch_id {})",
+                fields.get("appid").unwrap_or("?"),
+                fields.get("mch_id").unwrap_or("?")
+            );
+            for (name, value) in inner.iter() {
+                println!("  {name} = {value}");
+            }
+            match wxpay_proto::msg::refund::RefundInfo::from_fields(&inner) {
+                Ok(info) => println!(
+                    "refund {} of order {}: {} fen of {} fen, {}",
+                    info.out_refund_no,
+                    info.out_trade_no,
+                    info.refund_fee,
+                    info.total_fee,
+                    info.refund_status.as_str()
+                ),
+                Err(e) => println!("but a field is not what WeChat sends: {e}"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("invalid: {e}");
+            println!(
+                "hints: the key is the 32-character API key (API密钥) of the merchant in mch_id {}; \
+                 req_info must be the base64 text exactly as received",
+                fields.get("mch_id").unwrap_or("?")
+            );
             ExitCode::FAILURE
         }
     }

@@ -1,7 +1,7 @@
 //! `wxpay demo`: the simulator and the server in-process on free ports, both flows run as a user
-//! would (mini-program payment, then a Native mode-1 scan), each step printed. Exits 0 only if
-//! both orders end PAID and fulfilled (the `order.paid` event reached the webhook and the order
-//! was shipped).
+//! would (mini-program payment and a partial refund of it, then a Native mode-1 scan), each step
+//! printed. Exits 0 only if both orders end paid and fulfilled (the `order.paid` event reached the
+//! webhook and the order was shipped) and the refund succeeded (`refund.succeeded` delivered).
 
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -71,8 +71,43 @@ impl Demo {
         }
     }
 
-    fn hook_for(&self, order_no: &str) -> Option<Value> {
-        self.hooks.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|h| h["order_no"] == order_no).cloned()
+    fn hook_for(&self, order_no: &str, kind: &str) -> Option<Value> {
+        let hooks = self.hooks.lock().unwrap_or_else(|p| p.into_inner());
+        hooks.iter().find(|h| h["order_no"] == order_no && h["kind"] == kind).cloned()
+    }
+
+    /// The admin refunds part of a paid order: the refund is accepted, WeChat's refund result
+    /// notification settles it, the order becomes PARTIALLY_REFUNDED and `refund.succeeded` goes out.
+    async fn partial_refund(&mut self, order_no: &str) -> anyhow::Result<()> {
+        let what = format!("GET /admin/api/orders/{order_no}");
+        let order = Self::ok(&what, self.api.admin_order(order_no).await)?;
+        let amount = order["order"]["amount_fen"].as_u64().ok_or_else(|| anyhow!("no amount: {order}"))?;
+        let part = (amount / 2).max(1);
+        let body = json!({"amount_fen": part, "reason": "one coffee was cold"});
+        let refund = Self::ok(
+            &format!("POST /admin/api/orders/{order_no}/refunds"),
+            self.api.refund(order_no, &format!("demo-refund-{order_no}"), &body).await,
+        )?;
+        let out_refund_no = refund["out_refund_no"].as_str().ok_or_else(|| anyhow!("no refund: {refund}"))?.to_owned();
+        self.say(&format!(
+            "admin refunds {part} of {amount} fen (Idempotency-Key) -> secapi/pay/refund -> refund {out_refund_no} {}",
+            refund["status"].as_str().unwrap_or("?")
+        ));
+        let order = self
+            .until("the refund to succeed", async || {
+                let v = Self::ok(&what, self.api.admin_order(order_no).await)?;
+                Ok((v["order"]["status"] == "PARTIALLY_REFUNDED").then_some(v))
+            })
+            .await?;
+        self.say(&format!(
+            "refund result notification (退款结果通知) decrypted: refund SUCCESS, order PARTIALLY_REFUNDED, refunded {} fen",
+            order["order"]["refunded_fen"]
+        ));
+        let hook = self
+            .until("the refund.succeeded webhook", async || Ok(self.hook_for(order_no, "refund.succeeded")))
+            .await?;
+        self.say(&format!("refund event {} delivered to the merchant webhook", hook["kind"].as_str().unwrap_or("?")));
+        Ok(())
     }
 
     /// Waits for PAID, for the webhook, ships, and checks SHIPPED.
@@ -88,7 +123,7 @@ impl Demo {
             "payment notification verified: order PAID (transaction {})",
             order["order"]["transaction_id"].as_str().unwrap_or("?")
         ));
-        let hook = self.until("the order.paid webhook", async || Ok(self.hook_for(order_no))).await?;
+        let hook = self.until("the order.paid webhook", async || Ok(self.hook_for(order_no, "order.paid"))).await?;
         self.say(&format!(
             "fulfilment event {} delivered to the merchant webhook",
             hook["kind"].as_str().unwrap_or("?")
@@ -136,6 +171,7 @@ impl Demo {
         .await?;
         self.say("GET /api/orders/{no} (client poll) -> PAID");
         self.fulfil(&order_no).await?;
+        self.partial_refund(&order_no).await?;
         Ok(order_no)
     }
 
@@ -204,9 +240,12 @@ pub async fn run() -> anyhow::Result<ExitCode> {
     sim.shutdown().await;
     println!();
     let mut ok = true;
-    for (name, result) in [("mini-program", &mini), ("native mode 1", &native)] {
+    for (name, result, end) in [
+        ("mini-program", &mini, "paid, fulfilled and partly refunded"),
+        ("native mode 1", &native, "PAID and fulfilled"),
+    ] {
         match result {
-            Ok(order_no) => println!("OK    {name}: order {order_no} PAID and fulfilled"),
+            Ok(order_no) => println!("OK    {name}: order {order_no} {end}"),
             Err(e) => {
                 ok = false;
                 println!("FAIL  {name}: {e:#}");

@@ -13,6 +13,7 @@ mod debug;
 mod demo;
 mod products;
 mod qr;
+mod refund;
 mod run;
 
 #[derive(Parser)]
@@ -106,6 +107,29 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Refund (申请退款) part or all of a paid order through a running server's admin API.
+    Refund {
+        /// The order number (out_trade_no).
+        order_no: String,
+        /// How much, in fen (1250 = ¥12.50).
+        #[arg(long)]
+        amount: String,
+        /// Why (shown to the user by WeChat; at most 80 characters).
+        #[arg(long)]
+        reason: String,
+        /// Your own refund number (default: the server makes one).
+        #[arg(long)]
+        out_refund_no: Option<String>,
+        /// Repeat the key of an earlier call to retry it without refunding twice (default: new).
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// The server's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// The admin token (`server.admin_token`, printed at start in sandbox mode).
+        #[arg(long, env = "WXPAY_ADMIN_TOKEN", hide_env_values = true, default_value = "")]
+        token: String,
+    },
     /// Load generator: runs virtual users through whole flows (mini-program, Native, a storm of
     /// duplicate notifications) and checks that every payment was applied exactly once.
     Bench(bench::BenchArgs),
@@ -131,6 +155,17 @@ fn main() -> ExitCode {
             run::block_on(qr::run(config, product, format, out, size))
         }
         Command::Bench(args) => run::block_on(bench::run(args)),
+        Command::Refund { order_no, amount, reason, out_refund_no, idempotency_key, server, token } => {
+            run::block_on(refund::run(refund::RefundArgs {
+                order_no,
+                amount,
+                reason,
+                out_refund_no,
+                idempotency_key,
+                server,
+                token,
+            }))
+        }
         Command::Backup { to, config } => run::block_on(backup::run(config, to)),
         Command::Admin { command } => run::block_on(admin::run(command)),
     }

@@ -93,6 +93,7 @@ pub fn embedded_sim_config(config: &Config) -> wxpay_sim::SimConfig {
     merchant.api_key = config.wechat.api_key.expose().to_owned();
     merchant.app_secret = config.wechat.app_secret.expose().to_owned();
     merchant.scan_callback_url = Some(config.scan_callback_url());
+    merchant.refund_notify_url = Some(config.refund_notify_url());
     sim.merchants = vec![merchant];
     sim
 }

@@ -73,6 +73,16 @@ fn native_smoke() {
 }
 
 #[test]
+fn refund_smoke() {
+    let r = bench("refund", 12, 4);
+    assert_correct(&r, 12);
+    assert_eq!(served(&r, 0, "refunds"), 12, "{r}");
+    assert!(served(&r, 0, "refund_notifications") >= 12, "{r}");
+    assert_eq!(r["steps"]["api.refund"]["count"], 12, "{r}");
+    assert_eq!(r["steps"]["wait.refunded"]["count"], 12, "{r}");
+}
+
+#[test]
 fn notify_storm_smoke() {
     let r = bench("notify-storm", 20, 4);
     assert_correct(&r, 20);

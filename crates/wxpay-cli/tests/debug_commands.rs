@@ -110,3 +110,39 @@ fn verify_explains_a_failure() {
     assert_eq!(code, 1);
     assert!(out.contains("DOCTYPE"), "{out}");
 }
+
+/// A refund result notification as WeChat sends it: no sign, `req_info` encrypted with the key.
+fn refund_notification(key: &str) -> String {
+    let mut inner = wxpay_proto::Fields::new();
+    inner
+        .set("transaction_id", "4200000000202401010000000001")
+        .set("out_trade_no", "WX1")
+        .set("refund_id", "50000000000000000000000000001")
+        .set("out_refund_no", "RF1")
+        .set("total_fee", "600")
+        .set("refund_fee", "200")
+        .set("refund_status", "SUCCESS")
+        .set("refund_recv_accout", "支付用户零钱");
+    let mut outer = wxpay_proto::Fields::new();
+    outer
+        .set("return_code", "SUCCESS")
+        .set("appid", "wxd930ea5d5a258f4f")
+        .set("mch_id", "10000100")
+        .set("req_info", wxpay_proto::msg::refund::encrypt_req_info(&inner, &wxpay_proto::ApiKey::new(key)));
+    wxpay_proto::xml::to_xml(&outer)
+}
+
+#[test]
+fn verify_decrypts_and_explains_a_refund_notification() {
+    let (code, out, _) = wxpay(&["verify", "--key", KEY], Some(&refund_notification(KEY)));
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("valid: req_info decrypts with this key"), "{out}");
+    assert!(out.contains("refund_recv_accout = 支付用户零钱"), "{out}");
+    assert!(out.contains("refund RF1 of order WX1: 200 fen of 600 fen, SUCCESS"), "{out}");
+    // Encrypted with another key: refused, and the hint names the key to use.
+    let (code, out, _) =
+        wxpay(&["verify", "--key", KEY], Some(&refund_notification("0123456789abcdef0123456789abcdef")));
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("invalid: req_info does not decrypt with this API key"), "{out}");
+    assert!(out.contains("mch_id 10000100"), "{out}");
+}

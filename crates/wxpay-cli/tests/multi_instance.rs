@@ -13,6 +13,11 @@
 //! `webhook-id`, which receivers deduplicate on. So "one webhook delivery" is checked as
 //! one event id per order, and every POST must carry that id and a valid signature.
 //!
+//! A second test does the same for refunds (issue 13): an instance SIGKILLed between committing a
+//! refund and WeChat's answer (the other instances' refund worker finishes it with the same
+//! out_refund_no: one refund at WeChat, one event), and a refund started on one instance whose
+//! result notification lands on the other.
+//!
 //! Needs `DATABASE_URL=postgres://...` and `REDIS_URL=redis://...` (CI's second pass); without
 //! them it prints a note and passes, like the other PostgreSQL tests.
 
@@ -673,5 +678,205 @@ async fn two_instances_one_postgres_one_redis_survive_a_sigkill() {
     if let Ok(sim) = Arc::try_unwrap(sim) {
         sim.shutdown().await;
     }
+    db.cleanup().await.unwrap();
+}
+
+/// Polls `check` every 20 ms until it gives `Some`, or panics after `secs`.
+async fn eventually<T, F, Fut>(what: &str, secs: u64, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refunds_across_instances_and_a_sigkill_between_commit_and_wechats_answer() {
+    let what = "refunds_across_instances_and_a_sigkill_between_commit_and_wechats_answer";
+    let (Some(base_db), Some(redis_url)) = (database_url_or_skip(what), redis_url_or_skip(what)) else {
+        return;
+    };
+    let db = FreshDatabase::create(&base_db).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let merchant = MerchantConfig {
+        appid: APPID.into(),
+        mch_id: MCH_ID.into(),
+        api_key: API_KEY.into(),
+        app_secret: APP_SECRET.into(),
+        ..MerchantConfig::sandbox()
+    };
+    let sim_config = SimConfig {
+        sandbox_merchant: false,
+        merchants: vec![merchant],
+        time_scale: 0.02,
+        notifier_tick_ms: 10,
+        seed: Some(1313),
+        refund_min_interval_secs: 0,
+        ..SimConfig::default()
+    };
+    let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sim = wxpay_sim::serve(sim_config, sim_listener, Arc::new(SystemClock)).await.unwrap();
+    let (lb, lb_url) = Balancer::start(2).await;
+    let (receiver, hook_url) = Receiver::start().await;
+    let config = write_config(dir.path(), &db.url, &redis_url, &sim.base_url(), &lb_url, &hook_url);
+    // Refunds need the merchant client certificate without the embedded simulator (a throwaway
+    // one: the simulator does not check it, but the instances load it as they would WeChat's).
+    // Refunds WeChat did not answer are sent again after 1 s; refundquery after 2 s.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec![MCH_ID.into()]).unwrap().self_signed(&key).unwrap();
+    let (cert_path, key_path) = (dir.path().join("apiclient_cert.pem"), dir.path().join("apiclient_key.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let toml = std::fs::read_to_string(&config).unwrap().replacen(
+        "\n[database]",
+        &format!(
+            "client_cert_pem = {:?}\nclient_key_pem = {:?}\n\n[database]",
+            cert_path.display().to_string(),
+            key_path.display().to_string()
+        ),
+        1,
+    );
+    std::fs::write(&config, format!("{toml}\n[refunds]\nretry_secs = 1\nquery_after_secs = 2\n")).unwrap();
+
+    let (a_log, b_log) = (dir.path().join("a.log"), dir.path().join("b.log"));
+    let (mut a, b) = tokio::join!(Instance::spawn(&config, &a_log), Instance::spawn(&config, &b_log));
+    lb.set(0, Some(a.url.clone()));
+    lb.set(1, Some(b.url.clone()));
+    let http = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(15)).build().unwrap();
+    let client = Client {
+        http: http.clone(),
+        sim: sim.base_url(),
+        instances: Arc::new(RwLock::new(vec![a.url.clone(), b.url.clone()])),
+    };
+    let admin = |url: &str| MerchantApi::new(http.clone(), url.to_owned(), Some(ADMIN_TOKEN.into()));
+    let paid_order = |user: &'static str| {
+        let client = &client;
+        let b_url = b.url.clone();
+        async move {
+            let token = client.login(user, 0).await;
+            let order_no = client.order_and_pay(user, &token, 0).await;
+            let api = MerchantApi::new(client.http.clone(), b_url, Some(ADMIN_TOKEN.into()));
+            eventually("the order to be PAID", 30, || async {
+                let d = api.admin_order(&order_no).await.ok()?.body;
+                (d["order"]["status"] == "PAID").then_some(())
+            })
+            .await;
+            order_no
+        }
+    };
+    let pool = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let refund_rows = |order_no: String| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query("SELECT out_refund_no, status FROM refunds WHERE order_no = $1")
+                .bind(order_no)
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get::<String, _>("out_refund_no"), r.get::<String, _>("status")))
+                .collect::<Vec<_>>()
+        }
+    };
+    let refund_events = |order_no: &str| {
+        let order_no = order_no.to_owned();
+        receiver.deliveries().into_iter().filter(move |d| d.order_no == order_no && d.kind.starts_with("refund."))
+    };
+
+    // 1. SIGKILL between our commit and WeChat's answer. WeChat takes the refund but holds its
+    // answer (3 s, longer than A waits) and its notification is lost; A is killed once the refund
+    // is committed and WeChat has it.
+    let x = paid_order("refund-kill").await;
+    let hold = FaultSet {
+        api_timeout_rate: 1.0,
+        api_timeout_secs: 3.0,
+        api_endpoint: Some("refund".into()),
+        notify_drop: true,
+        ..FaultSet::default()
+    };
+    let mut faults = FaultConfig::default();
+    faults.orders.insert(x.clone(), hold);
+    sim.set_faults(faults);
+    let started = {
+        let (api, x) = (admin(&a.url), x.clone());
+        tokio::spawn(async move { api.refund(&x, "kill-1", &json!({"amount_fen": 1, "reason": "kill"})).await })
+    };
+    let committed = eventually("the refund committed and taken by WeChat", 30, || async {
+        let rows = refund_rows(x.clone()).await;
+        let at_wechat = sim.order(MCH_ID, &x).map(|o| o.refunds.len()).unwrap_or(0);
+        (rows.len() == 1 && at_wechat == 1).then(|| rows[0].clone())
+    })
+    .await;
+    a.kill();
+    lb.set(0, None);
+    assert_eq!(committed.1, "REQUESTED", "A was killed before WeChat's answer reached it");
+    assert!(started.await.unwrap().is_err(), "the request to A was cut off by the kill");
+    // WeChat answers again; B's refund worker sends it again (same out_refund_no), then asks
+    // refundquery, since the notification never comes.
+    let mut faults = FaultConfig::default();
+    faults.orders.insert(x.clone(), FaultSet { notify_drop: true, ..FaultSet::default() });
+    sim.set_faults(faults);
+    eventually("B's worker to settle the refund", 60, || async {
+        let rows = refund_rows(x.clone()).await;
+        (rows.len() == 1 && rows[0].1 == "SUCCESS").then_some(())
+    })
+    .await;
+    let at_wechat = sim.order(MCH_ID, &x).unwrap().refunds;
+    assert_eq!(at_wechat.len(), 1, "one refund at WeChat: {at_wechat:?}");
+    assert_eq!(at_wechat[0].out_refund_no, committed.0);
+    eventually("refund.succeeded delivered", 30, || async { (refund_events(&x).count() >= 1).then_some(()) }).await;
+    // A restarted takes its share of the work again.
+    let a_log2 = dir.path().join("a2.log");
+    let a2 = Instance::spawn(&config, &a_log2).await;
+    lb.set(0, Some(a2.url.clone()));
+
+    // 2. A refund started on B whose result notification lands on A (the balancer sends WeChat
+    // only to A for now).
+    let y = paid_order("refund-cross").await;
+    lb.set(1, None);
+    let reply = admin(&b.url).refund(&y, "cross-1", &json!({"amount_fen": 1, "reason": "cross"})).await.unwrap();
+    assert!(reply.status == 201, "{}", reply.body);
+    eventually("the notification to settle the refund on A", 30, || async {
+        let rows = refund_rows(y.clone()).await;
+        (rows.len() == 1 && rows[0].1 == "SUCCESS").then_some(())
+    })
+    .await;
+    let applied_by: (String, Vec<u8>) = {
+        let row = sqlx::query("SELECT outcome, raw_body FROM notification_inbox WHERE kind = 'refund' AND outcome = 'applied' AND out_trade_no = $1")
+            .bind(y.as_bytes())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        (row.get("outcome"), row.get("raw_body"))
+    };
+    assert_eq!(applied_by.0, "applied");
+    eventually("refund.succeeded delivered", 30, || async { (refund_events(&y).count() >= 1).then_some(()) }).await;
+    lb.set(1, Some(b.url.clone()));
+
+    // Exactly one event per refund (deduplicated by id, as receivers must), and one outbox row.
+    for order_no in [&x, &y] {
+        let ids: BTreeSet<String> = refund_events(order_no).map(|d| d.event_id).collect();
+        assert_eq!(ids.len(), 1, "{order_no}: {ids:?}");
+        assert!(refund_events(order_no).all(|d| d.signature_ok && d.kind == "refund.succeeded"));
+        let rows: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE order_no = $1 AND kind LIKE 'refund.%'")
+            .bind(order_no.as_str())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(rows, 1, "{order_no}");
+    }
+    for log in [a.log(), b.log(), a2.log()] {
+        assert!(!log.contains("panicked"), "{log}");
+    }
+    pool.close().await;
+    drop((a, a2, b));
+    sim.shutdown().await;
     db.cleanup().await.unwrap();
 }

@@ -191,6 +191,9 @@ pub struct PayClientConfig {
     pub timeout: Duration,
     pub max_response_bytes: usize,
     pub client_cert: Option<ClientCert>,
+    /// Send `/secapi` calls over the plain client when no certificate is configured. Only for a
+    /// simulator (which does not ask for one); WeChat refuses such calls.
+    pub secapi_without_cert: bool,
 }
 
 impl PayClientConfig {
@@ -202,6 +205,7 @@ impl PayClientConfig {
             timeout: Duration::from_secs(10),
             max_response_bytes: DEFAULT_MAX_RESPONSE,
             client_cert: None,
+            secapi_without_cert: false,
         }
     }
 }
@@ -244,9 +248,17 @@ impl PayClient {
     pub async fn call<R: ApiRequest>(&self, request: &R) -> Result<R::Response, ClientError> {
         request.validate().map_err(ClientError::InvalidRequest)?;
         let http = if R::NEEDS_CERT {
-            self.http_with_cert.as_ref().ok_or_else(|| {
-                ClientError::Certificate(format!("{} needs the merchant client certificate (API证书)", R::PATH))
-            })?
+            match &self.http_with_cert {
+                Some(http) => http,
+                None if self.config.secapi_without_cert => &self.http,
+                None => {
+                    return Err(ClientError::Certificate(format!(
+                        "{} needs the merchant client certificate (API证书): set wechat.client_cert_p12, or \
+                         wechat.client_cert_pem and wechat.client_key_pem",
+                        R::PATH
+                    )))
+                }
+            }
         } else {
             &self.http
         };

@@ -120,6 +120,13 @@ impl MerchantApi {
         self.post(&format!("/admin/api/orders/{order_no}/ship"), self.admin_token.as_deref(), &json!({})).await
     }
 
+    /// `POST /admin/api/orders/{order_no}/refunds` (申请退款) with `Idempotency-Key: {key}` and
+    /// `body` (`{amount_fen, reason, out_refund_no?}`).
+    pub async fn refund(&self, order_no: &str, key: &str, body: &Value) -> Result<Reply, reqwest::Error> {
+        let req = self.http.post(self.url(&format!("/admin/api/orders/{order_no}/refunds")));
+        send(with_token(req, self.admin_token.as_deref()).header("idempotency-key", key).json(body)).await
+    }
+
     /// `GET /admin/api/products/{product_id}/link`: the signed Native mode-1 link, as text.
     pub async fn product_link(&self, product_id: &str) -> Result<Reply, reqwest::Error> {
         self.get(&format!("/admin/api/products/{product_id}/link"), self.admin_token.as_deref()).await

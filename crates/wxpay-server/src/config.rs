@@ -130,6 +130,7 @@ pub struct Config {
     pub orders: OrdersConfig,
     pub workers: WorkersConfig,
     pub inbox: InboxConfig,
+    pub refunds: RefundsConfig,
     pub log: LogConfig,
 }
 
@@ -274,6 +275,24 @@ pub struct WorkersConfig {
     /// reserved for the instance that claimed it. When an instance dies, its work is taken over
     /// after this. Must exceed the WeChat and webhook timeouts, so that live work is never taken.
     pub lease_secs: u64,
+}
+
+/// Refunds (退款): when the refund worker sends again and asks `refundquery`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RefundsConfig {
+    /// A refund WeChat has not answered (timeout, network, SYSTEMERROR) is sent again, with the
+    /// same out_refund_no, after this many seconds (doubling, at most 10 minutes).
+    pub retry_secs: u64,
+    /// A refund PROCESSING this long without its notification is asked about with `refundquery`
+    /// (then again with the delay doubling, at most 1 hour).
+    pub query_after_secs: u64,
+}
+
+impl Default for RefundsConfig {
+    fn default() -> Self {
+        RefundsConfig { retry_secs: 10, query_after_secs: 300 }
+    }
 }
 
 /// How much the notification inbox keeps.
@@ -890,6 +909,11 @@ impl Config {
 
     pub fn notify_url(&self) -> String {
         format!("{}/wxpay/notify", self.server.public_url.trim_end_matches('/'))
+    }
+
+    /// Where WeChat sends refund results (退款结果通知), passed as the refund's `notify_url`.
+    pub fn refund_notify_url(&self) -> String {
+        format!("{}/wxpay/refund/notify", self.server.public_url.trim_end_matches('/'))
     }
 
     pub fn scan_callback_url(&self) -> String {

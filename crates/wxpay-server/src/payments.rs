@@ -138,7 +138,7 @@ pub async fn create_order(
 /// Refuses an order that cannot be paid, with a reason each.
 fn ensure_payable(order: &Order, now: DateTime<Utc>) -> Result<(), PayError> {
     match order.status {
-        OrderStatus::Paid | OrderStatus::Refunding | OrderStatus::Refunded => Err(ALREADY_PAID),
+        OrderStatus::Paid | OrderStatus::PartiallyRefunded | OrderStatus::Refunded => Err(ALREADY_PAID),
         OrderStatus::Closed => Err(PayError::Closed),
         OrderStatus::Created | OrderStatus::Paying if now >= order.expires_at => {
             Err(PayError::Expired("this order has expired; place a new order"))

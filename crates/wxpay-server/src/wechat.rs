@@ -1,6 +1,7 @@
 //! The WeChat adapter: the only place that calls the WeChat API. Every call is timed and
 //! counted by endpoint and outcome. WeChat's error codes stop here: callers get small outcome
-//! enums ([`PrepayOutcome`], [`QueryOutcome`], [`CloseOutcome`]) and, for anything else,
+//! enums ([`PrepayOutcome`], [`QueryOutcome`], [`CloseOutcome`], [`RefundCallOutcome`],
+//! [`RefundQueryOutcome`]) and, for anything else,
 //! [`WeChatFailure`] (try again later, or refused for good).
 
 use std::sync::Arc;
@@ -10,13 +11,15 @@ use wxpay_proto::client::{ClientCert, ClientError, PayClient, PayClientConfig, S
 use wxpay_proto::msg::closeorder::{CloseOrderRequest, CloseOrderResponse};
 use wxpay_proto::msg::code2session::Code2Session;
 use wxpay_proto::msg::orderquery::{OrderQueryRequest, OrderRef};
+use wxpay_proto::msg::refund::{RefundRequest as WxRefundRequest, RefundStatus as WxRefundStatus};
+use wxpay_proto::msg::refundquery::{RefundQueryRequest, RefundRef};
 use wxpay_proto::msg::shorturl::{ShortUrlRequest, ShortUrlResponse};
 use wxpay_proto::msg::unifiedorder::{UnifiedOrderRequest, UnifiedOrderResponse};
 use wxpay_proto::msg::{err_code, ApiRequest, Merchant};
 use wxpay_proto::{AppId, MchId, OutTradeNo, PrepayId};
 
 use crate::config::Config;
-use crate::domain::{Payment, Reported};
+use crate::domain::{Order, Payment, Refund, RefundResult, RefundSource, Reported, Settlement};
 use crate::metrics::Metrics;
 
 /// A call that gave no answer to act on.
@@ -71,6 +74,29 @@ pub enum CloseOutcome {
     AlreadyPaid,
     /// WeChat refuses to close an order in its first 5 minutes.
     TooEarly,
+    Failed(WeChatFailure),
+}
+
+/// What `secapi/pay/refund` (申请退款) said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundCallOutcome {
+    /// Accepted: the refund is PROCESSING at WeChat.
+    Accepted { refund_id: String },
+    /// Refused for good (NOTENOUGH, ORDERNOTEXIST, FREQUENCY_LIMITED, INVALID_REQUEST, ..., or a
+    /// request we could not send at all such as a missing certificate): no money moved.
+    Refused { code: String, message: String },
+    /// No answer to act on (network, timeout, SYSTEMERROR, an answer we cannot trust): send the
+    /// same refund again later, with the same out_refund_no (WeChat's rule).
+    Unanswered(String),
+}
+
+/// What `refundquery` (查询退款) said about one refund.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundQueryOutcome {
+    Settled(Settlement),
+    Processing,
+    /// `REFUNDNOTEXIST`: WeChat does not know this refund (never accepted).
+    NotFound,
     Failed(WeChatFailure),
 }
 
@@ -139,6 +165,8 @@ impl WeChat {
         pay.sign_type = config.wechat.sign_type;
         pay.timeout = Duration::from_millis(config.wechat.timeout_ms);
         pay.client_cert = load_cert(config)?;
+        // The simulator does not ask for the client certificate; WeChat does.
+        pay.secapi_without_cert = config.simulator.enabled;
         let sns = SnsClient::new(
             config.wechat.sns_base_url.clone(),
             config.wechat.appid.clone(),
@@ -225,6 +253,67 @@ impl WeChat {
                 _ => CloseOutcome::Failed(WeChatFailure::from(&e)),
             },
         }
+    }
+
+    /// `secapi/pay/refund` for `refund` of `order`, with WeChat's results sent to `notify_url`.
+    pub async fn refund(&self, order: &Order, refund: &Refund, notify_url: String) -> RefundCallOutcome {
+        let request = WxRefundRequest {
+            order: OrderRef::OutTradeNo(order.order_no.clone()),
+            out_refund_no: refund.out_refund_no.clone(),
+            total_fee: order.amount,
+            refund_fee: refund.amount,
+            refund_desc: Some(refund.reason.clone()).filter(|r| !r.is_empty()),
+            refund_account: None,
+            notify_url: Some(notify_url),
+        };
+        match self.timed("refund", &request).await {
+            Ok(answer) => RefundCallOutcome::Accepted { refund_id: answer.refund_id },
+            Err(ClientError::Business { err_code, err_code_des }) if !err_code::is_retryable(&err_code) => {
+                RefundCallOutcome::Refused { code: err_code, message: err_code_des }
+            }
+            Err(e @ ClientError::Protocol { .. }) if !e.is_retryable() => {
+                let ClientError::Protocol { return_msg } = e else { unreachable!("matched above") };
+                RefundCallOutcome::Refused { code: "FAIL".into(), message: return_msg }
+            }
+            Err(e @ (ClientError::InvalidRequest(_) | ClientError::Certificate(_))) => {
+                RefundCallOutcome::Refused { code: e.label().to_ascii_uppercase(), message: e.to_string() }
+            }
+            Err(e) => RefundCallOutcome::Unanswered(e.to_string()),
+        }
+    }
+
+    /// `refundquery` for one refund, by its out_refund_no.
+    pub async fn refund_query(&self, refund: &Refund) -> RefundQueryOutcome {
+        let request = RefundQueryRequest { refund: RefundRef::OutRefundNo(refund.out_refund_no.clone()), offset: None };
+        let answer = match self.timed("refundquery", &request).await {
+            Ok(answer) => answer,
+            Err(e) if business_code(&e) == Some(err_code::REFUNDNOTEXIST) => return RefundQueryOutcome::NotFound,
+            Err(e) => return RefundQueryOutcome::Failed(WeChatFailure::from(&e)),
+        };
+        let Some(record) = answer.refunds.iter().find(|r| r.out_refund_no == refund.out_refund_no) else {
+            return RefundQueryOutcome::NotFound;
+        };
+        let result = match record.refund_status {
+            WxRefundStatus::Processing => return RefundQueryOutcome::Processing,
+            WxRefundStatus::Success => RefundResult::Success,
+            WxRefundStatus::Change => RefundResult::Change,
+            WxRefundStatus::RefundClose => RefundResult::RefundClose,
+        };
+        RefundQueryOutcome::Settled(Settlement {
+            result,
+            order_no: answer.out_trade_no.clone(),
+            refund_id: record.refund_id.clone(),
+            refund_fee: record.refund_fee,
+            total_fee: Some(answer.total_fee),
+            source: RefundSource::Query,
+            details: serde_json::json!({
+                "transaction_id": answer.transaction_id.as_str(),
+                "refund_success_time": record.refund_success_time,
+                "refund_recv_accout": record.refund_recv_accout,
+                "refund_account": record.refund_account,
+                "refund_channel": record.refund_channel,
+            }),
+        })
     }
 
     pub async fn short_url(&self, long_url: &str) -> Result<String, WeChatFailure> {

@@ -226,8 +226,9 @@ async fn oversized_notify_body_gets_413() {
 }
 
 /// Refund results in normal operation (on whatever store the run uses; SQLite by default): the
-/// good one is recorded in the order's inbox and acknowledged; one for another `mch_id` and one
-/// whose `req_info` does not decrypt with our key are refused and recorded as nothing else.
+/// good one is applied to its refund, with its row in the order's inbox, and acknowledged; one for
+/// another `mch_id` and one whose `req_info` does not decrypt with our key are refused and recorded
+/// as nothing else. (The whole refund flow is in `refunds.rs`.)
 #[tokio::test]
 async fn refund_notifications_recorded_or_refused() {
     let env = TestEnv::start().await;
@@ -247,18 +248,26 @@ async fn refund_notifications_recorded_or_refused() {
     assert!(!reply_is_success(reply.as_bytes()), "acknowledged an undecryptable req_info: {reply}");
     assert_eq!(refusals(&env, "bad_refund_notification").await, 1.0);
     let detail = env.admin_detail(&order_no).await;
-    assert!(inbox_with_outcome(&detail, "recorded").is_empty(), "{detail}");
+    assert!(
+        detail["notifications"].as_array().unwrap().iter().all(|n| n["kind"] != "refund" || n["outcome"] == "rejected"),
+        "{detail}"
+    );
 
+    // Our refund RFOK1 (WeChat's own notification of it is lost), then its result.
+    env.set_faults_for(&order_no, wxpay_sim::FaultSet { notify_drop: true, ..Default::default() });
+    let body = serde_json::json!({"amount_fen": amount, "reason": "test", "out_refund_no": "RFOK1"});
+    let started = env.api.refund(&order_no, "callbacks-rfok1", &body).await.unwrap();
+    assert_eq!(started.status, 201, "{}", started.body);
     let (status, reply) = env
         .post_raw("/wxpay/refund/notify", "text/xml", refund_notification(&order_no, "RFOK1", amount, SANDBOX_KEY))
         .await;
     assert!(status == 200 && reply_is_success(reply.as_bytes()), "{status} {reply}");
     let detail = env.admin_detail(&order_no).await;
-    let recorded = inbox_with_outcome(&detail, "recorded");
-    assert_eq!(recorded.len(), 1, "{detail}");
-    assert_eq!(recorded[0]["kind"], "refund", "{detail}");
-    assert_eq!(recorded[0]["verified"], true, "{detail}");
-    assert_eq!(recorded[0]["reason"], "SUCCESS", "{detail}");
+    let applied: Vec<_> =
+        inbox_with_outcome(&detail, "applied").into_iter().filter(|n| n["kind"] == "refund").collect();
+    assert_eq!(applied.len(), 1, "{detail}");
+    assert_eq!(applied[0]["verified"], true, "{detail}");
+    assert_eq!(detail["refunds"][0]["status"], "SUCCESS", "{detail}");
     let inbox =
         metric(&env.metrics().await, "wxpay_notifications_total", &[("kind", "refund"), ("outcome", "rejected")]);
     assert_eq!(inbox, 2.0);

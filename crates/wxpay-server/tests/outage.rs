@@ -130,15 +130,20 @@ async fn postgres_outage_fails_fast_keeps_the_payment_and_recovers() {
     let paid_event = detail["events"].as_array().unwrap().iter().find(|e| e["kind"] == "order.paid").unwrap();
     assert_eq!(paid_event["detail"]["source"], "notification", "{detail}");
     assert_eq!(inbox_with_outcome(&detail, "applied").len(), 1, "{detail}");
-    // WeChat's retry of the refund result is recorded now.
+    // The refund it reports (started now; WeChat's own notification of it is lost): WeChat's
+    // retry of the result is applied now.
+    env.set_faults_for(&order_no, wxpay_sim::FaultSet { notify_drop: true, ..Default::default() });
+    let body = serde_json::json!({"amount_fen": 600, "reason": "outage", "out_refund_no": "RFOUTAGE1"});
+    let started = env.api.refund(&order_no, "outage-refund", &body).await.unwrap();
+    assert_eq!(started.status, 201, "{}", started.body);
     let (status, reply) = env.post_raw("/wxpay/refund/notify", "text/xml", refund).await;
     assert!(status == 200 && reply_is_success(reply.as_bytes()), "{status} {reply}");
     let detail = env.admin_detail(&order_no).await;
-    assert_eq!(inbox_with_outcome(&detail, "recorded").len(), 1, "{detail}");
+    assert_eq!(detail["refunds"][0]["status"], "SUCCESS", "{detail}");
 
     // And the mini-program side works again with the same server.
     let (status, order) = env.order(&token, &order_no).await;
-    assert_eq!((status, order["status"].as_str()), (200, Some("PAID")), "{order}");
+    assert_eq!((status, order["status"].as_str()), (200, Some("REFUNDED")), "{order}");
     let (status, created) = env.post_json("/api/orders", Some(&token), items).await;
     assert_eq!(status, 201, "{created}");
     env.login("bob").await;

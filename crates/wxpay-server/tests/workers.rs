@@ -415,6 +415,62 @@ impl Store for RiggedStore {
         self.inner.count_orders_by_status().await
     }
 
+    async fn request_refund(
+        &self,
+        order_no: &OutTradeNo,
+        request: &wxpay_server::domain::RefundRequest,
+        now: DateTime<Utc>,
+    ) -> StoreResult<wxpay_server::store::RefundOutcome> {
+        self.inner.request_refund(order_no, request, now).await
+    }
+
+    async fn apply_refund_event(
+        &self,
+        out_refund_no: &wxpay_proto::OutRefundNo,
+        event: &wxpay_server::domain::RefundEvent,
+        cause: Option<InboxCause>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<wxpay_server::store::RefundOutcome> {
+        self.inner.apply_refund_event(out_refund_no, event, cause, now).await
+    }
+
+    async fn get_refund(
+        &self,
+        out_refund_no: &wxpay_proto::OutRefundNo,
+    ) -> StoreResult<Option<wxpay_server::domain::Refund>> {
+        self.inner.get_refund(out_refund_no).await
+    }
+
+    async fn refunds_for_order(&self, order_no: &OutTradeNo) -> StoreResult<Vec<wxpay_server::domain::Refund>> {
+        self.inner.refunds_for_order(order_no).await
+    }
+
+    async fn refund_events_for_order(
+        &self,
+        order_no: &OutTradeNo,
+    ) -> StoreResult<Vec<wxpay_server::store::RefundEventRecord>> {
+        self.inner.refund_events_for_order(order_no).await
+    }
+
+    async fn claim_due_refunds(
+        &self,
+        now: DateTime<Utc>,
+        owner: &str,
+        lease: chrono::Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<wxpay_server::store::DueRefund>> {
+        self.inner.claim_due_refunds(now, owner, lease, limit).await
+    }
+
+    async fn reschedule_refund(
+        &self,
+        out_refund_no: &wxpay_proto::OutRefundNo,
+        owner: &str,
+        next_attempt_at: DateTime<Utc>,
+    ) -> StoreResult<bool> {
+        self.inner.reschedule_refund(out_refund_no, owner, next_attempt_at).await
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         self.inner.ping().await
     }

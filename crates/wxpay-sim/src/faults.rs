@@ -49,6 +49,12 @@ pub struct FaultSet {
     pub api_timeout_secs: f64,
     /// Limit the API faults to one endpoint, e.g. `/pay/orderquery` or `orderquery`.
     pub api_endpoint: Option<String>,
+    /// How a refund of the order ends once it settles: `SUCCESS` (default), `CHANGE` (退款异常) or
+    /// `REFUNDCLOSE` (退款关闭); what refundquery and the refund notification then say.
+    pub refund_result: Option<String>,
+    /// Answer refund calls of the order with this business `err_code` (e.g. `NOTENOUGH`,
+    /// `SYSTEMERROR`) and WeChat's text for it, without creating a refund.
+    pub refund_err_code: Option<String>,
     /// "Payment lands just as the merchant closes": closeorder first pays the order (when it has
     /// a prepay and a payer who can pay) and then answers ORDERPAID.
     pub pay_on_close: bool,

@@ -120,6 +120,8 @@ pub(crate) fn schedule_refund(st: &mut State, key: &OrderKey, out_refund_no: &st
     let Some(m) = st.merchants.get(&order.mch_id) else { return };
     let Some(r) = order.refunds.iter().find(|r| r.out_refund_no == out_refund_no) else { return };
     let Some(url) = r.notify_url.clone().or_else(|| m.refund_notify_url.clone()) else { return };
+    // The order's notification faults apply to its refund notifications too.
+    let faults = st.faults.for_order(Some(&order.out_trade_no)).clone();
     let mut inner = Fields::new();
     inner
         .set("transaction_id", order.transaction_id.clone().unwrap_or_default())
@@ -130,8 +132,11 @@ pub(crate) fn schedule_refund(st: &mut State, key: &OrderKey, out_refund_no: &st
         .set("settlement_total_fee", order.total_fee.to_string())
         .set("refund_fee", r.refund_fee.to_string())
         .set("settlement_refund_fee", r.refund_fee.to_string())
-        .set("refund_status", "SUCCESS")
-        .set("success_time", r.success_time())
+        .set("refund_status", r.final_status.as_str());
+    if r.final_status == wxpay_proto::msg::refund::RefundStatus::Success {
+        inner.set("success_time", r.success_time());
+    }
+    inner
         .set("refund_recv_accout", "支付用户零钱")
         .set("refund_account", "REFUND_SOURCE_UNSETTLED_FUNDS")
         .set("refund_request_source", "API");
@@ -150,11 +155,11 @@ pub(crate) fn schedule_refund(st: &mut State, key: &OrderKey, out_refund_no: &st
         out_refund_no: Some(r.out_refund_no.clone()),
         url,
         body: to_xml(&outer),
-        due: r.settle_at,
+        due: r.settle_at + Duration::seconds(faults.notify_delay_secs.unwrap_or(0) as i64),
         attempts_made: 0,
         retry: true,
-        copies: 1,
-        drop: false,
+        copies: faults.notify_copies.unwrap_or(1).max(1),
+        drop: faults.notify_drop,
     };
     push_job(st, job);
 }

@@ -567,9 +567,35 @@ fn refund_limited(st: &mut State, c: &Ctx<'_>) -> Result<Fields, ApiFail> {
 /// Refunds are possible for a year after payment (spec §7.1).
 const REFUND_WINDOW_DAYS: i64 = 365;
 
+/// A refund `err_code` a fault asks for, with WeChat's text for it (spec §7.1's error table);
+/// an unknown code becomes `ERROR`.
+fn refund_error(code: &str) -> (&'static str, &'static str) {
+    match code {
+        "NOTENOUGH" => (err_code::NOTENOUGH, "基本账户余额不足，请充值后重新发起"),
+        "SYSTEMERROR" => (err_code::SYSTEMERROR, "系统超时"),
+        "BIZERR_NEED_RETRY" => (err_code::BIZERR_NEED_RETRY, "并发情况下，业务被拒绝，商户重试即可解决"),
+        "TRADE_OVERDUE" => (err_code::TRADE_OVERDUE, "订单已经超过可退款的最大期限(支付后一年内可退款)"),
+        "USER_ACCOUNT_ABNORMAL" => ("USER_ACCOUNT_ABNORMAL", "用户帐号注销"),
+        "FREQUENCY_LIMITED" => (err_code::FREQUENCY_LIMITED, "单笔订单请求频率过高,请于1分钟后重试."),
+        "ORDERNOTEXIST" => (err_code::ORDERNOTEXIST, "订单不存在"),
+        _ => (err_code::ERROR, "退款失败"),
+    }
+}
+
 fn refund(st: &mut State, c: &Ctx<'_>) -> Result<Fields, ApiFail> {
     let req = RefundRequest::from_fields(c.fields).map_err(field_fail)?;
     let key = c.find(st, &req.order).ok_or_else(|| business(err_code::ORDERNOTEXIST, "订单不存在"))?;
+    let faults = st.faults.for_order(Some(key.1.as_str())).clone();
+    if let Some(code) = faults.refund_err_code.as_deref().filter(|c| !c.is_empty()) {
+        let (code, text) = refund_error(code);
+        return Err(business(code, text));
+    }
+    let final_status = match faults.refund_result.as_deref() {
+        None | Some("") | Some("SUCCESS") => wxpay_proto::msg::refund::RefundStatus::Success,
+        Some(other) => {
+            wxpay_proto::msg::refund::RefundStatus::parse_field("refund_result", other).map_err(field_fail)?
+        }
+    };
     let rkey = (c.m.mch_id().to_owned(), req.out_refund_no.as_str().to_owned());
     if let Some(other) = st.out_refund_nos.get(&rkey) {
         if *other != key {
@@ -613,6 +639,7 @@ fn refund(st: &mut State, c: &Ctx<'_>) -> Result<Fields, ApiFail> {
         created_at: c.now,
         settle_at: c.now + Duration::seconds(c.sim.config.refund_settle_secs as i64),
         notify_url: req.notify_url.clone(),
+        final_status,
     };
     st.out_refund_nos.insert(rkey.clone(), key.clone());
     st.refund_ids.insert(refund_id, key.clone());

@@ -92,8 +92,10 @@ impl Order {
     pub fn past_time_expire(&self, now: DateTime<Utc>) -> bool {
         self.time_expire.is_some_and(|t| now >= t)
     }
+    /// What the refunds hold: all but those that end REFUNDCLOSE (whose money goes back to the
+    /// merchant's balance and can be refunded again).
     pub fn refunded_fen(&self) -> u64 {
-        self.refunds.iter().map(|r| r.refund_fee).sum()
+        self.refunds.iter().filter(|r| r.final_status != RefundStatus::RefundClose).map(|r| r.refund_fee).sum()
     }
 }
 
@@ -105,12 +107,14 @@ pub struct Refund {
     pub created_at: DateTime<Utc>,
     pub settle_at: DateTime<Utc>,
     pub notify_url: Option<String>,
+    /// What it becomes at `settle_at` (SUCCESS unless a `refund_result` fault said otherwise).
+    pub final_status: RefundStatus,
 }
 
 impl Refund {
     pub fn status(&self, now: DateTime<Utc>) -> RefundStatus {
         if now >= self.settle_at {
-            RefundStatus::Success
+            self.final_status
         } else {
             RefundStatus::Processing
         }

@@ -119,3 +119,79 @@ async fn partial_refunds_idempotency_query_and_notification() {
     assert_eq!(v.trade_state, "REFUND");
     assert_eq!(v.refunds[0].refund_status, "SUCCESS");
 }
+
+/// Faults on refunds: a refund that ends CHANGE or REFUNDCLOSE (refundquery and the notification
+/// say so, without a success time), a refund call answered with a business error (no refund
+/// made; the same out_refund_no goes through once the fault is cleared), and refund notifications
+/// sent twice or held back.
+#[tokio::test]
+async fn refund_faults_change_refundclose_errors_and_copies() {
+    let sim = start(SimConfig { refund_settle_secs: 5, refund_min_interval_secs: 0, ..config() }).await;
+    let base = sim.url();
+    let refund_rx = Receiver::success().await;
+    let client = pay_client(&base, SignType::Md5);
+    let resp = client.call(&jsapi_order(&sim, "RFF1", 1000, "alice", "http://127.0.0.1:1/n")).await.unwrap();
+    phone(&base, "/sim/phone/pay", phone_pay_body(&pay_params(&resp, SignType::Md5), "alice", "pay")).await;
+
+    let mut faults = wxpay_sim::FaultConfig::default();
+    faults
+        .orders
+        .insert("RFF1".into(), wxpay_sim::FaultSet { refund_err_code: Some("NOTENOUGH".into()), ..Default::default() });
+    sim.handle.set_faults(faults.clone());
+    let r = signed_post(&base, "/secapi/pay/refund", refund_fields("RFF1", "F1", 1000, 100), SignType::Md5).await;
+    assert_eq!(r.get("err_code"), Some("NOTENOUGH"), "{r:?}");
+    assert_eq!(r.get("err_code_des"), Some("基本账户余额不足，请充值后重新发起"));
+    assert!(sim.handle.order(SANDBOX_MCH_ID, "RFF1").unwrap().refunds.is_empty());
+
+    faults.orders.insert(
+        "RFF1".into(),
+        wxpay_sim::FaultSet { refund_result: Some("CHANGE".into()), notify_copies: Some(2), ..Default::default() },
+    );
+    sim.handle.set_faults(faults.clone());
+    let with_url = |no: &str, fee: u64| refund_fields("RFF1", no, 1000, fee).with("notify_url", refund_rx.url.as_str());
+    let r = signed_post(&base, "/secapi/pay/refund", with_url("F1", 100), SignType::Md5).await;
+    assert_eq!(r.get("result_code"), Some("SUCCESS"), "{r:?}");
+    faults.orders.insert(
+        "RFF1".into(),
+        wxpay_sim::FaultSet {
+            refund_result: Some("REFUNDCLOSE".into()),
+            notify_delay_secs: Some(30),
+            ..Default::default()
+        },
+    );
+    sim.handle.set_faults(faults);
+    let r = signed_post(&base, "/secapi/pay/refund", with_url("F2", 900), SignType::Md5).await;
+    assert_eq!(r.get("result_code"), Some("SUCCESS"), "{r:?}");
+    // PROCESSING until settled, then what the faults said.
+    let by_order =
+        RefundQueryRequest { refund: RefundRef::OutTradeNo(OutTradeNo::parse("RFF1").unwrap()), offset: None };
+    let rq = client.call(&by_order).await.unwrap();
+    assert!(rq.refunds.iter().all(|r| r.refund_status == RefundStatus::Processing));
+    sim.clock.advance(chrono::Duration::seconds(5));
+    let raw = signed_post(&base, "/pay/refundquery", Fields::new().with("out_trade_no", "RFF1"), SignType::Md5).await;
+    assert_eq!(raw.get("refund_status_0"), Some("CHANGE"));
+    assert_eq!(raw.get("refund_status_1"), Some("REFUNDCLOSE"));
+    assert!(raw.get("refund_success_time_0").is_none() && raw.get("refund_success_time_1").is_none());
+    // F1 notified twice (2 copies); F2 once, 30 s after it settled (notify_delay_secs).
+    assert!(wait_until(|| refund_rx.count() == 2).await);
+    let f2_attempts =
+        || sim.handle.notifications(Some("RFF1")).iter().filter(|a| a.out_refund_no.as_deref() == Some("F2")).count();
+    assert_eq!(f2_attempts(), 0, "F2's notification is held back");
+    sim.clock.advance(chrono::Duration::seconds(30));
+    assert!(wait_until(|| refund_rx.count() == 3 && f2_attempts() == 1).await);
+    let statuses: Vec<RefundStatus> = refund_rx
+        .bodies()
+        .iter()
+        .map(|b| parse_refund_notification(b, XmlLimits::default(), &key()).unwrap().info)
+        .inspect(|i| assert!(i.success_time.is_none(), "{i:?}"))
+        .map(|i| i.refund_status)
+        .collect();
+    assert_eq!(statuses.iter().filter(|s| **s == RefundStatus::Change).count(), 2, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == RefundStatus::RefundClose).count(), 1, "{statuses:?}");
+    // A REFUNDCLOSE refund no longer holds its money: 900 can be refunded again; a CHANGE one does.
+    sim.handle.clear_faults();
+    let r = signed_post(&base, "/secapi/pay/refund", refund_fields("RFF1", "F3", 1000, 901), SignType::Md5).await;
+    assert_eq!(r.get("err_code"), Some("INVALID_REQUEST"), "{r:?}");
+    let r = signed_post(&base, "/secapi/pay/refund", refund_fields("RFF1", "F3", 1000, 900), SignType::Md5).await;
+    assert_eq!(r.get("result_code"), Some("SUCCESS"), "{r:?}");
+}

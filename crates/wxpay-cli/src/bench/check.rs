@@ -1,7 +1,9 @@
 //! The correctness check after a run: for every order the run touched, the simulator's truth and
 //! ours agree. Paid at WeChat (or, for notify-storm, notified as paid with a valid signature) =>
 //! PAID here, with the expected transaction, and exactly one `order.paid` outbox event, delivered.
-//! Not paid at WeChat => not PAID here and no `order.paid` event.
+//! Not paid at WeChat => not PAID here and no `order.paid` event. Refunded (the `refund` scenario)
+//! => REFUNDED here and at WeChat for the same amount, every refund SUCCESS on both sides, exactly
+//! one delivered `order.paid` event and exactly one delivered `refund.succeeded` event per refund.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,12 +20,14 @@ pub enum Expect {
     AsSimSays(String),
     /// Paid by this transaction (we sent the notification ourselves).
     PaidBy { order_no: String, transaction_id: String },
+    /// Paid, then refunded in full.
+    Refunded(String),
 }
 
 impl Expect {
     fn order_no(&self) -> &str {
         match self {
-            Expect::AsSimSays(o) => o,
+            Expect::AsSimSays(o) | Expect::Refunded(o) => o,
             Expect::PaidBy { order_no, .. } => order_no,
         }
     }
@@ -80,6 +84,7 @@ fn lag_ms(event: &Value) -> Option<f64> {
 async fn check_one(t: &Target, e: &Expect) -> Result<Option<f64>, String> {
     let order_no = e.order_no();
     let (sim_paid, want_tx) = match e {
+        Expect::Refunded(_) => return check_refunded(t, order_no).await,
         Expect::PaidBy { transaction_id, .. } => (true, Some(transaction_id.clone())),
         Expect::AsSimSays(_) => {
             let resp = t
@@ -136,6 +141,65 @@ async fn check_one(t: &Target, e: &Expect) -> Result<Option<f64>, String> {
         }
         Ok(None)
     }
+}
+
+/// A fully refunded order: WeChat and we agree, and each event went out exactly once. The delivery
+/// lag reported is the `refund.succeeded` event's.
+async fn check_refunded(t: &Target, order_no: &str) -> Result<Option<f64>, String> {
+    let sim: Value = t
+        .http
+        .get(format!("{}/sim/orders/{}/{order_no}", t.sim, t.mch_id))
+        .send()
+        .await
+        .map_err(|e| format!("{order_no}: simulator unreachable: {e}"))?
+        .json()
+        .await
+        .map_err(|e| format!("{order_no}: simulator answer: {e}"))?;
+    let reply = t.api(0).admin_order(order_no).await.map_err(|e| format!("{order_no}: server unreachable: {e}"))?;
+    if reply.status != 200 {
+        return Err(format!("{order_no}: admin API answered HTTP {}", reply.status));
+    }
+    let v = reply.body;
+    let ours = v["order"]["status"].as_str().unwrap_or("?");
+    let refunded = v["order"]["refunded_fen"].as_u64();
+    if ours != "REFUNDED" || refunded != v["order"]["amount_fen"].as_u64() {
+        return Err(format!("{order_no}: {ours} here with {refunded:?} fen refunded, want REFUNDED in full"));
+    }
+    if sim["trade_state"] != "REFUND" || sim["refunded_fen"].as_u64() != refunded {
+        return Err(format!(
+            "{order_no}: WeChat says {} with {} fen refunded, we say {refunded:?}",
+            sim["trade_state"], sim["refunded_fen"]
+        ));
+    }
+    let ours_refunds = v["refunds"].as_array().cloned().unwrap_or_default();
+    let theirs = sim["refunds"].as_array().cloned().unwrap_or_default();
+    if ours_refunds.len() != theirs.len() || ours_refunds.iter().any(|r| r["status"] != "SUCCESS") {
+        return Err(format!(
+            "{order_no}: {} refunds here, {} at WeChat (all SUCCESS wanted)",
+            ours_refunds.len(),
+            theirs.len()
+        ));
+    }
+    let events = |kind: &str| -> Vec<Value> {
+        v["outbox"].as_array().map(|a| a.iter().filter(|o| o["kind"] == kind).cloned().collect()).unwrap_or_default()
+    };
+    let (paid, refund) = (events("order.paid"), events("refund.succeeded"));
+    let delivered = |e: &[Value]| e.iter().filter(|o| !o["delivered_at"].is_null()).count();
+    if paid.len() != 1
+        || delivered(&paid) != 1
+        || refund.len() != ours_refunds.len()
+        || delivered(&refund) != refund.len()
+    {
+        return Err(format!(
+            "{order_no}: {} order.paid ({} delivered) and {} refund.succeeded ({} delivered) events for {} refunds",
+            paid.len(),
+            delivered(&paid),
+            refund.len(),
+            delivered(&refund),
+            ours_refunds.len()
+        ));
+    }
+    Ok(Some(refund.first().and_then(lag_ms).unwrap_or(f64::NAN)))
 }
 
 /// Checks every order, re-checking the inconsistent ones for up to 30 s (notifications and

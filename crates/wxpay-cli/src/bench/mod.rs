@@ -8,13 +8,16 @@
 //! * `native`: a Native mode-1 scan (scan callback, unifiedorder, payment), then the notification;
 //! * `notify-storm`: pending orders are prepared, then each gets 2 or 3 copies of its signed
 //!   payment notification concurrently;
+//! * `refund`: the mini-program payment, then a full refund by the admin API, until the refund
+//!   result notification has made the order REFUNDED;
 //! * `ref-axum`, `ref-sqlite`: reference ceilings of the machine (a trivial axum handler with the
 //!   same load generator; durable SQLite commits with our settings).
 //!
 //! Every run is bounded (`--count` and/or `--duration`). The report has completed flows per
 //! second, per-step latency percentiles, errors by kind, and a correctness check (every order the
 //! simulator saw paid is PAID on our side with exactly one delivered `order.paid` outbox event;
-//! nothing else is PAID). A failed check makes the exit code 1.
+//! nothing else is PAID; for `refund`, every order is REFUNDED here and at WeChat with exactly one
+//! delivered `refund.succeeded` event per refund). A failed check makes the exit code 1.
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -35,6 +38,7 @@ mod miniprogram;
 mod native;
 mod notify_storm;
 mod reference;
+mod refund;
 pub mod stats;
 
 use stats::{Live, Recorder};
@@ -47,6 +51,8 @@ pub enum Scenario {
     Native,
     /// Signed notifications (2-3 copies each, concurrently) against pending orders.
     NotifyStorm,
+    /// Mini-program payment, then a full refund through the admin API until REFUNDED.
+    Refund,
     /// Reference: a trivial axum handler, one GET per flow.
     RefAxum,
     /// Reference: one durable SQLite commit per flow (WAL, synchronous=FULL, 8 connections).
@@ -523,6 +529,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 Ok((rec, elapsed, json!({}), flow.expectations()))
             }
             Scenario::NotifyStorm => notify_storm::run(&target, args.concurrency, plan, args.duration).await,
+            Scenario::Refund => {
+                let flow = Arc::new(refund::Refund::default());
+                let (rec, elapsed) = drive(&target, &flow, args.concurrency, with_deadline(plan)).await?;
+                Ok((rec, elapsed, json!({}), flow.expectations()))
+            }
             Scenario::RefAxum | Scenario::RefSqlite => unreachable!("handled above"),
         }
     }
@@ -589,6 +600,8 @@ fn served(metrics: &str) -> Value {
         "logins": sum("wxpay_wechat_api_calls_total", "endpoint=\"jscode2session\""),
         "prepays": sum("wxpay_wechat_api_calls_total", "endpoint=\"unifiedorder\""),
         "pay_notifications": sum("wxpay_notifications_total", "kind=\"pay\""),
+        "refunds": sum("wxpay_wechat_api_calls_total", "endpoint=\"refund\""),
+        "refund_notifications": sum("wxpay_notifications_total", "kind=\"refund\""),
     })
 }
 
@@ -611,14 +624,14 @@ fn report(
     let requests: usize = rec
         .steps
         .iter()
-        .filter(|(k, _)| !matches!(**k, "flow" | "wait.paid" | "storm.order"))
+        .filter(|(k, _)| !matches!(**k, "flow" | "wait.paid" | "wait.refunded" | "storm.order"))
         .map(|(_, v)| v.len())
         .sum();
     let steps = rec.summaries();
     // The worst p99 over single HTTP requests (not over whole flows or waits).
     let worst_p99 = steps
         .iter()
-        .filter(|(k, _)| !matches!(**k, "flow" | "wait.paid" | "storm.order"))
+        .filter(|(k, _)| !matches!(**k, "flow" | "wait.paid" | "wait.refunded" | "storm.order"))
         .map(|(k, s)| (*k, s.p99_ms))
         .max_by(|a, b| a.1.total_cmp(&b.1));
     let mut report = json!({

@@ -1,23 +1,25 @@
 //! The admin API (named bearer tokens, see [`super::auth`]): orders, their history, shipping,
-//! the catalogue (create, edit, retire; each change an audit event naming the admin credential),
-//! product QR codes, the printable QR sheet, the audit log, webhook dead letters and their resend.
+//! refunds, the catalogue (create, edit, retire; each change an audit event naming the admin
+//! credential), product QR codes, the printable QR sheet, the audit log, webhook dead letters and
+//! their resend.
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use wxpay_proto::{Openid, OutTradeNo, ProductId};
+use wxpay_proto::{Fen, Openid, OutRefundNo, OutTradeNo, ProductId};
 
 use super::auth::Admin;
 use super::mp::ApiJson;
-use super::views::{api_time, AdminOrderView, ProductView};
+use super::views::{api_time, AdminOrderView, AdminRefundView, ProductView};
 use crate::api::AppError;
 use crate::domain::catalogue::{parse_new_id, ProductChange};
-use crate::domain::{name_of, parse_name, OrderStatus};
+use crate::domain::{name_of, parse_name, OrderStatus, RefundStatus};
 use crate::payments;
 use crate::qr;
+use crate::refunds::{self, StartRefund, MAX_REASON_CHARS};
 use crate::state::SharedState;
 use crate::store::OrderFilter;
 
@@ -64,8 +66,11 @@ pub async fn order_detail(
     let events = state.store.order_events(&order_no).await?;
     let notifications = state.store.notifications_for_order(&order_no).await?;
     let outbox = state.store.outbox_for_order(&order_no).await?;
+    let refunds = state.store.refunds_for_order(&order_no).await?;
+    let refund_events = state.store.refund_events_for_order(&order_no).await?;
     Ok(Json(json!({
         "order": AdminOrderView::from(&order),
+        "refunds": refunds.iter().map(|r| AdminRefundView::of(r, &refund_events)).collect::<Vec<_>>(),
         "events": events.iter().map(|e| json!({"kind": e.kind, "at": api_time(e.at), "detail": e.detail})).collect::<Vec<_>>(),
         "notifications": notifications.iter().map(|n| json!({
             "id": n.id,
@@ -100,6 +105,74 @@ pub async fn ship(
     let order_no = parse_order_no(&order_no)?;
     let order = payments::ship(&state, &order_no).await?;
     Ok(Json(AdminOrderView::from(&order)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundBody {
+    amount_fen: u64,
+    reason: String,
+    out_refund_no: Option<String>,
+}
+
+/// Longest `Idempotency-Key`.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// Starts a refund (申请退款) of a paid order: `{amount_fen, reason, out_refund_no?}` with an
+/// `Idempotency-Key` header. 201 with the refund once WeChat accepted it (PROCESSING); 202 while
+/// WeChat has not answered (REQUESTED: the refund worker sends it again); the same key with the
+/// same body answers with the same refund as it now stands, with another body 422; a refund that
+/// would exceed the paid amount is refused (409) before any WeChat call; WeChat's refusal is a 502
+/// `REFUND_REFUSED` naming WeChat's reason.
+pub async fn refund(
+    admin: Admin,
+    State(state): State<SharedState>,
+    Path(order_no): Path<String>,
+    headers: HeaderMap,
+    ApiJson(body): ApiJson<RefundBody>,
+) -> Result<(StatusCode, Json<AdminRefundView>), AppError> {
+    let order_no = parse_order_no(&order_no)?;
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY && k.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or_else(|| {
+            AppError::invalid_input(format!(
+                "Idempotency-Key header: required, 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters \
+                 (e.g. a UUID); send the same key again to retry the same refund safely"
+            ))
+        })?
+        .to_owned();
+    let reason = body.reason.trim().to_owned();
+    if reason.chars().count() > MAX_REASON_CHARS || reason.chars().any(char::is_control) {
+        return Err(AppError::invalid_input(format!(
+            "reason: at most {MAX_REASON_CHARS} characters, no control characters (WeChat's refund_desc)"
+        )));
+    }
+    if body.amount_fen == 0 {
+        return Err(AppError::invalid_input("amount_fen: must be greater than 0 (an amount in fen: 100 = ¥1.00)"));
+    }
+    let out_refund_no = body
+        .out_refund_no
+        .map(|n| OutRefundNo::parse(n).map_err(|e| AppError::invalid_input(format!("out_refund_no: {e}"))))
+        .transpose()?;
+    let start = StartRefund {
+        amount: Fen::new(body.amount_fen),
+        reason,
+        out_refund_no,
+        idempotency_key: key,
+        requested_by: admin.name,
+    };
+    let started = refunds::start_refund(&state, &order_no, start).await?;
+    let events = state.store.refund_events_for_order(&order_no).await?;
+    // From the refund's state only, so that a replay gets the same answer as the first request
+    // (or a newer one: 202 becomes 201 once WeChat accepted).
+    let status = match started.refund.status {
+        RefundStatus::Requested => StatusCode::ACCEPTED,
+        _ => StatusCode::CREATED,
+    };
+    Ok((status, Json(AdminRefundView::of(&started.refund, &events))))
 }
 
 #[derive(Deserialize)]

@@ -1,5 +1,5 @@
 //! WeChat's callbacks (XML in, XML out): the payment notification (支付结果通知), the Native
-//! mode-1 scan callback (扫码回调) and the refund notification.
+//! mode-1 scan callback (扫码回调) and the refund result notification (退款结果通知).
 //!
 //! Every inbound message is verified (signature in constant time, appid/mch_id, amount) before
 //! it changes anything; whatever its fate, the raw body goes into the inbox. SUCCESS is answered
@@ -14,16 +14,19 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 use wxpay_proto::msg::native::{ScanCallback, ScanReply};
 use wxpay_proto::msg::notify::{parse_pay_notification, reply_fail, reply_success};
-use wxpay_proto::msg::refund::parse_refund_notification;
+use wxpay_proto::msg::refund::{parse_refund_notification, RefundStatus as WxRefundStatus};
 use wxpay_proto::msg::{Message, SUCCESS};
 use wxpay_proto::sign;
 use wxpay_proto::xml::{self, XmlLimits};
 
-use crate::domain::{name_of, Payment, PaymentSource, Reported};
+use crate::domain::{name_of, Payment, PaymentSource, RefundEvent, RefundResult, RefundSource, Reported, Settlement};
 use crate::payments;
+use crate::refunds;
 use crate::scan::{scan_to_prepay, ScanRefusal};
 use crate::state::{AppState, SharedState};
-use crate::store::{ApplyOutcome, InboxCause, InboxOutcome, InboxRecord, NotificationKind, RefusedCallback};
+use crate::store::{
+    ApplyOutcome, InboxCause, InboxOutcome, InboxRecord, NotificationKind, RefundOutcome, RefusedCallback,
+};
 
 fn xml_response(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response()
@@ -267,8 +270,11 @@ pub async fn native_scan(
     xml_response(StatusCode::OK, xml::to_xml(&fields))
 }
 
-/// Refund results: decrypted, recorded and acknowledged. (Refunds are started from the admin
-/// side; the order's refund states are not driven from here yet.)
+/// Refund results (退款结果通知): `req_info` decrypted (AES-256-ECB, key MD5(API key)) — which
+/// authenticates the message, as it carries no `sign` — mch_id and appid checked, then the result
+/// applied to its refund through the one write path, with the inbox row in the same transaction
+/// ([`refunds::apply`]). SUCCESS only after the commit; a duplicate is answered SUCCESS and changes
+/// nothing; an unknown refund or a report that does not match it (order, amounts) is refused.
 pub async fn refund_notify(
     State(state): State<SharedState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -277,17 +283,69 @@ pub async fn refund_notify(
     let peer = peer.ip();
     let kind = NotificationKind::Refund;
     let Some(raw) = read_capped(&state, body).await else {
+        state.metrics.verification_failure("too_large");
         return xml_response(StatusCode::PAYLOAD_TOO_LARGE, reply_fail("body too large"));
     };
-    match parse_refund_notification(&raw, limits(&state), &state.wechat.merchant().key) {
-        Ok(n) if n.mch_id == state.wechat.merchant().mch_id.as_str() => {
-            let order_no = n.info.out_trade_no.to_string();
-            tracing::info!(%order_no, out_refund_no = %n.info.out_refund_no, status = n.info.refund_status.as_str(), "refund result");
-            // The inbox row is the only record of a refund result: no SUCCESS without it.
-            let status = Some(n.info.refund_status.as_str().to_owned());
-            acknowledge_once_stored(&state, kind, Some(&order_no), &raw, InboxOutcome::Recorded, status).await
+    let merchant = state.wechat.merchant();
+    let n = match parse_refund_notification(&raw, limits(&state), &merchant.key) {
+        Ok(n) => n,
+        Err(e) => return refuse(&state, peer, kind, None, &raw, "bad_refund_notification", e.to_string()).await,
+    };
+    let order_no = n.info.out_trade_no.to_string();
+    if n.mch_id != merchant.mch_id.as_str() || n.appid != merchant.appid.as_str() {
+        let detail = format!("appid {} / mch_id {} is not this merchant", n.appid, n.mch_id);
+        return refuse(&state, peer, kind, Some(&order_no), &raw, "wrong_merchant", detail).await;
+    }
+    let info = &n.info;
+    tracing::info!(%order_no, out_refund_no = %info.out_refund_no, status = info.refund_status.as_str(), "refund result");
+    let result = match info.refund_status {
+        WxRefundStatus::Success => RefundResult::Success,
+        WxRefundStatus::Change => RefundResult::Change,
+        WxRefundStatus::RefundClose => RefundResult::RefundClose,
+        // Not a result yet: keep it, nothing to change.
+        WxRefundStatus::Processing => {
+            let status = Some(info.refund_status.as_str().to_owned());
+            return acknowledge_once_stored(&state, kind, Some(&order_no), &raw, InboxOutcome::Recorded, status).await;
         }
-        Ok(n) => refuse(&state, peer, kind, None, &raw, "wrong_merchant", format!("mch_id {}", n.mch_id)).await,
-        Err(e) => refuse(&state, peer, kind, None, &raw, "bad_refund_notification", e.to_string()).await,
+    };
+    let settlement = Settlement {
+        result,
+        order_no: info.out_trade_no.clone(),
+        refund_id: info.refund_id.clone(),
+        refund_fee: info.refund_fee,
+        total_fee: Some(info.total_fee),
+        source: RefundSource::Notification,
+        // What WeChat said beside the result, decrypted, for the refund's event log.
+        details: serde_json::json!({
+            "transaction_id": info.transaction_id.as_str(),
+            "success_time": info.success_time,
+            "settlement_refund_fee": info.settlement_refund_fee.map(|f| f.get()),
+            "refund_recv_accout": info.refund_recv_accout,
+            "refund_account": info.refund_account,
+            "refund_request_source": info.refund_request_source,
+        }),
+    };
+    let cause =
+        InboxCause { kind, raw_body: String::from_utf8_lossy(&raw).into_owned(), received_at: state.clock.now() };
+    let event = RefundEvent::Settled(settlement);
+    match refunds::apply(&state, &info.out_refund_no, &event, Some(cause)).await {
+        Ok(RefundOutcome::Applied(..)) => {
+            count(&state, kind, InboxOutcome::Applied);
+            xml_response(StatusCode::OK, reply_success())
+        }
+        Ok(RefundOutcome::AlreadyDone(..)) => {
+            count(&state, kind, InboxOutcome::Duplicate);
+            xml_response(StatusCode::OK, reply_success())
+        }
+        Ok(RefundOutcome::Rejected(reason, _)) => {
+            refused_after_apply(&state, kind, &reason.code().to_ascii_lowercase(), reason.to_string())
+        }
+        Ok(RefundOutcome::NotFound) => {
+            refused_after_apply(&state, kind, "unknown_refund", info.out_refund_no.to_string())
+        }
+        Err(e) => {
+            tracing::error!(%order_no, error = %e, "could not record a refund result; WeChat will retry");
+            retry_later(&state, kind)
+        }
     }
 }

@@ -7,6 +7,7 @@ use crate::domain::catalogue::CatalogueError;
 use crate::domain::DomainError;
 use crate::payments::PayError;
 use crate::qr::QrError;
+use crate::refunds::RefundError;
 use crate::store::StoreError;
 use crate::wechat::WeChatFailure;
 use axum::http::StatusCode;
@@ -105,6 +106,25 @@ impl From<PayError> for AppError {
             PayError::WeChatUnavailable(e) => WeChatFailure::Transient(e).into(),
             PayError::WeChatRefused(e) => WeChatFailure::Refused(e).into(),
             PayError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<RefundError> for AppError {
+    fn from(e: RefundError) -> Self {
+        let message = e.to_string();
+        match e {
+            RefundError::OrderNotFound => Self::order_not_found(),
+            RefundError::Rejected(reason) => {
+                let status = match reason.code() {
+                    "INVALID_INPUT" => StatusCode::BAD_REQUEST,
+                    "IDEMPOTENCY_KEY_REUSED" => StatusCode::UNPROCESSABLE_ENTITY,
+                    _ => StatusCode::CONFLICT,
+                };
+                Self::new(status, reason.code(), message)
+            }
+            RefundError::WeChatRefused(_) => Self::new(StatusCode::BAD_GATEWAY, "REFUND_REFUSED", message),
+            RefundError::Store(e) => e.into(),
         }
     }
 }

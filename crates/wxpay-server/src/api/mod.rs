@@ -38,6 +38,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/admin/api/orders", get(admin::list_orders))
         .route("/admin/api/orders/{order_no}", get(admin::order_detail))
         .route("/admin/api/orders/{order_no}/ship", post(admin::ship))
+        .route("/admin/api/orders/{order_no}/refunds", post(admin::refund))
         .route("/admin/api/products", get(admin::list_products).post(admin::create_product))
         .route("/admin/api/products/{id}", axum::routing::put(admin::update_product).delete(admin::retire_product))
         .route("/admin/api/products/{id}/{file}", get(admin::product_qr))

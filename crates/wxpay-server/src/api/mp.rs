@@ -14,7 +14,7 @@ use wxpay_proto::msg::jsapi::JsapiPayParams;
 use wxpay_proto::{Openid, ProductId, TradeType};
 
 use super::auth::CurrentUser;
-use super::views::{OrderView, ProductView};
+use super::views::{OrderView, OrderWithRefundsView, ProductView, RefundView};
 use crate::api::AppError;
 use crate::domain::CloseReason;
 use crate::payments;
@@ -145,9 +145,13 @@ pub async fn get_order(
     State(state): State<SharedState>,
     CurrentUser(openid): CurrentUser,
     Path(order_no): Path<String>,
-) -> Result<Json<OrderView>, AppError> {
+) -> Result<Json<OrderWithRefundsView>, AppError> {
     let order = payments::get_order(&state, &openid, &order_no).await?;
-    Ok(Json(OrderView::from(&order)))
+    let refunds = state.store.refunds_for_order(&order.order_no).await?;
+    Ok(Json(OrderWithRefundsView {
+        order: OrderView::from(&order),
+        refunds: refunds.iter().map(RefundView::from).collect(),
+    }))
 }
 
 /// The client's IP for `spbill_create_ip`: the first forwarded address when behind a proxy.

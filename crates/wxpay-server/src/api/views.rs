@@ -2,7 +2,8 @@
 
 use serde::Serialize;
 
-use crate::domain::{Fulfilment, Order, OrderStatus, Product};
+use crate::domain::{Fulfilment, Order, OrderStatus, Product, Refund, RefundStatus};
+use crate::store::RefundEventRecord;
 
 pub use crate::domain::api_time;
 
@@ -43,6 +44,8 @@ pub struct OrderView {
     pub status: OrderStatus,
     pub fulfilment: Fulfilment,
     pub amount_fen: u64,
+    /// The sum of the successful refunds.
+    pub refunded_fen: u64,
     pub trade_type: &'static str,
     pub items: Vec<ItemView>,
     pub created_at: String,
@@ -59,6 +62,7 @@ impl From<&Order> for OrderView {
             status: o.status,
             fulfilment: o.fulfilment,
             amount_fen: o.amount.get(),
+            refunded_fen: o.refunded.get(),
             trade_type: o.trade_type.as_str(),
             items: o
                 .items
@@ -100,6 +104,72 @@ impl From<&Order> for AdminOrderView {
             needs_review: o.needs_review,
             review_reason: o.review_reason.clone(),
             version: o.version,
+        }
+    }
+}
+
+/// A refund as the order's owner sees it.
+#[derive(Serialize)]
+pub struct RefundView {
+    pub out_refund_no: String,
+    pub amount_fen: u64,
+    pub status: RefundStatus,
+    pub created_at: String,
+    pub settled_at: Option<String>,
+}
+
+impl From<&Refund> for RefundView {
+    fn from(r: &Refund) -> Self {
+        RefundView {
+            out_refund_no: r.out_refund_no.to_string(),
+            amount_fen: r.amount.get(),
+            status: r.status,
+            created_at: api_time(r.created_at),
+            settled_at: r.settled_at.map(api_time),
+        }
+    }
+}
+
+/// An order with its refunds, as its owner sees it (`GET /api/orders/{no}`).
+#[derive(Serialize)]
+pub struct OrderWithRefundsView {
+    #[serde(flatten)]
+    pub order: OrderView,
+    pub refunds: Vec<RefundView>,
+}
+
+/// A refund as the admin sees it, with its event log (which holds the decrypted fields of its
+/// refund notification; never the API key).
+#[derive(Serialize)]
+pub struct AdminRefundView {
+    #[serde(flatten)]
+    pub refund: RefundView,
+    pub order_no: String,
+    pub reason: String,
+    pub refund_id: Option<String>,
+    pub failure: Option<String>,
+    pub requested_by: String,
+    pub updated_at: String,
+    pub version: i64,
+    pub events: Vec<serde_json::Value>,
+}
+
+impl AdminRefundView {
+    pub fn of(r: &Refund, events: &[RefundEventRecord]) -> AdminRefundView {
+        AdminRefundView {
+            refund: RefundView::from(r),
+            order_no: r.order_no.to_string(),
+            reason: r.reason.clone(),
+            refund_id: r.refund_id.clone(),
+            failure: r.failure.clone(),
+            requested_by: r.requested_by.clone(),
+            updated_at: api_time(r.updated_at),
+            version: r.version,
+            events: events
+                .iter()
+                .filter(|e| e.out_refund_no == r.out_refund_no)
+                .map(|e| serde_json::json!({"kind": e.kind, "at": api_time(e.at), "detail": e.detail}))
+                .collect(),
         }
     }
 }

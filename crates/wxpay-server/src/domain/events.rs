@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use wxpay_proto::TradeType;
 
-use super::Order;
+use super::{Order, OrderStatus, RefundStatus};
 
 /// The kind of one row of an order's event log. The serde names are what is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -22,6 +22,9 @@ pub enum EventKind {
     /// A refused event that a human must look at (e.g. a second payment for a paid order).
     #[serde(rename = "order.flagged")]
     OrderFlagged,
+    /// A refund of the order succeeded (its `refunded_fen` grew).
+    #[serde(rename = "order.refunded")]
+    OrderRefunded,
 }
 
 /// The kind of an outbox event; also the `kind` field of the webhook body.
@@ -29,6 +32,11 @@ pub enum EventKind {
 pub enum OutboxKind {
     #[serde(rename = "order.paid")]
     OrderPaid,
+    #[serde(rename = "refund.succeeded")]
+    RefundSucceeded,
+    /// CHANGE (退款异常), REFUNDCLOSE, or refused by WeChat.
+    #[serde(rename = "refund.failed")]
+    RefundFailed,
 }
 
 /// One paid line, as fulfilment needs it.
@@ -81,16 +89,47 @@ impl OrderPaidEvent {
     }
 }
 
+/// `refund.succeeded` / `refund.failed`: one per refund, when it reaches its final status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundOutcomeEvent {
+    pub order_no: String,
+    pub out_refund_no: String,
+    /// WeChat's refund id (absent when WeChat refused the request).
+    pub refund_id: Option<String>,
+    pub amount_fen: u64,
+    pub status: RefundStatus,
+    pub reason: String,
+    /// WeChat's refusal, or what CHANGE / REFUNDCLOSE means.
+    pub failure: Option<String>,
+    /// The order after this outcome.
+    pub order_status: OrderStatus,
+    pub order_refunded_fen: u64,
+    /// RFC 3339.
+    pub settled_at: Option<String>,
+}
+
 /// An event for other systems, written in the same transaction as the change that caused it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OutboxMessage {
     OrderPaid(OrderPaidEvent),
+    RefundSucceeded(RefundOutcomeEvent),
+    RefundFailed(RefundOutcomeEvent),
 }
 
 impl OutboxMessage {
     pub fn kind(&self) -> OutboxKind {
         match self {
             OutboxMessage::OrderPaid(_) => OutboxKind::OrderPaid,
+            OutboxMessage::RefundSucceeded(_) => OutboxKind::RefundSucceeded,
+            OutboxMessage::RefundFailed(_) => OutboxKind::RefundFailed,
+        }
+    }
+
+    /// The refund it reports, if any: an order has at most one event per kind and refund.
+    pub fn refund_no(&self) -> Option<&str> {
+        match self {
+            OutboxMessage::OrderPaid(_) => None,
+            OutboxMessage::RefundSucceeded(e) | OutboxMessage::RefundFailed(e) => Some(&e.out_refund_no),
         }
     }
 
@@ -98,6 +137,7 @@ impl OutboxMessage {
     pub fn payload(&self) -> serde_json::Value {
         let value = match self {
             OutboxMessage::OrderPaid(e) => serde_json::to_value(e),
+            OutboxMessage::RefundSucceeded(e) | OutboxMessage::RefundFailed(e) => serde_json::to_value(e),
         };
         // Plain structs of strings and numbers always serialize.
         value.unwrap_or(serde_json::Value::Null)
@@ -107,6 +147,8 @@ impl OutboxMessage {
     pub fn from_parts(kind: OutboxKind, payload: serde_json::Value) -> Result<OutboxMessage, serde_json::Error> {
         match kind {
             OutboxKind::OrderPaid => serde_json::from_value(payload).map(OutboxMessage::OrderPaid),
+            OutboxKind::RefundSucceeded => serde_json::from_value(payload).map(OutboxMessage::RefundSucceeded),
+            OutboxKind::RefundFailed => serde_json::from_value(payload).map(OutboxMessage::RefundFailed),
         }
     }
 }

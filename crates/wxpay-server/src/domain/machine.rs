@@ -187,7 +187,7 @@ pub fn decide(order: &Order, event: &OrderEvent, now: DateTime<Utc>) -> Decision
                 next.prepay_expires_at = Some(*prepay_expires_at);
                 apply(next, EventKind::OrderPrepayIssued, false)
             }
-            Paid | Closed | Refunding | Refunded => wrong_state(),
+            Paid | Closed | PartiallyRefunded | Refunded => wrong_state(),
         },
         OrderEvent::PaymentConfirmed { transaction_id, amount, paid_at, reported, .. } => {
             // The amount is checked first and in every state: a mismatch never changes anything.
@@ -199,7 +199,7 @@ pub fn decide(order: &Order, event: &OrderEvent, now: DateTime<Utc>) -> Decision
                 return Decision::Reject(RejectReason::WrongCurrency { got: got.clone() });
             }
             match order.status {
-                Paid | Refunding | Refunded => match &order.transaction_id {
+                Paid | PartiallyRefunded | Refunded => match &order.transaction_id {
                     Some(existing) if existing == transaction_id => Decision::AlreadyDone,
                     Some(existing) => Decision::Reject(RejectReason::ConflictingTransaction {
                         existing: existing.clone(),
@@ -246,11 +246,12 @@ pub fn decide(order: &Order, event: &OrderEvent, now: DateTime<Utc>) -> Decision
                 next.closed_at = Some(now);
                 apply(next, EventKind::OrderClosed, false)
             }
-            Paid | Refunding | Refunded => wrong_state(),
+            Paid | PartiallyRefunded | Refunded => wrong_state(),
         },
         OrderEvent::Shipped => match (order.status, order.fulfilment) {
             (_, Fulfilment::Shipped) => Decision::AlreadyDone,
-            (Paid, Fulfilment::Pending) => {
+            // A partial refund (e.g. one item out of stock) leaves the rest to ship.
+            (Paid | PartiallyRefunded, Fulfilment::Pending) => {
                 let mut next = order.clone();
                 next.fulfilment = Fulfilment::Shipped;
                 apply(next, EventKind::OrderShipped, false)

@@ -1,5 +1,6 @@
-//! The pure domain: products and catalogue changes ([`catalogue`]), users, orders and the one transition function that decides every
-//! order state change. No IO and no clock reads here: `now` is always a parameter.
+//! The pure domain: products and catalogue changes ([`catalogue`]), access roles ([`access`]),
+//! users, orders, refunds and the transition functions that decide every order and refund state
+//! change. No IO and no clock reads here: `now` is always a parameter.
 
 pub mod access;
 pub mod catalogue;
@@ -7,15 +8,21 @@ mod events;
 mod machine;
 mod order;
 mod product;
+mod refund;
 
 pub use access::Role;
-pub use events::{EventKind, OrderPaidEvent, OutboxKind, OutboxMessage, PaidItem};
+pub use events::{EventKind, OrderPaidEvent, OutboxKind, OutboxMessage, PaidItem, RefundOutcomeEvent};
 pub use machine::{
     decide, merge_review_reason, plan, CloseReason, Decision, LogEntry, OrderEvent, Payment, PaymentSource, Plan,
     RejectReason, Reported, Transition, CURRENCY, FIRST_QUERY_DELAY, REVIEW_PAID_AFTER_CLOSE,
 };
 pub use order::{new_order_no, price_order, Fulfilment, Order, OrderItem, OrderStatus, MAX_LINES, MAX_QUANTITY};
 pub use product::{Product, User};
+pub use refund::{
+    held_by_refunds, new_refund_no, plan_event as plan_refund_event, plan_request as plan_refund_request, Refund,
+    RefundEvent, RefundEventKind, RefundLogEntry, RefundPlan, RefundReject, RefundRequest, RefundResult, RefundSource,
+    RefundStatus, RefundTransition, Settlement,
+};
 
 use serde::de::{DeserializeOwned, IntoDeserializer};
 use serde::Serialize;

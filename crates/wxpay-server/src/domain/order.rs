@@ -24,7 +24,9 @@ pub enum OrderStatus {
     Paying,
     Paid,
     Closed,
-    Refunding,
+    /// Part of the money was refunded (`refunded < amount`).
+    PartiallyRefunded,
+    /// All of the money was refunded.
     Refunded,
 }
 
@@ -34,7 +36,7 @@ impl OrderStatus {
         OrderStatus::Paying,
         OrderStatus::Paid,
         OrderStatus::Closed,
-        OrderStatus::Refunding,
+        OrderStatus::PartiallyRefunded,
         OrderStatus::Refunded,
     ];
 
@@ -45,7 +47,7 @@ impl OrderStatus {
 
     /// The money was taken (whatever happened after).
     pub fn is_paid(self) -> bool {
-        matches!(self, OrderStatus::Paid | OrderStatus::Refunding | OrderStatus::Refunded)
+        matches!(self, OrderStatus::Paid | OrderStatus::PartiallyRefunded | OrderStatus::Refunded)
     }
 }
 
@@ -97,6 +99,8 @@ pub struct Order {
     /// Set when something happened that a human must look at (e.g. money taken for a closed order).
     pub needs_review: bool,
     pub review_reason: Option<String>,
+    /// The sum of its successful refunds (never more than `amount`).
+    pub refunded: Fen,
     /// Compare-and-set token: bumped by the store on every write.
     pub version: i64,
 }
@@ -129,6 +133,7 @@ impl Order {
             closed_at: None,
             needs_review: false,
             review_reason: None,
+            refunded: Fen::ZERO,
             version: 0,
         }
     }
@@ -312,7 +317,7 @@ mod tests {
     fn status_strings_round_trip() {
         use crate::domain::{name_of, parse_name};
         let names: Vec<String> = OrderStatus::ALL.iter().map(name_of).collect();
-        assert_eq!(names, ["CREATED", "PAYING", "PAID", "CLOSED", "REFUNDING", "REFUNDED"]);
+        assert_eq!(names, ["CREATED", "PAYING", "PAID", "CLOSED", "PARTIALLY_REFUNDED", "REFUNDED"]);
         for s in OrderStatus::ALL {
             assert_eq!(parse_name::<OrderStatus>("status", &name_of(&s)).unwrap(), s);
             assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{s}\""));

@@ -11,12 +11,15 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use wxpay_proto::{Fen, Openid, OutTradeNo, PrepayId, ProductId, TradeType, TransactionId};
 
 use super::{
-    ApplyOutcome, InboxCause, InboxOutcome, InboxRecord, NotificationKind, OrderFilter, Purged, RefusedCallback, Store,
+    ApplyOutcome, InboxCause, InboxOutcome, InboxRecord, NotificationKind, OrderFilter, Purged, RefundOutcome,
+    RefusedCallback, Store,
 };
 use crate::domain::{
-    name_of, price_order, CloseReason, Fulfilment, Order, OrderEvent, OrderStatus, PaymentSource, Product,
-    RejectReason, Reported, Role, REVIEW_PAID_AFTER_CLOSE,
+    name_of, price_order, CloseReason, Fulfilment, Order, OrderEvent, OrderStatus, OutboxKind, PaymentSource, Product,
+    RefundEvent, RefundRequest, RefundResult, RefundSource, RefundStatus, RejectReason, Reported, Role, Settlement,
+    REVIEW_PAID_AFTER_CLOSE,
 };
+use wxpay_proto::OutRefundNo;
 
 /// A fresh database for one test case.
 #[async_trait]
@@ -58,7 +61,11 @@ macro_rules! store_contract_tests {
             counts_orders_by_status,
             data_survives_restart,
             outbox_dead_letters_wait_for_a_resend,
-            admin_tokens_are_found_by_hash_and_revoked
+            admin_tokens_are_found_by_hash_and_revoked,
+            refunds_partial_then_over_the_paid_amount_is_refused,
+            concurrent_refunds_never_exceed_the_paid_amount,
+            refund_results_apply_once_with_their_inbox_row,
+            refund_worker_claims_due_refunds_with_leases
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {
@@ -895,4 +902,244 @@ pub async fn admin_tokens_are_found_by_hash_and_revoked(h: &dyn StoreHarness) {
     assert!(!store.revoke_admin_token("zoe").await.unwrap());
     assert_eq!(store.admin_credential("hash-zoe").await.unwrap(), None);
     assert_eq!(store.list_admin_tokens().await.unwrap().len(), 1);
+}
+
+/// Seeds and pays the seed order (399 fen).
+async fn paid_seed(store: &dyn Store) -> Order {
+    let order = seed_order(store).await;
+    applied(store.apply_event(&order.order_no, &payment("TX-REFUND", order.amount), t0()).await.unwrap())
+}
+
+fn refund_request(amount: u64, key: &str) -> RefundRequest {
+    RefundRequest {
+        out_refund_no: None,
+        amount: Fen::new(amount),
+        reason: "out of stock".into(),
+        requested_by: "admin".into(),
+        idempotency_key: key.into(),
+        request_hash: format!("hash-{key}"),
+        retry_at: t0() + Duration::seconds(10),
+    }
+}
+
+fn settled(order: &Order, refund_fee: u64, result: RefundResult) -> RefundEvent {
+    RefundEvent::Settled(Settlement {
+        result,
+        order_no: order.order_no.clone(),
+        refund_id: "50300000000000000000000000001".into(),
+        refund_fee: Fen::new(refund_fee),
+        total_fee: Some(order.amount),
+        source: RefundSource::Notification,
+        details: serde_json::json!({"success_time": "2024-05-01 16:05:00"}),
+    })
+}
+
+fn refund_of(outcome: RefundOutcome) -> crate::domain::Refund {
+    match outcome {
+        RefundOutcome::Applied(r, _) => r,
+        other => panic!("expected Applied, got {other:?}"),
+    }
+}
+
+pub async fn refunds_partial_then_over_the_paid_amount_is_refused(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    let order = paid_seed(&*store).await;
+    let no = &order.order_no;
+    let r1 = refund_of(store.request_refund(no, &refund_request(100, "k1"), t0()).await.unwrap());
+    assert_eq!((r1.status, r1.amount, r1.version), (RefundStatus::Requested, Fen::new(100), 0));
+    assert_eq!(r1.out_refund_no.as_str().len(), 32);
+    // The same key and request: the same refund, nothing new.
+    match store.request_refund(no, &refund_request(100, "k1"), t0()).await.unwrap() {
+        RefundOutcome::AlreadyDone(r, _) => assert_eq!(r, r1),
+        other => panic!("{other:?}"),
+    }
+    // The same key with another request: refused.
+    let mut other = refund_request(101, "k1");
+    other.request_hash = "something else".into();
+    assert!(matches!(
+        store.request_refund(no, &other, t0()).await.unwrap(),
+        RefundOutcome::Rejected(crate::domain::RefundReject::IdempotencyKeyReused { .. }, _)
+    ));
+    let mut named = refund_request(200, "k2");
+    named.out_refund_no = Some(OutRefundNo::parse("MY-REFUND-2").unwrap());
+    let r2 = refund_of(store.request_refund(no, &named, t0()).await.unwrap());
+    assert_eq!(r2.out_refund_no.as_str(), "MY-REFUND-2");
+    // 100 + 200 held of 399: 100 more would exceed it.
+    match store.request_refund(no, &refund_request(100, "k3"), t0()).await.unwrap() {
+        RefundOutcome::Rejected(reason, None) => assert_eq!(reason.code(), "REFUND_EXCEEDS_PAID"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.refunds_for_order(no).await.unwrap().len(), 2);
+    // An unpaid order cannot be refunded; an unknown one is not found.
+    let unpaid = make_order("WXUNPAID", "user-a", TradeType::Jsapi, &[("apple", 1)], t0());
+    store.create_order(&unpaid).await.unwrap();
+    assert!(matches!(
+        store.request_refund(&unpaid.order_no, &refund_request(1, "k4"), t0()).await.unwrap(),
+        RefundOutcome::Rejected(crate::domain::RefundReject::OrderNotPaid { .. }, _)
+    ));
+    let nope = OutTradeNo::parse("WXNOPE").unwrap();
+    assert_eq!(store.request_refund(&nope, &refund_request(1, "k5"), t0()).await.unwrap(), RefundOutcome::NotFound);
+    // The refund log has one row per refund.
+    let events = store.refund_events_for_order(no).await.unwrap();
+    assert_eq!(events.len(), 2);
+    assert_eq!(name_of(&events[0].kind), "refund.requested");
+}
+
+pub async fn concurrent_refunds_never_exceed_the_paid_amount(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    let order = paid_seed(&*store).await;
+    // 40 requests of 30 fen at once for a 399-fen order: at most 13 fit.
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let store = Arc::clone(&store);
+        let no = order.order_no.clone();
+        tasks.push(tokio::spawn(async move {
+            store.request_refund(&no, &refund_request(30, &format!("c{i}")), t0()).await
+        }));
+    }
+    let (mut recorded, mut refused) = (0, 0);
+    for t in tasks {
+        match t.await.expect("task panicked").expect("request_refund failed") {
+            RefundOutcome::Applied(..) => recorded += 1,
+            RefundOutcome::Rejected(reason, _) => {
+                assert_eq!(reason.code(), "REFUND_EXCEEDS_PAID");
+                refused += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((recorded, refused), (13, 27));
+    let refunds = store.refunds_for_order(&order.order_no).await.unwrap();
+    let held: u64 = refunds.iter().map(|r| r.amount.get()).sum();
+    assert_eq!(held, 390);
+    assert!(held <= order.amount.get());
+}
+
+pub async fn refund_results_apply_once_with_their_inbox_row(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    let order = paid_seed(&*store).await;
+    let no = &order.order_no;
+    let r1 = refund_of(store.request_refund(no, &refund_request(100, "k1"), t0()).await.unwrap());
+    let accepted = RefundEvent::Accepted { refund_id: "503".into(), query_at: t0() + Duration::minutes(5) };
+    let r1 = refund_of(store.apply_refund_event(&r1.out_refund_no, &accepted, None, t0()).await.unwrap());
+    assert_eq!((r1.status, r1.version), (RefundStatus::Processing, 1));
+    let cause =
+        || Some(InboxCause { kind: NotificationKind::Refund, raw_body: "<xml>r1</xml>".into(), received_at: t0() });
+    // The result, five times at once: applied once, the rest duplicates.
+    let mut tasks = Vec::new();
+    for _ in 0..5 {
+        let store = Arc::clone(&store);
+        let (rno, event) = (r1.out_refund_no.clone(), settled(&order, 100, RefundResult::Success));
+        let c = cause();
+        tasks.push(tokio::spawn(async move { store.apply_refund_event(&rno, &event, c, t0()).await }));
+    }
+    let mut applied_n = 0;
+    for t in tasks {
+        match t.await.unwrap().unwrap() {
+            RefundOutcome::Applied(r, o) => {
+                applied_n += 1;
+                assert_eq!(r.status, RefundStatus::Success);
+                assert_eq!((o.status, o.refunded), (OrderStatus::PartiallyRefunded, Fen::new(100)));
+            }
+            RefundOutcome::AlreadyDone(..) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(applied_n, 1);
+    let stored = must_get(&*store, no).await;
+    assert_eq!(
+        (stored.status, stored.refunded, stored.fulfilment),
+        (OrderStatus::PartiallyRefunded, Fen::new(100), Fulfilment::Pending)
+    );
+    let outbox = store.outbox_for_order(no).await.unwrap();
+    let kinds: Vec<OutboxKind> = outbox.iter().map(|e| e.message.kind()).collect();
+    assert_eq!(kinds, [OutboxKind::OrderPaid, OutboxKind::RefundSucceeded]);
+    let inbox = store.notifications_for_order(no).await.unwrap();
+    let outcomes: Vec<InboxOutcome> = inbox.iter().map(|n| n.record.outcome).collect();
+    assert_eq!(outcomes.iter().filter(|o| **o == InboxOutcome::Applied).count(), 1);
+    assert_eq!(outcomes.iter().filter(|o| **o == InboxOutcome::Duplicate).count(), 4);
+    assert!(event_kinds(&*store, no).await.contains(&"order.refunded".to_owned()));
+
+    // A second refund of the rest that ends REFUNDCLOSE: refund.failed, the order unchanged; a
+    // third for the rest then succeeds and refunds the whole order.
+    let r2 = refund_of(store.request_refund(no, &refund_request(299, "k2"), t0()).await.unwrap());
+    let r2 = refund_of(
+        store
+            .apply_refund_event(&r2.out_refund_no, &settled(&order, 299, RefundResult::RefundClose), cause(), t0())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(r2.status, RefundStatus::RefundClose);
+    // WeChat later says it succeeded after all: refused (the refund stays REFUNDCLOSE, nothing is
+    // counted), and the order is flagged for a human, once.
+    for _ in 0..2 {
+        let late = settled(&order, 299, RefundResult::Success);
+        assert!(matches!(
+            store.apply_refund_event(&r2.out_refund_no, &late, cause(), t0()).await.unwrap(),
+            RefundOutcome::Rejected(crate::domain::RefundReject::ConflictingResult { .. }, Some(_))
+        ));
+    }
+    let flagged = must_get(&*store, no).await;
+    assert!(flagged.needs_review, "{flagged:?}");
+    assert!(flagged.review_reason.as_deref().unwrap().contains(r2.out_refund_no.as_str()), "{flagged:?}");
+    assert_eq!(flagged.refunded, Fen::new(100));
+    let kinds = event_kinds(&*store, no).await;
+    assert_eq!(kinds.iter().filter(|k| *k == "order.flagged").count(), 1, "{kinds:?}");
+    // A mismatching amount changes nothing and is recorded as refused.
+    let r3 = refund_of(store.request_refund(no, &refund_request(299, "k3"), t0()).await.unwrap());
+    assert!(matches!(
+        store
+            .apply_refund_event(&r3.out_refund_no, &settled(&order, 298, RefundResult::Success), cause(), t0())
+            .await
+            .unwrap(),
+        RefundOutcome::Rejected(..)
+    ));
+    refund_of(
+        store
+            .apply_refund_event(&r3.out_refund_no, &settled(&order, 299, RefundResult::Success), cause(), t0())
+            .await
+            .unwrap(),
+    );
+    let stored = must_get(&*store, no).await;
+    assert_eq!((stored.status, stored.refunded), (OrderStatus::Refunded, Fen::new(399)));
+    let kinds: Vec<OutboxKind> = store.outbox_for_order(no).await.unwrap().iter().map(|e| e.message.kind()).collect();
+    assert_eq!(
+        kinds,
+        [OutboxKind::OrderPaid, OutboxKind::RefundSucceeded, OutboxKind::RefundFailed, OutboxKind::RefundSucceeded]
+    );
+    // An unknown refund: not found, its inbox row kept as refused.
+    let unknown = OutRefundNo::parse("NOPE").unwrap();
+    assert_eq!(store.apply_refund_event(&unknown, &accepted, cause(), t0()).await.unwrap(), RefundOutcome::NotFound);
+    let before = store.notifications_for_order(no).await.unwrap().len();
+    let report = settled(&order, 1, RefundResult::Success);
+    assert_eq!(store.apply_refund_event(&unknown, &report, cause(), t0()).await.unwrap(), RefundOutcome::NotFound);
+    let inbox = store.notifications_for_order(no).await.unwrap();
+    assert_eq!(inbox.len(), before + 1, "kept with the order it names");
+    let last = &inbox.last().unwrap().record;
+    assert_eq!((last.outcome, last.verified), (InboxOutcome::Rejected, false));
+    assert!(last.reason.as_deref().unwrap().starts_with("unknown_refund: NOPE"), "{last:?}");
+}
+
+pub async fn refund_worker_claims_due_refunds_with_leases(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    let order = paid_seed(&*store).await;
+    let r1 = refund_of(store.request_refund(&order.order_no, &refund_request(100, "k1"), t0()).await.unwrap());
+    // Not due before its retry time.
+    assert!(store.claim_due_refunds(t0(), "a", Duration::seconds(60), 10).await.unwrap().is_empty());
+    let later = t0() + Duration::seconds(10);
+    let claimed = store.claim_due_refunds(later, "a", Duration::seconds(60), 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!((claimed[0].refund.out_refund_no.clone(), claimed[0].attempts), (r1.out_refund_no.clone(), 0));
+    // Leased: another instance gets nothing until the lease lapses.
+    assert!(store.claim_due_refunds(later, "b", Duration::seconds(60), 10).await.unwrap().is_empty());
+    assert!(!store.reschedule_refund(&r1.out_refund_no, "b", later).await.unwrap());
+    assert!(store.reschedule_refund(&r1.out_refund_no, "a", later + Duration::seconds(20)).await.unwrap());
+    let again = store.claim_due_refunds(later + Duration::seconds(20), "b", Duration::seconds(60), 10).await.unwrap();
+    assert_eq!(again[0].attempts, 1);
+    // Once final, it is never due again.
+    let rno = r1.out_refund_no.clone();
+    store.apply_refund_event(&rno, &settled(&order, 100, RefundResult::Success), None, later).await.unwrap();
+    let far = t0() + Duration::days(1);
+    assert!(store.claim_due_refunds(far, "c", Duration::seconds(60), 10).await.unwrap().is_empty());
+    assert_eq!(store.get_refund(&rno).await.unwrap().unwrap().status, RefundStatus::Success);
 }

@@ -10,7 +10,11 @@ use serde::{Deserialize, Serialize};
 use wxpay_proto::{Openid, OutTradeNo, ProductId};
 
 use crate::domain::catalogue::{AuditAction, CatalogueError, ProductChange};
-use crate::domain::{EventKind, Order, OrderEvent, OrderStatus, OutboxMessage, Product, RejectReason, User};
+use crate::domain::{
+    EventKind, Order, OrderEvent, OrderStatus, OutboxMessage, Product, Refund, RefundEvent, RefundEventKind,
+    RefundReject, RefundRequest, RejectReason, User,
+};
+use wxpay_proto::OutRefundNo;
 
 mod apply;
 #[cfg(any(test, feature = "testing"))]
@@ -50,6 +54,38 @@ pub enum ApplyOutcome {
     /// Refused; the order is unchanged except for a review flag where the reason calls for one.
     Rejected(Order, RejectReason),
     NotFound,
+}
+
+/// What [`Store::request_refund`] and [`Store::apply_refund_event`] did. Each carries the order
+/// as it stands after the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefundOutcome {
+    /// The refund was recorded or changed; here it is as committed.
+    Applied(Refund, Order),
+    /// Nothing to do: an idempotent replay or a duplicate report.
+    AlreadyDone(Refund, Order),
+    /// Refused; nothing changed. The refund, when there is one.
+    Rejected(RefundReject, Option<Refund>),
+    /// No such order (a request) or refund (an event).
+    NotFound,
+}
+
+/// One row of a refund's append-only event log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RefundEventRecord {
+    pub id: i64,
+    pub out_refund_no: OutRefundNo,
+    pub kind: RefundEventKind,
+    pub detail: serde_json::Value,
+    pub at: DateTime<Utc>,
+}
+
+/// A refund claimed by the refund worker (REQUESTED: send it again; PROCESSING: query it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueRefund {
+    pub refund: Refund,
+    /// Attempts so far (for the backoff).
+    pub attempts: u32,
 }
 
 /// Filter for the admin order list. Newest first.
@@ -386,6 +422,47 @@ pub trait Store: Send + Sync {
         product_id: &ProductId,
         after: DateTime<Utc>,
     ) -> StoreResult<Option<Order>>;
+
+    /// Records a refund of `order_no` ([`crate::domain::plan_refund_request`]) in one transaction
+    /// with the order row locked: the refunds that hold money never exceed the paid amount, under
+    /// any concurrency. An idempotency key seen before answers with the refund it made.
+    async fn request_refund(
+        &self,
+        order_no: &OutTradeNo,
+        request: &RefundRequest,
+        now: DateTime<Utc>,
+    ) -> StoreResult<RefundOutcome>;
+    /// Applies WeChat's report about a refund ([`crate::domain::plan_refund_event`]) atomically:
+    /// the refund, its log, the order when a SUCCESS changes it, the outbox event (one per order,
+    /// kind and refund), and the inbox row of `cause` when given.
+    async fn apply_refund_event(
+        &self,
+        out_refund_no: &OutRefundNo,
+        event: &RefundEvent,
+        cause: Option<InboxCause>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<RefundOutcome>;
+    async fn get_refund(&self, out_refund_no: &OutRefundNo) -> StoreResult<Option<Refund>>;
+    /// Oldest first.
+    async fn refunds_for_order(&self, order_no: &OutTradeNo) -> StoreResult<Vec<Refund>>;
+    /// The event log of every refund of the order, oldest first.
+    async fn refund_events_for_order(&self, order_no: &OutTradeNo) -> StoreResult<Vec<RefundEventRecord>>;
+    /// Leases up to `limit` REQUESTED / PROCESSING refunds whose `next_attempt_at <= now`.
+    async fn claim_due_refunds(
+        &self,
+        now: DateTime<Utc>,
+        owner: &str,
+        lease: Duration,
+        limit: u32,
+    ) -> StoreResult<Vec<DueRefund>>;
+    /// Counts an attempt, sets the next one and releases the lease; false when `owner` no longer
+    /// holds it.
+    async fn reschedule_refund(
+        &self,
+        out_refund_no: &OutRefundNo,
+        owner: &str,
+        next_attempt_at: DateTime<Utc>,
+    ) -> StoreResult<bool>;
 
     /// Every status with its count (statuses with no orders included as 0).
     async fn count_orders_by_status(&self) -> StoreResult<Vec<(OrderStatus, i64)>>;

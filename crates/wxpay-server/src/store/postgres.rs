@@ -157,7 +157,7 @@ impl PostgresStore {
 
 /// What PostgreSQL says differently.
 mod dialect {
-    use crate::store::rows::{ORDER_COLS, OUTBOX_COLS};
+    use crate::store::rows::{ORDER_COLS, OUTBOX_COLS, REFUND_COLS};
 
     /// Writers of one order queue on its row; other orders are untouched.
     pub(super) const LOCK_ROW: &str = " FOR UPDATE";
@@ -186,6 +186,20 @@ mod dialect {
              UPDATE orders SET lease_owner = $1, lease_until = $2 \
              WHERE order_no IN (SELECT order_no FROM due) \
              RETURNING {ORDER_COLS}, query_attempts, next_query_at"
+        )
+    }
+
+    /// See [`claim_due_orders_sql`] for the locking.
+    pub(super) fn claim_due_refunds_sql() -> String {
+        format!(
+            "WITH due AS MATERIALIZED ( \
+                SELECT out_refund_no FROM refunds WHERE status IN ('REQUESTED', 'PROCESSING') \
+                AND next_attempt_at IS NOT NULL AND next_attempt_at <= $3 \
+                AND (lease_until IS NULL OR lease_until <= $3) ORDER BY next_attempt_at LIMIT $4 \
+                FOR UPDATE SKIP LOCKED) \
+             UPDATE refunds SET lease_owner = $1, lease_until = $2 \
+             WHERE out_refund_no IN (SELECT out_refund_no FROM due) \
+             RETURNING {REFUND_COLS}, attempts"
         )
     }
 

@@ -7,13 +7,19 @@ use sqlx::FromRow;
 use wxpay_proto::{Fen, Openid, OutTradeNo, PrepayId, ProductId, TradeType, TransactionId};
 
 use super::{
-    AuditEvent, DueOrder, InboxRecord, OrderEventRecord, OutboxEvent, StoreError, StoreResult, StoredNotification,
+    AuditEvent, DueOrder, DueRefund, InboxRecord, OrderEventRecord, OutboxEvent, RefundEventRecord, StoreError,
+    StoreResult, StoredNotification,
 };
-use crate::domain::{parse_name, Order, OrderItem, OrderStatus, OutboxMessage, Product, User};
+use crate::domain::{parse_name, Order, OrderItem, OrderStatus, OutboxMessage, Product, Refund, User};
+use wxpay_proto::OutRefundNo;
 
 /// The order columns, in the order [`OrderRow`] has them.
 pub(crate) const ORDER_COLS: &str = "order_no, openid, trade_type, amount_fen, status, fulfilment, created_at, \
-     expires_at, prepay_id, prepay_expires_at, transaction_id, paid_at, closed_at, needs_review, review_reason, version";
+     expires_at, prepay_id, prepay_expires_at, transaction_id, paid_at, closed_at, needs_review, review_reason, version, refunded_fen";
+
+/// The refund columns, in the order [`RefundRow`] has them.
+pub(crate) const REFUND_COLS: &str = "out_refund_no, order_no, amount_fen, reason, status, refund_id, failure, \
+     requested_by, idempotency_key, request_hash, created_at, updated_at, settled_at, version";
 
 pub(crate) const OUTBOX_COLS: &str =
     "id, order_no, kind, payload, attempts, created_at, next_attempt_at, delivered_at, last_error, dead_at";
@@ -78,6 +84,7 @@ pub(crate) struct OrderRow {
     needs_review: bool,
     review_reason: Option<String>,
     version: i64,
+    refunded_fen: i64,
 }
 
 impl OrderRow {
@@ -103,6 +110,7 @@ impl OrderRow {
             closed_at: opt_from_ms(self.closed_at)?,
             needs_review: self.needs_review,
             review_reason: self.review_reason,
+            refunded: fen_from_db(self.refunded_fen)?,
             version: self.version,
         })
     }
@@ -307,6 +315,83 @@ impl TryFrom<StatusCountRow> for (OrderStatus, i64) {
     type Error = StoreError;
     fn try_from(r: StatusCountRow) -> StoreResult<(OrderStatus, i64)> {
         Ok((name("status", &r.status)?, r.n))
+    }
+}
+
+#[derive(FromRow)]
+pub(crate) struct RefundRow {
+    out_refund_no: String,
+    order_no: String,
+    amount_fen: i64,
+    reason: String,
+    status: String,
+    refund_id: Option<String>,
+    failure: Option<String>,
+    requested_by: String,
+    idempotency_key: Option<String>,
+    request_hash: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+    settled_at: Option<i64>,
+    version: i64,
+}
+
+impl TryFrom<RefundRow> for Refund {
+    type Error = StoreError;
+    fn try_from(r: RefundRow) -> StoreResult<Refund> {
+        Ok(Refund {
+            out_refund_no: OutRefundNo::parse(r.out_refund_no).map_err(corrupt)?,
+            order_no: OutTradeNo::parse(r.order_no).map_err(corrupt)?,
+            amount: fen_from_db(r.amount_fen)?,
+            reason: r.reason,
+            status: name("refund status", &r.status)?,
+            refund_id: r.refund_id,
+            failure: r.failure,
+            requested_by: r.requested_by,
+            idempotency_key: r.idempotency_key,
+            request_hash: r.request_hash,
+            created_at: from_ms(r.created_at)?,
+            updated_at: from_ms(r.updated_at)?,
+            settled_at: opt_from_ms(r.settled_at)?,
+            version: r.version,
+        })
+    }
+}
+
+/// A refund claimed by the refund worker, with its attempt count.
+#[derive(FromRow)]
+pub(crate) struct DueRefundRow {
+    #[sqlx(flatten)]
+    refund: RefundRow,
+    attempts: i64,
+}
+
+impl TryFrom<DueRefundRow> for DueRefund {
+    type Error = StoreError;
+    fn try_from(r: DueRefundRow) -> StoreResult<DueRefund> {
+        Ok(DueRefund { refund: Refund::try_from(r.refund)?, attempts: u32_from_db(r.attempts)? })
+    }
+}
+
+#[derive(FromRow)]
+pub(crate) struct RefundEventRow {
+    id: i64,
+    out_refund_no: String,
+    kind: String,
+    detail: String,
+    at: i64,
+}
+
+impl TryFrom<RefundEventRow> for RefundEventRecord {
+    type Error = StoreError;
+    fn try_from(r: RefundEventRow) -> StoreResult<RefundEventRecord> {
+        Ok(RefundEventRecord {
+            id: r.id,
+            out_refund_no: OutRefundNo::parse(r.out_refund_no).map_err(corrupt)?,
+            kind: name("refund event kind", &r.kind)?,
+            detail: serde_json::from_str(&r.detail).map_err(corrupt)?,
+            at: from_ms(r.at)?,
+        })
     }
 }
 

@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use wxpay_proto::{OutTradeNo, TransactionId};
 
 use super::{InboxRecord, StoreResult};
-use crate::domain::{EventKind, Order, OutboxMessage};
+use crate::domain::{EventKind, Order, OutboxMessage, Refund, RefundEventKind};
 
 pub use super::group_commit::BoxFuture;
 
@@ -49,6 +49,28 @@ pub trait SqlConn: Send {
     async fn insert_inbox(&mut self, record: &InboxRecord) -> StoreResult<i64>;
     /// The order a WeChat transaction paid, if any.
     async fn transaction_owner(&mut self, transaction_id: &TransactionId) -> StoreResult<Option<OutTradeNo>>;
+    /// The refunds of an order, oldest first.
+    async fn load_refunds(&mut self, order_no: &str) -> StoreResult<Vec<Refund>>;
+    async fn load_refund(&mut self, out_refund_no: &str) -> StoreResult<Option<Refund>>;
+    /// The refund an idempotency key made, if any.
+    async fn refund_by_key(&mut self, idempotency_key: &str) -> StoreResult<Option<Refund>>;
+    async fn insert_refund(&mut self, refund: &Refund, next_attempt_at: Option<DateTime<Utc>>) -> StoreResult<()>;
+    /// Writes the mutable fields of `next` if the row still has `expected_version`, bumping it,
+    /// setting the worker's next attempt and releasing its lease; false when someone wrote first.
+    async fn cas_refund(
+        &mut self,
+        next: &Refund,
+        expected_version: i64,
+        next_attempt_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<bool>;
+    async fn append_refund_event(
+        &mut self,
+        out_refund_no: &str,
+        kind: RefundEventKind,
+        detail: &serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> StoreResult<()>;
 }
 
 /// A diagnostic text made storable everywhere (a PostgreSQL TEXT cannot hold NUL).
@@ -64,9 +86,9 @@ macro_rules! sql_store {
             use super::{dialect, $store};
             use $crate::domain::{name_of, EventKind, Order, OrderEvent, OrderStatus, OutboxMessage, Product, User};
             use $crate::store::rows::{
-                convert, fen_to_db, ms, name as stored_name, AdminTokenRow, AuditRow, DueRow, EventRow, InboxRow, ItemRow, OrderRow,
-                OutboxRow, ProductRow, StatusCountRow, UserRow, AUDIT_COLS, INBOX_COLS, ORDER_COLS, OUTBOX_COLS,
-                PRODUCT_COLS,
+                convert, fen_to_db, ms, name as stored_name, AdminTokenRow, AuditRow, DueRefundRow, DueRow, EventRow,
+                InboxRow, ItemRow, OrderRow, OutboxRow, ProductRow, RefundEventRow, RefundRow, StatusCountRow, UserRow,
+                AUDIT_COLS, INBOX_COLS, ORDER_COLS, OUTBOX_COLS, PRODUCT_COLS, REFUND_COLS,
             };
             use $crate::store::sql::{storable, SqlConn};
             use $crate::store::{
@@ -151,8 +173,8 @@ macro_rules! sql_store {
                     let done = sqlx::query(
                         "UPDATE orders SET status = $1, fulfilment = $2, prepay_id = $3, prepay_expires_at = $4, \
                          transaction_id = $5, paid_at = $6, closed_at = $7, needs_review = $8, review_reason = $9, \
-                         version = version + 1, updated_at = $10, next_query_at = COALESCE($11, next_query_at) \
-                         WHERE order_no = $12 AND version = $13",
+                         version = version + 1, updated_at = $10, next_query_at = COALESCE($11, next_query_at), \
+                         refunded_fen = $14 WHERE order_no = $12 AND version = $13",
                     )
                     .bind(name_of(&next.status))
                     .bind(name_of(&next.fulfilment))
@@ -167,6 +189,7 @@ macro_rules! sql_store {
                     .bind(next_query_at.map(ms))
                     .bind(next.order_no.as_str())
                     .bind(expected_version)
+                    .bind(fen_to_db(next.refunded)?)
                     .execute(&mut *self)
                     .await?;
                     Ok(done.rows_affected() == 1)
@@ -195,16 +218,17 @@ macro_rules! sql_store {
                     message: &OutboxMessage,
                     now: chrono::DateTime<chrono::Utc>,
                 ) -> StoreResult<()> {
-                    // The unique (order_no, kind) makes a second insert a no-op: one fulfilment per
-                    // order even if a bug ever decided "paid" twice.
+                    // The unique (order_no, kind, refund_no) makes a second insert a no-op: one
+                    // fulfilment per order, one outcome per refund, even if a bug ever decided twice.
                     sqlx::query(
-                        "INSERT INTO outbox (order_no, kind, payload, created_at, next_attempt_at) \
-                         VALUES ($1, $2, $3, $4, $4) ON CONFLICT (order_no, kind) DO NOTHING",
+                        "INSERT INTO outbox (order_no, kind, payload, created_at, next_attempt_at, refund_no) \
+                         VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (order_no, kind, refund_no) DO NOTHING",
                     )
                     .bind(order_no)
                     .bind(name_of(&message.kind()))
                     .bind(message.payload().to_string())
                     .bind(ms(now))
+                    .bind(message.refund_no().unwrap_or(""))
                     .execute(&mut *self)
                     .await?;
                     // Other instances' outbox workers hear of it at commit (where the backend can tell them).
@@ -241,6 +265,105 @@ macro_rules! sql_store {
                             .fetch_optional(&mut *self)
                             .await?;
                     owner.map(wxpay_proto::OutTradeNo::parse).transpose().map_err($crate::store::rows::corrupt)
+                }
+
+                async fn load_refunds(&mut self, order_no: &str) -> StoreResult<Vec<$crate::domain::Refund>> {
+                    let rows: Vec<RefundRow> = sqlx::query_as(&format!(
+                        "SELECT {REFUND_COLS} FROM refunds WHERE order_no = $1 ORDER BY created_at, out_refund_no"
+                    ))
+                    .bind(order_no)
+                    .fetch_all(&mut *self)
+                    .await?;
+                    convert(rows)
+                }
+
+                async fn load_refund(&mut self, out_refund_no: &str) -> StoreResult<Option<$crate::domain::Refund>> {
+                    let row: Option<RefundRow> =
+                        sqlx::query_as(&format!("SELECT {REFUND_COLS} FROM refunds WHERE out_refund_no = $1"))
+                            .bind(out_refund_no)
+                            .fetch_optional(&mut *self)
+                            .await?;
+                    row.map($crate::domain::Refund::try_from).transpose()
+                }
+
+                async fn refund_by_key(&mut self, idempotency_key: &str) -> StoreResult<Option<$crate::domain::Refund>> {
+                    let row: Option<RefundRow> =
+                        sqlx::query_as(&format!("SELECT {REFUND_COLS} FROM refunds WHERE idempotency_key = $1"))
+                            .bind(idempotency_key)
+                            .fetch_optional(&mut *self)
+                            .await?;
+                    row.map($crate::domain::Refund::try_from).transpose()
+                }
+
+                async fn insert_refund(
+                    &mut self,
+                    refund: &$crate::domain::Refund,
+                    next_attempt_at: Option<chrono::DateTime<chrono::Utc>>,
+                ) -> StoreResult<()> {
+                    sqlx::query(
+                        "INSERT INTO refunds (out_refund_no, order_no, amount_fen, reason, status, refund_id, failure, \
+                         requested_by, idempotency_key, request_hash, created_at, updated_at, settled_at, version, \
+                         next_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 0, $14)",
+                    )
+                    .bind(refund.out_refund_no.as_str())
+                    .bind(refund.order_no.as_str())
+                    .bind(fen_to_db(refund.amount)?)
+                    .bind(storable(&refund.reason))
+                    .bind(name_of(&refund.status))
+                    .bind(refund.refund_id.as_deref())
+                    .bind(refund.failure.as_deref().map(storable))
+                    .bind(refund.requested_by.as_str())
+                    .bind(refund.idempotency_key.as_deref().map(storable))
+                    .bind(refund.request_hash.as_deref())
+                    .bind(ms(refund.created_at))
+                    .bind(ms(refund.updated_at))
+                    .bind(refund.settled_at.map(ms))
+                    .bind(next_attempt_at.map(ms))
+                    .execute(&mut *self)
+                    .await?;
+                    Ok(())
+                }
+
+                async fn cas_refund(
+                    &mut self,
+                    next: &$crate::domain::Refund,
+                    expected_version: i64,
+                    next_attempt_at: Option<chrono::DateTime<chrono::Utc>>,
+                    now: chrono::DateTime<chrono::Utc>,
+                ) -> StoreResult<bool> {
+                    let done = sqlx::query(
+                        "UPDATE refunds SET status = $1, refund_id = $2, failure = $3, settled_at = $4, updated_at = $5, \
+                         next_attempt_at = $6, version = version + 1, lease_owner = NULL, lease_until = NULL \
+                         WHERE out_refund_no = $7 AND version = $8",
+                    )
+                    .bind(name_of(&next.status))
+                    .bind(next.refund_id.as_deref())
+                    .bind(next.failure.as_deref().map(storable))
+                    .bind(next.settled_at.map(ms))
+                    .bind(ms(now))
+                    .bind(next_attempt_at.map(ms))
+                    .bind(next.out_refund_no.as_str())
+                    .bind(expected_version)
+                    .execute(&mut *self)
+                    .await?;
+                    Ok(done.rows_affected() == 1)
+                }
+
+                async fn append_refund_event(
+                    &mut self,
+                    out_refund_no: &str,
+                    kind: $crate::domain::RefundEventKind,
+                    detail: &serde_json::Value,
+                    at: chrono::DateTime<chrono::Utc>,
+                ) -> StoreResult<()> {
+                    sqlx::query("INSERT INTO refund_events (out_refund_no, kind, detail, at) VALUES ($1, $2, $3, $4)")
+                        .bind(out_refund_no)
+                        .bind(name_of(&kind))
+                        .bind(storable(&detail.to_string()))
+                        .bind(ms(at))
+                        .execute(&mut *self)
+                        .await?;
+                    Ok(())
                 }
             }
 
@@ -788,6 +911,120 @@ macro_rules! sql_store {
                             .bind(ms(now))
                             .bind(error)
                             .bind(id)
+                            .bind(owner)
+                            .execute(&mut *conn)
+                            .await?;
+                            Ok(done.rows_affected() == 1)
+                        })
+                    })
+                    .await
+                }
+
+                async fn request_refund(
+                    &self,
+                    order_no: &wxpay_proto::OutTradeNo,
+                    request: &$crate::domain::RefundRequest,
+                    now: chrono::DateTime<chrono::Utc>,
+                ) -> StoreResult<$crate::store::RefundOutcome> {
+                    let (order_no, request) = (order_no.clone(), request.clone());
+                    self.write_tx(move |conn| {
+                        Box::pin(async move {
+                            $crate::store::apply::request_refund(conn, &order_no, &request, now).await
+                        })
+                    })
+                    .await
+                }
+
+                async fn apply_refund_event(
+                    &self,
+                    out_refund_no: &wxpay_proto::OutRefundNo,
+                    event: &$crate::domain::RefundEvent,
+                    cause: Option<InboxCause>,
+                    now: chrono::DateTime<chrono::Utc>,
+                ) -> StoreResult<$crate::store::RefundOutcome> {
+                    let (out_refund_no, event) = (out_refund_no.clone(), event.clone());
+                    self.write_tx(move |conn| {
+                        Box::pin(async move {
+                            $crate::store::apply::apply_refund_event(conn, &out_refund_no, &event, cause, now).await
+                        })
+                    })
+                    .await
+                }
+
+                async fn get_refund(
+                    &self,
+                    out_refund_no: &wxpay_proto::OutRefundNo,
+                ) -> StoreResult<Option<$crate::domain::Refund>> {
+                    let mut conn = self.read_conn().await?;
+                    conn.load_refund(out_refund_no.as_str()).await
+                }
+
+                async fn refunds_for_order(
+                    &self,
+                    order_no: &wxpay_proto::OutTradeNo,
+                ) -> StoreResult<Vec<$crate::domain::Refund>> {
+                    let mut conn = self.read_conn().await?;
+                    conn.load_refunds(order_no.as_str()).await
+                }
+
+                async fn refund_events_for_order(
+                    &self,
+                    order_no: &wxpay_proto::OutTradeNo,
+                ) -> StoreResult<Vec<$crate::store::RefundEventRecord>> {
+                    let mut conn = self.read_conn().await?;
+                    let rows: Vec<RefundEventRow> = sqlx::query_as(
+                        "SELECT e.id, e.out_refund_no, e.kind, e.detail, e.at FROM refund_events e \
+                         JOIN refunds r ON r.out_refund_no = e.out_refund_no WHERE r.order_no = $1 ORDER BY e.id",
+                    )
+                    .bind(order_no.as_str())
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    convert(rows)
+                }
+
+                async fn claim_due_refunds(
+                    &self,
+                    now: chrono::DateTime<chrono::Utc>,
+                    owner: &str,
+                    lease: chrono::Duration,
+                    limit: u32,
+                ) -> StoreResult<Vec<$crate::store::DueRefund>> {
+                    let owner = owner.to_owned();
+                    let rows = self
+                        .write_one(move |conn| {
+                            Box::pin(async move {
+                                let rows: Vec<DueRefundRow> = sqlx::query_as(&dialect::claim_due_refunds_sql())
+                                    .bind(owner)
+                                    .bind(ms(now + lease))
+                                    .bind(ms(now))
+                                    .bind(i64::from(limit))
+                                    .fetch_all(&mut *conn)
+                                    .await?;
+                                Ok(rows)
+                            })
+                        })
+                        .await?;
+                    let mut out: Vec<$crate::store::DueRefund> = convert(rows)?;
+                    out.sort_by(|a, b| a.refund.created_at.cmp(&b.refund.created_at));
+                    Ok(out)
+                }
+
+                async fn reschedule_refund(
+                    &self,
+                    out_refund_no: &wxpay_proto::OutRefundNo,
+                    owner: &str,
+                    next_attempt_at: chrono::DateTime<chrono::Utc>,
+                ) -> StoreResult<bool> {
+                    let (out_refund_no, owner) = (out_refund_no.to_string(), owner.to_owned());
+                    self.write_one(move |conn| {
+                        Box::pin(async move {
+                            let done = sqlx::query(
+                                "UPDATE refunds SET next_attempt_at = $1, attempts = attempts + 1, lease_owner = NULL, \
+                                 lease_until = NULL WHERE out_refund_no = $2 AND lease_owner = $3 \
+                                 AND status IN ('REQUESTED', 'PROCESSING')",
+                            )
+                            .bind(ms(next_attempt_at))
+                            .bind(out_refund_no)
                             .bind(owner)
                             .execute(&mut *conn)
                             .await?;

@@ -113,7 +113,7 @@ impl SqliteStore {
 
 /// What SQLite says differently.
 mod dialect {
-    use crate::store::rows::{ORDER_COLS, OUTBOX_COLS};
+    use crate::store::rows::{ORDER_COLS, OUTBOX_COLS, REFUND_COLS};
 
     /// The group-commit writer is the only writer: a read inside it cannot be overtaken.
     pub(super) const LOCK_ROW: &str = "";
@@ -133,6 +133,16 @@ mod dialect {
                 AND (lease_until IS NULL OR lease_until <= $3) \
                 ORDER BY MIN(COALESCE(next_query_at, expires_at), expires_at), order_no LIMIT $4) \
              RETURNING {ORDER_COLS}, query_attempts, next_query_at"
+        )
+    }
+
+    pub(super) fn claim_due_refunds_sql() -> String {
+        format!(
+            "UPDATE refunds SET lease_owner = $1, lease_until = $2 WHERE out_refund_no IN ( \
+                SELECT out_refund_no FROM refunds WHERE status IN ('REQUESTED', 'PROCESSING') \
+                AND next_attempt_at IS NOT NULL AND next_attempt_at <= $3 \
+                AND (lease_until IS NULL OR lease_until <= $3) ORDER BY next_attempt_at LIMIT $4) \
+             RETURNING {REFUND_COLS}, attempts"
         )
     }
 
@@ -192,6 +202,48 @@ mod tests {
         let err = sqlx::query("UPDATE order_events SET kind = 'x'").execute(&store.pool).await.unwrap_err();
         assert!(err.to_string().contains("append-only"), "{err}");
         assert!(sqlx::query("DELETE FROM order_events").execute(&store.pool).await.is_err());
+    }
+
+    /// 0003 rebuilds `orders` and `outbox` (new CHECK and UNIQUE constraints): a database with
+    /// data from before keeps all of it, and its foreign keys still hold.
+    #[tokio::test]
+    async fn the_refunds_migration_keeps_existing_orders_and_events() {
+        let h = harness().await;
+        let store = SqliteStore::connect(h.path.to_str().unwrap()).await.unwrap();
+        let before = sqlx::migrate::Migrator {
+            migrations: std::borrow::Cow::Owned(super::MIGRATOR.migrations[..2].to_vec()),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        before.run(&store.pool).await.unwrap();
+        // Written by hand in the 0002 schema: today's statements need columns it does not have.
+        for sql in [
+            "INSERT INTO products (id, name, price_fen, active) VALUES ('apple', 'Apple', 100, 1), ('pear', 'Pear', 299, 1)",
+            "INSERT INTO orders (order_no, openid, trade_type, amount_fen, status, fulfilment, created_at, expires_at, \
+             transaction_id, paid_at, updated_at) VALUES ('WXOLD0001', 'user-old', 'JSAPI', 399, 'PAID', 'PENDING', 1, 2, 'TX-OLD', 1, 1)",
+            "INSERT INTO order_items (order_no, line_no, product_id, name, unit_price_fen, quantity) \
+             VALUES ('WXOLD0001', 0, 'apple', 'Apple', 100, 1), ('WXOLD0001', 1, 'pear', 'Pear', 299, 1)",
+            "INSERT INTO order_events (order_no, kind, detail, at) VALUES ('WXOLD0001', 'order.created', '{}', 1)",
+            "INSERT INTO outbox (order_no, kind, payload, created_at, next_attempt_at) \
+             VALUES ('WXOLD0001', 'order.paid', '{}', 1, 1)",
+        ] {
+            sqlx::query(sql).execute(&store.pool).await.unwrap();
+        }
+        let order_no = wxpay_proto::OutTradeNo::parse("WXOLD0001").unwrap();
+        store.migrate().await.unwrap();
+        let after = store.get_order(&order_no).await.unwrap().unwrap();
+        assert_eq!(
+            (after.status, after.refunded, after.items.len()),
+            (crate::domain::OrderStatus::Paid, wxpay_proto::Fen::ZERO, 2)
+        );
+        assert_eq!(store.order_events(&order_no).await.unwrap().len(), 1);
+        let outbox: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox").fetch_one(&store.pool).await.unwrap();
+        assert_eq!(outbox, 1);
+        let broken: Vec<(String,)> =
+            sqlx::query_as("SELECT \"table\" FROM pragma_foreign_key_check").fetch_all(&store.pool).await.unwrap();
+        assert!(broken.is_empty(), "{broken:?}");
+        // The new constraints are in force.
+        let err = sqlx::query("UPDATE orders SET refunded_fen = amount_fen + 1").execute(&store.pool).await;
+        assert!(err.is_err());
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
 //! Background work, each written as a step function that tests can drive directly:
-//! [`reconciler::reconcile_once`], [`outbox::deliver_once`] and [`retention::purge_once`] (hourly). [`run`] runs them as two
+//! [`reconciler::reconcile_once`] (then [`refunds::refunds_once`], the refunds to send again or
+//! query), [`outbox::deliver_once`] and [`retention::purge_once`] (hourly). [`run`] runs them as two
 //! independent loops until shutdown: the reconciler every tick; the outbox continuously (it drains
 //! while there is work, and otherwise sleeps until a commit wakes it or the tick passes, which
 //! also picks up retries and events other instances committed).
@@ -16,6 +17,7 @@ use crate::store::StoreError;
 
 pub mod outbox;
 pub mod reconciler;
+pub mod refunds;
 pub mod retention;
 
 /// How often the retention purge runs.
@@ -85,6 +87,7 @@ async fn reconcile_loop(state: SharedState, tick: Duration, mut shutdown: watch:
     let mut last_purge: Option<tokio::time::Instant> = None;
     while !wait(tick, &mut shutdown, None).await {
         bounded(&state, "reconciler", reconciler::reconcile_once(&state)).await;
+        bounded(&state, "refunds", refunds::refunds_once(&state)).await;
         if last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
             last_purge = Some(tokio::time::Instant::now());
             bounded(&state, "retention", retention::purge_once(&state)).await;
