@@ -158,3 +158,23 @@ test('a payment whose notification never comes is still seen as paid (the backen
   const notes = await httpJson('GET', sim(`/sim/notifications?out_trade_no=${order_no}`))
   expect(JSON.stringify(notes.data)).toContain('dropped')
 })
+
+test('a refund made by the shop shows on my orders', async () => {
+  const phone = newPhone()
+  const checkout = await fillCart(phone)
+  await phone.tap(checkout, 'pay')
+  const { order_no } = await phone.navigatedTo('result')
+  await phone.open('result', { order_no })
+
+  // The shop refunds ¥5.00 of the ¥18.00 (admin API: what the console and `wxpay refund` call).
+  const refund = await httpJson('POST', backend(`/admin/api/orders/${order_no}/refunds`), { amount_fen: 500, reason: '缺货 out of stock' }, {
+    Authorization: `Bearer ${process.env.WXPAY_ADMIN_TOKEN}`,
+    'Idempotency-Key': `mp-test-${order_no}`,
+  })
+  expect([201, 202]).toContain(refund.statusCode)
+  await until('the refund to succeed', async () => (await order(phone, order_no)).refunded_fen === 500)
+
+  const orders = await phone.open('orders')
+  expect(text(orders, `status-${order_no}`)).toBe('部分退款（已退 ¥5.00）')
+  snapshot(orders, '6-refunded', '我的订单')
+})
