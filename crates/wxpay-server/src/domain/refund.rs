@@ -538,7 +538,7 @@ fn outcome_event(order: &Order, refund: &Refund) -> OutboxMessage {
         failure: refund.failure.clone(),
         order_status: order.status,
         order_refunded_fen: order.refunded.get(),
-        settled_at: refund.settled_at.map(|t| t.to_rfc3339()),
+        settled_at: refund.settled_at.map(super::api_time),
     };
     if refund.status == RefundStatus::Success {
         OutboxMessage::RefundSucceeded(event)
