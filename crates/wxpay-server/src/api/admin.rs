@@ -190,15 +190,7 @@ pub async fn product_qr(
     Path((id, file)): Path<(String, String)>,
     Query(q): Query<QrQuery>,
 ) -> Result<Response, AppError> {
-    let id = ProductId::parse(id).map_err(|e| AppError::invalid_input(e.to_string()))?;
-    let product = state
-        .store
-        .get_product(&id)
-        .await?
-        .ok_or_else(|| AppError::not_found("PRODUCT_NOT_FOUND", format!("unknown product {id}")))?;
-    if product.retired {
-        return Err(crate::domain::catalogue::CatalogueError::Retired(product.id).into());
-    }
+    let product = super::till::shown_product(&state, id).await?;
     // Validate the request before asking WeChat for a short link.
     let size = qr::check_size(q.size)?;
     if !matches!(file.as_str(), "qr.png" | "qr.svg" | "link" | "qr.txt") {

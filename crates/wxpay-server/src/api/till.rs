@@ -46,8 +46,8 @@ pub async fn asset(path: Option<Path<String>>) -> Response {
     }
 }
 
-/// A product a till may show: known and not retired.
-async fn shown_product(state: &SharedState, id: String) -> Result<Product, AppError> {
+/// A product whose code may be shown (a till, the admin's QR downloads): known and not retired.
+pub(super) async fn shown_product(state: &SharedState, id: String) -> Result<Product, AppError> {
     let id = ProductId::parse(id).map_err(|e| AppError::invalid_input(format!("product id: {e}")))?;
     let product = state
         .store
