@@ -58,6 +58,9 @@ pub struct FaultSet {
     /// "Payment lands just as the merchant closes": closeorder first pays the order (when it has
     /// a prepay and a payer who can pay) and then answers ORDERPAID.
     pub pay_on_close: bool,
+    /// The order's payment row in the trade bill (`/pay/downloadbill`) shows its amount changed
+    /// by this many fen (may be negative): a bill that disagrees with the order.
+    pub bill_amount_delta_fen: Option<i64>,
 }
 
 impl FaultSet {

@@ -88,6 +88,10 @@ async fn reconcile_loop(state: SharedState, tick: Duration, mut shutdown: watch:
     while !wait(tick, &mut shutdown, None).await {
         bounded(&state, "reconciler", reconciler::reconcile_once(&state)).await;
         bounded(&state, "refunds", refunds::refunds_once(&state)).await;
+        // The daily bill (对账), once yesterday's is due; errors are logged and retried later.
+        if let Some(Err(e)) = crate::reconciliation::reconcile_yesterday_if_due(&state).await {
+            tracing::warn!(error = %e, "daily reconciliation failed");
+        }
         if last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
             last_purge = Some(tokio::time::Instant::now());
             bounded(&state, "retention", retention::purge_once(&state)).await;
