@@ -19,7 +19,7 @@
 //! `RECHARGE_REFUND` none (the simulator has no recharge coupons, so always `No Bill Exist`).
 //!
 //! The `bill_amount_delta_fen` fault changes an order's payment row by that many fen (a bill
-//! that disagrees with the order); a payment whose notifications were dropped (`notify_drop`)
+//! that disagrees with the order), `bill_omit_payment` leaves it out; a payment whose notifications were dropped (`notify_drop`)
 //! is in the bill like any other; a refund made "in the merchant platform"
 //! ([`crate::Simulator::merchant_platform_refund`]) too.
 
@@ -128,7 +128,9 @@ pub(crate) fn bill_rows(st: &State, mch_id: &str, day: NaiveDate, bill_type: Bil
     let mut rows: Vec<(DateTime<Utc>, BillRow)> = Vec::new();
     for o in st.orders.values().filter(|o| o.mch_id == mch_id) {
         let (Some(tx), Some(paid_at)) = (o.transaction_id.as_deref(), o.time_end) else { continue };
-        let delta = st.faults.for_order(Some(&o.out_trade_no)).bill_amount_delta_fen.unwrap_or(0);
+        let faults = st.faults.for_order(Some(&o.out_trade_no));
+        let delta = faults.bill_amount_delta_fen.unwrap_or(0);
+        let omit = faults.bill_omit_payment;
         let base = BillRow {
             appid: o.appid.clone(),
             mch_id: o.mch_id.clone(),
@@ -147,7 +149,7 @@ pub(crate) fn bill_rows(st: &State, mch_id: &str, day: NaiveDate, bill_type: Bil
             fee_rate: FEE_RATE.into(),
             ..BillRow::default()
         };
-        if payments && on_day(paid_at, day) {
+        if payments && !omit && on_day(paid_at, day) {
             let amount = (o.total_fee as i64 + delta).max(0);
             let fen = Fen::new(amount as u64);
             rows.push((

@@ -61,6 +61,9 @@ pub struct FaultSet {
     /// The order's payment row in the trade bill (`/pay/downloadbill`) shows its amount changed
     /// by this many fen (may be negative): a bill that disagrees with the order.
     pub bill_amount_delta_fen: Option<i64>,
+    /// The order's payment row is left out of the trade bill (a payment the merchant recorded
+    /// that WeChat's bill does not show).
+    pub bill_omit_payment: bool,
 }
 
 impl FaultSet {
