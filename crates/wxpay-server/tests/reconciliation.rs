@@ -41,6 +41,19 @@ async fn refund(env: &TestEnv, order_no: &str, key: &str, fen: u64) -> Value {
     body
 }
 
+/// A test env whose webhook receiver records every event.
+async fn env_with_hooks() -> (TestEnv, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    let (hook_url, hooks) = webhook_receiver().await;
+    let env = TestEnv::start_with(move |c, _| c.webhook.url = Some(hook_url)).await;
+    (env, hooks)
+}
+
+/// Delivers the outbox and returns the `reconciliation.completed` events received.
+async fn completed_events(env: &TestEnv, hooks: &std::sync::Arc<std::sync::Mutex<Vec<Value>>>) -> Vec<Value> {
+    wxpay_server::worker::outbox::deliver_once(env.state()).await.unwrap();
+    hooks.lock().unwrap().iter().filter(|h| h["type"] == "reconciliation.completed").cloned().collect()
+}
+
 fn record(outcome: ReconcileOutcome) -> wxpay_server::store::ReconciliationRecord {
     match outcome {
         ReconcileOutcome::Completed(r) => r,
@@ -50,7 +63,7 @@ fn record(outcome: ReconcileOutcome) -> wxpay_server::store::ReconciliationRecor
 
 #[tokio::test]
 async fn a_clean_day_is_recorded_clean_with_its_fees_after_a_too_early_attempt() {
-    let env = TestEnv::start().await;
+    let (env, hooks) = env_with_hooks().await;
     let day = beijing_day(env.clock.now());
     let a = paid_order(&env, "alice").await;
     let b = paid_order(&env, "bob").await;
@@ -62,6 +75,7 @@ async fn a_clean_day_is_recorded_clean_with_its_fees_after_a_too_early_attempt()
     })
     .await;
 
+    assert!(completed_events(&env, &hooks).await.is_empty());
     // 08:30 the next day: the daily job waits for 10:00, and WeChat has no bill before 09:00.
     move_to_next_day(&env, day, 8, 30);
     assert!(reconcile_yesterday_if_due(env.state()).await.is_none(), "the daily job runs from 10:00 only");
@@ -94,6 +108,12 @@ async fn a_clean_day_is_recorded_clean_with_its_fees_after_a_too_early_attempt()
     let (_, list) = env.admin_get("/admin/api/reconciliations").await;
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert!(env.metrics().await.contains("wxpay_reconciliation_differences{kind=\"amount_mismatch\"} 0"));
+    let events = completed_events(&env, &hooks).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["data"]["date"], day.to_string());
+    assert_eq!(events[0]["data"]["status"], "clean");
+    assert_eq!(events[0]["data"]["counts"]["paid_not_recorded"], 0);
+    assert_eq!(events[0]["order_no"], Value::Null);
 
     // Once done, never redone.
     assert!(reconcile_yesterday_if_due(env.state()).await.is_none());
@@ -101,6 +121,7 @@ async fn a_clean_day_is_recorded_clean_with_its_fees_after_a_too_early_attempt()
         ReconcileOutcome::AlreadyDone(r) => assert_eq!(r, done),
         other => panic!("{other:?}"),
     }
+    assert_eq!(completed_events(&env, &hooks).await.len(), 1, "one event per day, however often it is asked for");
     let _ = (a, out_refund_no);
     env.shutdown().await;
 }
@@ -117,7 +138,7 @@ async fn a_day_without_trades_is_clean() {
 
 #[tokio::test]
 async fn each_difference_injected_by_the_simulator_is_found_classified_and_the_lost_payment_settled_once() {
-    let env = TestEnv::start().await;
+    let (env, hooks) = env_with_hooks().await;
     let day = beijing_day(env.clock.now());
     let changed = paid_order(&env, "u-changed").await;
     let omitted = paid_order(&env, "u-omitted").await;
@@ -176,6 +197,21 @@ async fn each_difference_injected_by_the_simulator_is_found_classified_and_the_l
     let metrics = env.metrics().await;
     assert!(metrics.contains("wxpay_reconciliation_differences{kind=\"paid_not_recorded\"} 1"), "{metrics}");
 
+    let events = completed_events(&env, &hooks).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["data"]["status"], "differences");
+    assert_eq!(events[0]["data"]["counts"], *counts);
+    // The lost payment's order.paid went out once, flagged.
+    let paid_hooks: Vec<Value> = hooks
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|h| h["type"] == "order.paid" && h["order_no"] == lost.as_str())
+        .cloned()
+        .collect();
+    assert_eq!(paid_hooks.len(), 1, "{paid_hooks:?}");
+    assert_eq!(paid_hooks[0]["data"]["needs_review"], true);
+
     // The lost payment: PAID exactly once, flagged for review, one order.paid event.
     let d = env.admin_detail(&lost).await;
     assert_eq!(d["order"]["status"], "PAID", "{d}");
@@ -194,5 +230,6 @@ async fn each_difference_injected_by_the_simulator_is_found_classified_and_the_l
     let (_, again) = env.admin_get(&format!("/admin/api/reconciliations/{day}")).await;
     assert_eq!(again, detail);
     assert_eq!(env.admin_detail(&lost).await, orders_before);
+    assert_eq!(completed_events(&env, &hooks).await.len(), 1);
     env.shutdown().await;
 }

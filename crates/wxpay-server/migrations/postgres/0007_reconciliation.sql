@@ -35,3 +35,7 @@ CREATE TABLE bill_fees (
     PRIMARY KEY (order_no, out_refund_no)
 );
 CREATE INDEX bill_fees_day ON bill_fees (bill_date);
+
+-- The `reconciliation.completed` webhook event belongs to a day, not an order: outbox rows may
+-- name no order (the foreign key still holds for those that do).
+ALTER TABLE outbox ALTER COLUMN order_no DROP NOT NULL;

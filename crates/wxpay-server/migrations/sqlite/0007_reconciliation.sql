@@ -35,3 +35,40 @@ CREATE TABLE bill_fees (
     PRIMARY KEY (order_no, out_refund_no)
 );
 CREATE INDEX bill_fees_day ON bill_fees (bill_date);
+
+-- The `reconciliation.completed` webhook event belongs to a day, not an order: outbox rows may
+-- name no order (the foreign key still holds for those that do). SQLite cannot drop NOT NULL in
+-- place, so the table is rebuilt as in 0003 (rows copied aside and back, same ids).
+CREATE TEMP TABLE outbox_before AS SELECT * FROM outbox;
+DROP TABLE outbox;
+
+CREATE TABLE outbox (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    order_no         TEXT REFERENCES orders (order_no),
+    kind             TEXT NOT NULL,
+    payload          TEXT NOT NULL,
+    created_at       INTEGER NOT NULL,
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  INTEGER NOT NULL,
+    lease_owner      TEXT,
+    lease_until      INTEGER,
+    delivered_at     INTEGER,
+    last_error       TEXT,
+    -- The refund an event reports ('' for order events).
+    refund_no        TEXT NOT NULL DEFAULT '',
+    dead_at          INTEGER,
+    -- Exactly one event per order, kind and refund, even under concurrent reports.
+    UNIQUE (order_no, kind, refund_no)
+);
+
+INSERT INTO outbox (id, order_no, kind, payload, created_at, attempts, next_attempt_at, lease_owner,
+    lease_until, delivered_at, last_error, refund_no, dead_at)
+SELECT id, order_no, kind, payload, created_at, attempts, next_attempt_at, lease_owner, lease_until,
+    delivered_at, last_error, refund_no, dead_at
+FROM outbox_before;
+
+DROP TABLE outbox_before;
+
+CREATE INDEX outbox_due ON outbox (delivered_at, next_attempt_at);
+CREATE INDEX outbox_delivered_at ON outbox (delivered_at) WHERE delivered_at IS NOT NULL;
+CREATE INDEX outbox_dead ON outbox (dead_at) WHERE dead_at IS NOT NULL;

@@ -12,7 +12,9 @@ pub mod reconciliation;
 mod refund;
 
 pub use access::Role;
-pub use events::{EventKind, OrderPaidEvent, OutboxKind, OutboxMessage, PaidItem, RefundOutcomeEvent};
+pub use events::{
+    EventKind, OrderPaidEvent, OutboxKind, OutboxMessage, PaidItem, ReconciliationCompletedEvent, RefundOutcomeEvent,
+};
 pub use machine::{
     decide, merge_review_reason, plan, CloseReason, Decision, LogEntry, OrderEvent, Payment, PaymentSource, Plan,
     RejectReason, Reported, Transition, CURRENCY, FIRST_QUERY_DELAY, REVIEW_FOUND_BY_RECONCILIATION,

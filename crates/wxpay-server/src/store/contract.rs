@@ -577,7 +577,7 @@ pub async fn outbox_claim_deliver_and_fail(h: &dyn StoreHarness) {
     let claimed = store.claim_outbox(t0(), "w1", lease, 10).await.unwrap();
     assert_eq!(claimed.len(), 1);
     let id = claimed[0].id;
-    assert_eq!((claimed[0].attempts, claimed[0].order_no.clone()), (0, no.clone()));
+    assert_eq!((claimed[0].attempts, claimed[0].order_no.clone()), (0, Some(no.clone())));
     assert!(store.claim_outbox(t0() + Duration::seconds(1), "w2", lease, 10).await.unwrap().is_empty());
 
     // Only the lease holder's failure counts.

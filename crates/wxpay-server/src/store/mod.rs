@@ -196,7 +196,8 @@ pub struct DueOrder {
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxEvent {
     pub id: i64,
-    pub order_no: OutTradeNo,
+    /// The order it is about; `None` for an event about no order (`reconciliation.completed`).
+    pub order_no: Option<OutTradeNo>,
     pub message: OutboxMessage,
     pub attempts: u32,
     pub created_at: DateTime<Utc>,

@@ -258,7 +258,7 @@ impl TryFrom<InboxRow> for StoredNotification {
 #[derive(FromRow)]
 pub(crate) struct OutboxRow {
     id: i64,
-    order_no: String,
+    order_no: Option<String>,
     kind: String,
     payload: String,
     attempts: i64,
@@ -275,7 +275,7 @@ impl TryFrom<OutboxRow> for OutboxEvent {
         let payload = serde_json::from_str(&r.payload).map_err(corrupt)?;
         Ok(OutboxEvent {
             id: r.id,
-            order_no: OutTradeNo::parse(r.order_no).map_err(corrupt)?,
+            order_no: r.order_no.map(OutTradeNo::parse).transpose().map_err(corrupt)?,
             message: OutboxMessage::from_parts(name("outbox kind", &r.kind)?, payload).map_err(corrupt)?,
             attempts: u32_from_db(r.attempts)?,
             created_at: from_ms(r.created_at)?,

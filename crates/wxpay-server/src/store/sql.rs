@@ -1304,6 +1304,31 @@ macro_rules! sql_store {
                                 .execute(&mut *conn)
                                 .await?;
                             }
+                            // Its webhook event, in the same transaction (an event about no order).
+                            let event = OutboxMessage::ReconciliationCompleted(
+                                $crate::domain::ReconciliationCompletedEvent {
+                                    date: date.clone(),
+                                    status: status.to_owned(),
+                                    bill_rows: day.bill_rows,
+                                    settlement_fen: c.settlement_fen,
+                                    refund_fen: c.refund_fen,
+                                    fee_millifen: c.fee_millifen,
+                                    counts: c.counts().into_iter().map(|(k, n)| (name_of(&k), n)).collect(),
+                                },
+                            );
+                            sqlx::query(
+                                "INSERT INTO outbox (order_no, kind, payload, created_at, next_attempt_at, refund_no) \
+                                 VALUES (NULL, $1, $2, $3, $3, $4)",
+                            )
+                            .bind(name_of(&event.kind()))
+                            .bind(event.payload().to_string())
+                            .bind(ms(day.now))
+                            .bind(&date)
+                            .execute(&mut *conn)
+                            .await?;
+                            if let Some(notify) = dialect::OUTBOX_NOTIFY {
+                                sqlx::query(notify).execute(&mut *conn).await?;
+                            }
                             for f in &c.fees {
                                 sqlx::query(
                                     "INSERT INTO bill_fees (order_no, out_refund_no, bill_date, fee_millifen) \
