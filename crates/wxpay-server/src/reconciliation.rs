@@ -41,7 +41,7 @@ pub enum ReconcileOutcome {
     AlreadyDone(ReconciliationRecord),
     /// The bill is not there yet (or WeChat failed): the day stays pending until `retry_at`.
     NotReady { reason: String, retry_at: DateTime<Utc> },
-    /// Another instance is on it, or the day's next attempt is not due yet.
+    /// Another instance is on it.
     Busy,
 }
 

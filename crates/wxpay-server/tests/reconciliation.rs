@@ -42,9 +42,15 @@ async fn refund(env: &TestEnv, order_no: &str, key: &str, fen: u64) -> Value {
 }
 
 /// A test env whose webhook receiver records every event.
-async fn env_with_hooks() -> (TestEnv, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+/// The daily job runs from `after_hour` (Beijing), retrying a bill that is not ready after 30 min.
+async fn env_with_hooks(after_hour: u32) -> (TestEnv, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
     let (hook_url, hooks) = webhook_receiver().await;
-    let env = TestEnv::start_with(move |c, _| c.webhook.url = Some(hook_url)).await;
+    let env = TestEnv::start_with(move |c, _| {
+        c.webhook.url = Some(hook_url);
+        c.reconciliation.after_hour = after_hour;
+        c.reconciliation.retry_secs = 1800;
+    })
+    .await;
     (env, hooks)
 }
 
@@ -63,7 +69,7 @@ fn record(outcome: ReconcileOutcome) -> wxpay_server::store::ReconciliationRecor
 
 #[tokio::test]
 async fn a_clean_day_is_recorded_clean_with_its_fees_after_a_too_early_attempt() {
-    let (env, hooks) = env_with_hooks().await;
+    let (env, hooks) = env_with_hooks(8).await;
     let day = beijing_day(env.clock.now());
     let a = paid_order(&env, "alice").await;
     let b = paid_order(&env, "bob").await;
@@ -76,10 +82,12 @@ async fn a_clean_day_is_recorded_clean_with_its_fees_after_a_too_early_attempt()
     .await;
 
     assert!(completed_events(&env, &hooks).await.is_empty());
-    // 08:30 the next day: the daily job waits for 10:00, and WeChat has no bill before 09:00.
+    // 07:59 the next day: before the configured hour (8 here), the daily job does nothing.
+    move_to_next_day(&env, day, 7, 59);
+    assert!(reconcile_yesterday_if_due(env.state()).await.is_none(), "the daily job runs from after_hour only");
+    // 08:30: it asks, and WeChat has no bill before 09:00.
     move_to_next_day(&env, day, 8, 30);
-    assert!(reconcile_yesterday_if_due(env.state()).await.is_none(), "the daily job runs from 10:00 only");
-    match reconcile_day(env.state(), day).await.unwrap() {
+    match reconcile_yesterday_if_due(env.state()).await.expect("due after 08:00").unwrap() {
         ReconcileOutcome::NotReady { reason, .. } => assert!(reason.contains("Bill Creating"), "{reason}"),
         other => panic!("a bill asked for too early must not complete: {other:?}"),
     }
@@ -87,14 +95,16 @@ async fn a_clean_day_is_recorded_clean_with_its_fees_after_a_too_early_attempt()
     assert_eq!(status, 200, "{pending}");
     assert_eq!(pending["status"], "pending", "{pending}");
     assert!(pending["last_error"].as_str().unwrap().contains("Bill Creating"), "{pending}");
-    // Not due again before its retry time.
-    assert_eq!(reconcile_day(env.state(), day).await.unwrap(), ReconcileOutcome::Busy);
+    // The daily job waits for the retry time; asked directly (`wxpay reconcile`), it asks WeChat again.
+    move_to_next_day(&env, day, 8, 50);
+    assert!(reconcile_yesterday_if_due(env.state()).await.is_none(), "not again before its retry time");
+    assert!(matches!(reconcile_day(env.state(), day).await.unwrap(), ReconcileOutcome::NotReady { .. }));
 
-    // 10:30: the daily job picks it up.
+    // 10:30: the daily job picks it up again.
     move_to_next_day(&env, day, 10, 30);
     let done = record(reconcile_yesterday_if_due(env.state()).await.expect("due after 10:00").unwrap());
     assert_eq!(done.status, "clean", "{done:?}");
-    assert_eq!(done.attempts, 2);
+    assert_eq!(done.attempts, 3);
     assert_eq!((done.settlement_fen, done.refund_fen, done.bill_rows), (1200, 100, 3));
     // 手续费 0.6%: 1200 fen → 7.2 fen, minus 0.6 fen given back with the refund.
     assert_eq!(done.fee_millifen, 1200 * 6 - 100 * 6);
@@ -138,7 +148,7 @@ async fn a_day_without_trades_is_clean() {
 
 #[tokio::test]
 async fn each_difference_injected_by_the_simulator_is_found_classified_and_the_lost_payment_settled_once() {
-    let (env, hooks) = env_with_hooks().await;
+    let (env, hooks) = env_with_hooks(10).await;
     let day = beijing_day(env.clock.now());
     let changed = paid_order(&env, "u-changed").await;
     let omitted = paid_order(&env, "u-omitted").await;

@@ -286,7 +286,7 @@ pub enum ReconciliationClaim {
     Claimed,
     /// Completed before: nothing is done again.
     Completed(ReconciliationRecord),
-    /// Another instance holds it, or its next attempt is not due yet.
+    /// Another instance holds it.
     Busy(Option<ReconciliationRecord>),
 }
 
@@ -507,7 +507,8 @@ pub trait Store: Send + Sync {
     /// Orders whose payment was recorded in `[from, to)` (their `paid_at`), oldest first.
     async fn orders_paid_between(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> StoreResult<Vec<Order>>;
     /// Leases the reconciliation of `bill_date` to `owner` until `lease_until` (creating its
-    /// row), unless it is completed, leased by someone else, or its next attempt is after `now`.
+    /// row), unless it is completed or leased by someone else (until a lease that ended
+    /// before `now`). Its next attempt time is the daily job's business, not checked here.
     async fn claim_reconciliation(
         &self,
         bill_date: chrono::NaiveDate,

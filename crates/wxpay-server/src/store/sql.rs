@@ -1198,14 +1198,14 @@ macro_rules! sql_store {
                             let (day, owner) = (day.clone(), owner.clone());
                             move |conn| {
                                 Box::pin(async move {
-                                    // A pending day whose lease lapsed and whose next attempt is due.
+                                    // A pending day nobody holds (the daily job also waits for its
+                                    // next attempt time; `wxpay reconcile` may ask at once).
                                     let row: Option<(String,)> = sqlx::query_as(
                                         "INSERT INTO reconciliations (bill_date, status, lease_owner, lease_until) \
                                          VALUES ($1, 'pending', $2, $3) ON CONFLICT (bill_date) DO UPDATE \
                                          SET lease_owner = $2, lease_until = $3 \
                                          WHERE reconciliations.status = 'pending' \
                                          AND (reconciliations.lease_until IS NULL OR reconciliations.lease_until <= $4) \
-                                         AND (reconciliations.next_attempt_at IS NULL OR reconciliations.next_attempt_at <= $4) \
                                          RETURNING bill_date",
                                     )
                                     .bind(day)
