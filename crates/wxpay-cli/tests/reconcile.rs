@@ -39,7 +39,10 @@ async fn reconcile_waits_for_the_bill_then_records_the_day_once() {
     let c = config.to_str().unwrap();
     let day = clock.now().with_timezone(&beijing()).date_naive();
     let next_day_at = |h: u32| {
-        (day + Duration::days(1)).and_time(NaiveTime::from_hms_opt(h, 0, 0).unwrap()).and_local_timezone(beijing()).unwrap()
+        (day + Duration::days(1))
+            .and_time(NaiveTime::from_hms_opt(h, 0, 0).unwrap())
+            .and_local_timezone(beijing())
+            .unwrap()
     };
     let date = day.format("%Y-%m-%d").to_string();
 

@@ -122,7 +122,9 @@ pub async fn reconcile_day(state: &AppState, day: NaiveDate) -> Result<Reconcile
                 )
                 .await
                 {
-                    Ok(outcome) => d.detail.push_str(&format!("; settled through orderquery: {}", outcome_name(&outcome))),
+                    Ok(outcome) => {
+                        d.detail.push_str(&format!("; settled through orderquery: {}", outcome_name(&outcome)))
+                    }
                     Err(e) => d.detail.push_str(&format!("; settling it failed: {e}")),
                 }
             }

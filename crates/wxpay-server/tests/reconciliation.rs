@@ -8,10 +8,12 @@
 mod common;
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
-use wxpay_proto::clock::Clock;
 use common::*;
 use serde_json::{json, Value};
-use wxpay_server::reconciliation::{beijing_day, day_bounds, reconcile_day, reconcile_yesterday_if_due, ReconcileOutcome};
+use wxpay_proto::clock::Clock;
+use wxpay_server::reconciliation::{
+    beijing_day, day_bounds, reconcile_day, reconcile_yesterday_if_due, ReconcileOutcome,
+};
 use wxpay_sim::{FaultConfig, FaultSet};
 
 /// Logs `user` in, orders two colas (600 fen) and pays; returns the order number once PAID.
@@ -190,7 +192,11 @@ async fn each_difference_injected_by_the_simulator_is_found_classified_and_the_l
     let (_, detail) = env.admin_get(&format!("/admin/api/reconciliations/{day}")).await;
     let diffs = detail["differences"].as_array().unwrap().clone();
     let find = |kind: &str, key: &str, value: &str| {
-        diffs.iter().find(|d| d["kind"] == kind && d[key] == value).cloned().unwrap_or_else(|| panic!("no {kind} for {value} in {diffs:#?}"))
+        diffs
+            .iter()
+            .find(|d| d["kind"] == kind && d[key] == value)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {kind} for {value} in {diffs:#?}"))
     };
     find("amount_mismatch", "order_no", &changed);
     find("missing_from_bill", "order_no", &omitted);
@@ -201,7 +207,14 @@ async fn each_difference_injected_by_the_simulator_is_found_classified_and_the_l
     assert!(lost_diff["detail"].as_str().unwrap().contains("settled through orderquery"), "{lost_diff}");
     diffs.iter().find(|d| d["kind"] == "totals_differ").expect("totals differ");
     let counts = &detail["counts"];
-    for kind in ["amount_mismatch", "missing_from_bill", "refund_unknown", "refund_status_differs", "paid_not_recorded", "totals_differ"] {
+    for kind in [
+        "amount_mismatch",
+        "missing_from_bill",
+        "refund_unknown",
+        "refund_status_differs",
+        "paid_not_recorded",
+        "totals_differ",
+    ] {
         assert_eq!(counts[kind], 1, "{kind}: {counts}");
     }
     let metrics = env.metrics().await;

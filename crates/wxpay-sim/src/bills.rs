@@ -122,7 +122,13 @@ fn fee_of(fen: i64) -> MilliFen {
 }
 
 /// The detail rows of `mch_id`'s bill of `day`, oldest first.
-pub(crate) fn bill_rows(st: &State, mch_id: &str, day: NaiveDate, bill_type: BillType, now: DateTime<Utc>) -> Vec<BillRow> {
+pub(crate) fn bill_rows(
+    st: &State,
+    mch_id: &str,
+    day: NaiveDate,
+    bill_type: BillType,
+    now: DateTime<Utc>,
+) -> Vec<BillRow> {
     let payments = matches!(bill_type, BillType::All | BillType::Success);
     let refunds = matches!(bill_type, BillType::All | BillType::Refund);
     let mut rows: Vec<(DateTime<Utc>, BillRow)> = Vec::new();

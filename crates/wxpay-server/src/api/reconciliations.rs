@@ -52,7 +52,11 @@ pub async fn list(
 }
 
 /// One day with its differences.
-pub async fn detail(_: Admin, State(state): State<SharedState>, Path(date): Path<String>) -> Result<Json<Value>, AppError> {
+pub async fn detail(
+    _: Admin,
+    State(state): State<SharedState>,
+    Path(date): Path<String>,
+) -> Result<Json<Value>, AppError> {
     let day = chrono::NaiveDate::parse_from_str(&date, "%Y-%m-%d")
         .map_err(|_| AppError::invalid_input(format!("date: {date:?} is not a day as YYYY-MM-DD")))?;
     let Some((record, differences)) = state.store.get_reconciliation(day).await? else {

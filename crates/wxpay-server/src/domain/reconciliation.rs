@@ -161,7 +161,10 @@ pub fn compare(rows: &[BillRow], summary: &BillSummary, ours: &Ours<'_>) -> Comp
         match ours.orders.get(&row.out_trade_no) {
             None => c.differences.push(diff(
                 DifferenceKind::PaidNotRecorded,
-                format!("the bill has a payment of {amount} fen (transaction {}) for an order unknown here", row.transaction_id),
+                format!(
+                    "the bill has a payment of {amount} fen (transaction {}) for an order unknown here",
+                    row.transaction_id
+                ),
             )),
             Some(order) => {
                 if order.amount.get() as i64 != amount {
@@ -195,7 +198,8 @@ pub fn compare(rows: &[BillRow], summary: &BillSummary, ours: &Ours<'_>) -> Comp
             });
         }
     }
-    let bill_net = summary.settlement_total_fee.get() as i64 - summary.settlement_refund_fee.map_or(0, |f| f.get() as i64);
+    let bill_net =
+        summary.settlement_total_fee.get() as i64 - summary.settlement_refund_fee.map_or(0, |f| f.get() as i64);
     let our_net = our_paid_fen - our_refunds_fen;
     if bill_net != our_net {
         c.differences.push(Difference {

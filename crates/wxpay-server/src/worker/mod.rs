@@ -1,6 +1,6 @@
 //! Background work, each written as a step function that tests can drive directly:
 //! [`reconciler::reconcile_once`] (then [`refunds::refunds_once`], the refunds to send again or
-//! query), [`outbox::deliver_once`] and [`retention::purge_once`] (hourly). [`run`] runs them as two
+//! query, and [`crate::reconciliation::reconcile_yesterday_if_due`], the daily bill), [`outbox::deliver_once`] and [`retention::purge_once`] (hourly). [`run`] runs them as two
 //! independent loops until shutdown: the reconciler every tick; the outbox continuously (it drains
 //! while there is work, and otherwise sleeps until a commit wakes it or the tick passes, which
 //! also picks up retries and events other instances committed).
