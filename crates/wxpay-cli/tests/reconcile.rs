@@ -37,7 +37,8 @@ async fn reconcile_waits_for_the_bill_then_records_the_day_once() {
     )
     .unwrap();
     let c = config.to_str().unwrap();
-    let day = clock.now().with_timezone(&beijing()).date_naive();
+    // Yesterday (a past day for the command's own clock); the simulated WeChat's clock is moved.
+    let day = clock.now().with_timezone(&beijing()).date_naive() - Duration::days(1);
     let next_day_at = |h: u32| {
         (day + Duration::days(1))
             .and_time(NaiveTime::from_hms_opt(h, 0, 0).unwrap())
@@ -68,5 +69,14 @@ async fn reconcile_waits_for_the_bill_then_records_the_day_once() {
     let out = wxpay(&["reconcile", "--date", "2026/11/28", "--config", c], dir.path());
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--date"));
+    // Today (in the server's clock) has no bill yet: refused, naming the rule.
+    let today = chrono::Utc::now().with_timezone(&beijing()).date_naive().format("%Y-%m-%d").to_string();
+    let out = wxpay(&["reconcile", "--date", &today, "--config", c], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a past day"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     sim.shutdown().await;
 }

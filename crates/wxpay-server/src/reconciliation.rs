@@ -59,6 +59,10 @@ pub fn beijing_day(t: DateTime<Utc>) -> NaiveDate {
 /// Reconciles the bill of `day` (see the module docs).
 pub async fn reconcile_day(state: &AppState, day: NaiveDate) -> Result<ReconcileOutcome, ReconcileError> {
     let now = state.clock.now();
+    // WeChat serves past days of the last 3 months only: refuse anything else before any write.
+    wxpay_proto::msg::downloadbill::DownloadBillRequest::new(day, wxpay_proto::msg::downloadbill::BillType::All)
+        .check_date(beijing_day(now))
+        .map_err(|e| ReconcileError::Refused(day, e.problem))?;
     let owner = state.instance_id.as_str();
     let lease_until = now + crate::worker::lease(state);
     match state.store.claim_reconciliation(day, owner, lease_until, now).await? {

@@ -88,9 +88,13 @@ async fn reconcile_loop(state: SharedState, tick: Duration, mut shutdown: watch:
     while !wait(tick, &mut shutdown, None).await {
         bounded(&state, "reconciler", reconciler::reconcile_once(&state)).await;
         bounded(&state, "refunds", refunds::refunds_once(&state)).await;
-        // The daily bill (对账), once yesterday's is due; errors are logged and retried later.
-        if let Some(Err(e)) = crate::reconciliation::reconcile_yesterday_if_due(&state).await {
-            tracing::warn!(error = %e, "daily reconciliation failed");
+        // The daily bill (对账), once yesterday's is due; errors are logged and retried later. Like
+        // every step it never outlives its lease (the day is then taken up again when it lapses).
+        let bound = lease(&state).to_std().unwrap_or(Duration::from_secs(60));
+        match tokio::time::timeout(bound, crate::reconciliation::reconcile_yesterday_if_due(&state)).await {
+            Ok(Some(Err(e))) => tracing::warn!(error = %e, "daily reconciliation failed"),
+            Err(_) => tracing::warn!("daily reconciliation cancelled: it outlived its lease"),
+            Ok(_) => {}
         }
         if last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
             last_purge = Some(tokio::time::Instant::now());
