@@ -13,6 +13,7 @@ mod debug;
 mod demo;
 mod products;
 mod qr;
+mod reconcile;
 mod refund;
 mod run;
 
@@ -107,6 +108,16 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Reconcile (对账) one Beijing day's trade bill with the orders and refunds, as the daily job
+    /// does (exit 75: the bill is not there yet, try again later).
+    Reconcile {
+        /// The day, YYYY-MM-DD (Beijing time), within the last 3 months, before today.
+        #[arg(long)]
+        date: String,
+        /// The server's configuration (database and merchant).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Refund (申请退款) part or all of a paid order through a running server's admin API.
     Refund {
         /// The order number (out_trade_no).
@@ -167,6 +178,7 @@ fn main() -> ExitCode {
             }))
         }
         Command::Backup { to, config } => run::block_on(backup::run(config, to)),
+        Command::Reconcile { date, config } => run::block_on(reconcile::run(config, date)),
         Command::Admin { command } => run::block_on(admin::run(command)),
     }
 }

@@ -131,6 +131,7 @@ pub struct Config {
     pub workers: WorkersConfig,
     pub inbox: InboxConfig,
     pub refunds: RefundsConfig,
+    pub reconciliation: ReconciliationConfig,
     pub log: LogConfig,
 }
 
@@ -275,6 +276,26 @@ pub struct WorkersConfig {
     /// reserved for the instance that claimed it. When an instance dies, its work is taken over
     /// after this. Must exceed the WeChat and webhook timeouts, so that live work is never taken.
     pub lease_secs: u64,
+}
+
+/// The daily reconciliation (对账) of yesterday's trade bill, run by the workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReconciliationConfig {
+    /// Reconcile yesterday's bill every day (when the workers run).
+    pub enabled: bool,
+    /// From this hour, Beijing time (0-23). WeChat generates day D's bill from 09:00 on D+1 and
+    /// advises fetching after 10:00.
+    pub after_hour: u32,
+    /// A bill that is not ready yet (`Bill Creating`) or a failed download is asked for again
+    /// after this many seconds.
+    pub retry_secs: u64,
+}
+
+impl Default for ReconciliationConfig {
+    fn default() -> Self {
+        ReconciliationConfig { enabled: true, after_hour: 10, retry_secs: 1800 }
+    }
 }
 
 /// Refunds (退款): when the refund worker sends again and asks `refundquery`.
@@ -705,6 +726,12 @@ impl Config {
         }
         if self.inbox.refused_per_minute == 0 || self.inbox.refused_burst == 0 {
             return Err(invalid("inbox.refused_per_minute", "refused_per_minute and refused_burst must be at least 1"));
+        }
+        if self.reconciliation.after_hour > 23 || self.reconciliation.retry_secs == 0 {
+            return Err(invalid(
+                "reconciliation.after_hour",
+                "after_hour must be an hour 0-23 (Beijing time; 10 is WeChat's advice) and retry_secs at least 1",
+            ));
         }
         if self.server.auth_per_minute == 0 || self.server.auth_burst == 0 {
             return Err(invalid("server.auth_per_minute", "auth_per_minute and auth_burst must be at least 1"));

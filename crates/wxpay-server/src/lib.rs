@@ -8,7 +8,7 @@
 //! * [`config`], [`app`]: one typed config, and everything built from it.
 //! * [`api`]: mini-program API, WeChat callbacks, admin API, operations; the use cases' errors are
 //!   mapped to HTTP in one place ([`api::error`]).
-//! * [`payments`], [`scan`], [`refunds`]: the use cases (own error types), shared by the API and
+//! * [`payments`], [`scan`], [`refunds`], [`reconciliation`] (the daily bill): the use cases (own error types), shared by the API and
 //!   the workers.
 //! * [`wechat`]: the adapter that calls WeChat (the only place that does); outcome enums, no
 //!   WeChat error codes above it.
@@ -27,6 +27,7 @@ pub mod domain;
 pub mod metrics;
 pub mod payments;
 pub mod qr;
+pub mod reconciliation;
 pub mod refunds;
 pub mod scan;
 pub mod state;

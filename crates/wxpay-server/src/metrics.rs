@@ -81,6 +81,13 @@ pub struct Metrics {
     pub orders_overdue: Gauge,
     /// 1 when the dependency (database, cache) answered at scrape time, else 0.
     pub dependency_up: Family<DependencyLabels, Gauge>,
+    /// Differences the latest completed daily reconciliation found, by kind.
+    pub reconciliation_differences: Family<KindLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
 }
 
 impl Default for Metrics {
@@ -124,6 +131,12 @@ impl Default for Metrics {
         );
         let dependency_up = Family::<DependencyLabels, Gauge>::default();
         registry.register("dependency_up", "1 when the dependency answered at scrape time", dependency_up.clone());
+        let reconciliation_differences = Family::<KindLabels, Gauge>::default();
+        registry.register(
+            "reconciliation_differences",
+            "Differences found by the latest completed daily bill reconciliation, by kind",
+            reconciliation_differences.clone(),
+        );
         Metrics {
             registry,
             http_requests,
@@ -131,6 +144,7 @@ impl Default for Metrics {
             webhook_backlog,
             orders_overdue,
             dependency_up,
+            reconciliation_differences,
             notifications,
             verification_failures,
             orders,
@@ -172,6 +186,11 @@ impl Metrics {
 
     pub fn set_dependency_up(&self, dependency: &str, up: bool) {
         self.dependency_up.get_or_create(&DependencyLabels { dependency: dependency.into() }).set(i64::from(up));
+    }
+
+    /// The counts per kind of the latest completed reconciliation.
+    pub fn set_reconciliation_differences(&self, kind: &str, count: i64) {
+        self.reconciliation_differences.get_or_create(&KindLabels { kind: kind.into() }).set(count);
     }
 
     pub fn set_orders(&self, status: &str, count: i64) {

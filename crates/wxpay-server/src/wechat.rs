@@ -65,6 +65,23 @@ pub enum QueryOutcome {
     Failed(WeChatFailure),
 }
 
+/// What `downloadbill` gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BillOutcome {
+    /// The bill, parsed and its summary checked.
+    Bill(Vec<wxpay_proto::bill::BillRow>, wxpay_proto::bill::BillSummary),
+    /// `No Bill Exist` (20002): no trade that day.
+    NoBill,
+    /// Not generated yet (`Bill Creating`, before 09:00-10:00 the next day) or a transient
+    /// failure: ask again later, conclude nothing.
+    NotReady(String),
+    /// Refused for good (bad date, signature, permission) or a malformed bill.
+    Failed(String),
+}
+
+/// The largest bill read (bytes as received): a day of this size is far beyond a small shop's.
+pub const MAX_BILL_BYTES: u64 = 256 * 1024 * 1024;
+
 /// What `closeorder` said.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloseOutcome {
@@ -240,6 +257,61 @@ impl WeChat {
             },
             Err(e) if business_code(&e) == Some(err_code::ORDERNOTEXIST) => QueryOutcome::NotFound,
             Err(e) => QueryOutcome::Failed(WeChatFailure::from(&e)),
+        }
+    }
+
+    /// `downloadbill` of the Beijing day `date`, `ALL` rows, gzip. The body goes to a temporary
+    /// file and is parsed from there with the streaming reader, so memory holds one line of the
+    /// bill at a time plus the rows returned.
+    pub async fn download_bill(&self, date: chrono::NaiveDate) -> BillOutcome {
+        use wxpay_proto::client::DownloadedBill;
+        use wxpay_proto::msg::downloadbill::{BillFailureKind, BillType, DownloadBillRequest};
+        let request = DownloadBillRequest::new(date, BillType::All).gzip();
+        let started = Instant::now();
+        let mut file = match tempfile::tempfile() {
+            Ok(f) => f,
+            Err(e) => return BillOutcome::NotReady(format!("cannot create a temporary file for the bill: {e}")),
+        };
+        let result = self.pay.download_bill(&request, &mut file, MAX_BILL_BYTES).await;
+        let outcome = match &result {
+            Ok(DownloadedBill::Written { .. }) => "ok".to_owned(),
+            Ok(DownloadedBill::Failure(f)) => f.return_msg.clone(),
+            Err(e) => e.label().to_owned(),
+        };
+        self.metrics.wechat_call("downloadbill", &outcome, started.elapsed());
+        match result {
+            Err(e) if e.is_retryable() => BillOutcome::NotReady(format!("downloadbill: {e}")),
+            Err(e) => BillOutcome::Failed(format!("downloadbill: {e}")),
+            Ok(DownloadedBill::Failure(f)) => match f.kind() {
+                BillFailureKind::NoBill => BillOutcome::NoBill,
+                BillFailureKind::RetryLater => BillOutcome::NotReady(format!("WeChat says: {}", f.return_msg)),
+                BillFailureKind::Refused => BillOutcome::Failed(format!(
+                    "WeChat refused the bill of {date}: {}{}",
+                    f.return_msg,
+                    f.error_code.map(|c| format!(" (error_code {c})")).unwrap_or_default()
+                )),
+            },
+            Ok(DownloadedBill::Written { .. }) => {
+                use std::io::{Seek, SeekFrom};
+                if let Err(e) = file.seek(SeekFrom::Start(0)) {
+                    return BillOutcome::NotReady(format!("cannot read back the bill: {e}"));
+                }
+                let parsed = tokio::task::spawn_blocking(move || {
+                    let mut reader = wxpay_proto::bill::BillReader::open(std::io::BufReader::new(file))?;
+                    let mut rows = Vec::new();
+                    for row in reader.by_ref() {
+                        rows.push(row?);
+                    }
+                    let summary = reader.finish()?;
+                    Ok::<_, wxpay_proto::bill::BillError>((rows, summary))
+                })
+                .await;
+                match parsed {
+                    Ok(Ok((rows, summary))) => BillOutcome::Bill(rows, summary),
+                    Ok(Err(e)) => BillOutcome::Failed(format!("the bill of {date} is malformed: {e}")),
+                    Err(e) => BillOutcome::NotReady(format!("parsing the bill stopped: {e}")),
+                }
+            }
         }
     }
 

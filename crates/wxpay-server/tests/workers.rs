@@ -415,6 +415,47 @@ impl Store for RiggedStore {
         self.inner.count_orders_by_status().await
     }
 
+    async fn orders_paid_between(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> StoreResult<Vec<Order>> {
+        self.inner.orders_paid_between(from, to).await
+    }
+
+    async fn claim_reconciliation(
+        &self,
+        bill_date: chrono::NaiveDate,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<wxpay_server::store::ReconciliationClaim> {
+        self.inner.claim_reconciliation(bill_date, owner, lease_until, now).await
+    }
+
+    async fn postpone_reconciliation(
+        &self,
+        bill_date: chrono::NaiveDate,
+        owner: &str,
+        next_attempt_at: DateTime<Utc>,
+        error: &str,
+    ) -> StoreResult<bool> {
+        self.inner.postpone_reconciliation(bill_date, owner, next_attempt_at, error).await
+    }
+
+    async fn complete_reconciliation(&self, day: &wxpay_server::store::CompletedDay, owner: &str) -> StoreResult<bool> {
+        self.inner.complete_reconciliation(day, owner).await
+    }
+
+    async fn get_reconciliation(
+        &self,
+        bill_date: chrono::NaiveDate,
+    ) -> StoreResult<
+        Option<(wxpay_server::store::ReconciliationRecord, Vec<wxpay_server::domain::reconciliation::Difference>)>,
+    > {
+        self.inner.get_reconciliation(bill_date).await
+    }
+
+    async fn list_reconciliations(&self, limit: u32) -> StoreResult<Vec<wxpay_server::store::ReconciliationRecord>> {
+        self.inner.list_reconciliations(limit).await
+    }
+
     async fn request_refund(
         &self,
         order_no: &OutTradeNo,

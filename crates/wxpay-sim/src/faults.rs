@@ -58,6 +58,12 @@ pub struct FaultSet {
     /// "Payment lands just as the merchant closes": closeorder first pays the order (when it has
     /// a prepay and a payer who can pay) and then answers ORDERPAID.
     pub pay_on_close: bool,
+    /// The order's payment row in the trade bill (`/pay/downloadbill`) shows its amount changed
+    /// by this many fen (may be negative): a bill that disagrees with the order.
+    pub bill_amount_delta_fen: Option<i64>,
+    /// The order's payment row is left out of the trade bill (a payment the merchant recorded
+    /// that WeChat's bill does not show).
+    pub bill_omit_payment: bool,
 }
 
 impl FaultSet {

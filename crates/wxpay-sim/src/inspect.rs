@@ -24,6 +24,57 @@ pub(crate) fn routes() -> Router<Arc<Simulator>> {
         .route("/sim/users/{user}", get(user).post(set_user))
         .route("/sim/faults", get(get_faults).post(set_faults).delete(clear_faults))
         .route("/sim/merchants/{mch_id}/scan_callback_url", post(set_scan_callback))
+        .route("/sim/clock", get(get_clock).post(advance_clock))
+        .route("/sim/orders/{mch_id}/{out_trade_no}/platform_refund", post(platform_refund))
+}
+
+fn bad_request(msg: String) -> Response {
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": msg }))).into_response()
+}
+
+async fn get_clock(AxState(sim): AxState<Arc<Simulator>>) -> Response {
+    Json(json!({ "now": sim.now().to_rfc3339() })).into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdvanceClock {
+    advance_secs: u64,
+}
+
+/// `POST /sim/clock {"advance_secs": N}`: moves the simulator's time forward N seconds.
+async fn advance_clock(AxState(sim): AxState<Arc<Simulator>>, body: Bytes) -> Response {
+    match serde_json::from_slice::<AdvanceClock>(&body) {
+        Ok(a) => Json(json!({ "now": sim.advance_clock(a.advance_secs).to_rfc3339() })).into_response(),
+        Err(e) => bad_request(format!(
+            "POST /sim/clock: {e}; send {{\"advance_secs\": N}} with N a whole number of seconds (forward only)"
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlatformRefund {
+    refund_fee: u64,
+}
+
+/// A refund made by hand in the merchant platform: SUCCESS at once, no notification.
+async fn platform_refund(
+    AxState(sim): AxState<Arc<Simulator>>,
+    Path((mch_id, out_trade_no)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let req = match serde_json::from_slice::<PlatformRefund>(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(format!("platform_refund: {e}; send {{\"refund_fee\": FEN}}")),
+    };
+    match sim.merchant_platform_refund(&mch_id, &out_trade_no, req.refund_fee) {
+        Some(r) => Json(r).into_response(),
+        None => bad_request(format!(
+            "order {out_trade_no} of {mch_id}: no such paid order with {} fen left to refund",
+            req.refund_fee
+        )),
+    }
 }
 
 fn not_found(what: &str) -> Response {

@@ -6,13 +6,16 @@
 //! * [`phone`]: the user's WeChat app: `wx.login`, `wx.requestPayment`, scanning a Native link.
 //! * [`notifier`]: payment and refund notifications with WeChat's retry schedule.
 //! * [`faults`]: duplicate / late / lost / forged / replayed notifications, API errors and timeouts.
-//! * [`inspect`]: `/sim/...` endpoints to look inside.
+//! * [`bills`]: `/pay/downloadbill`, the trade bill of a day from the simulator's own ledger.
+//! * [`inspect`]: `/sim/...` endpoints to look inside, move the clock forward
+//!   (`POST /sim/clock`) and make a refund "in the merchant platform".
 //!
 //! Embed it with [`serve`] (on `127.0.0.1:0` in tests) and drive time with an injected
 //! [`Clock`] (a `ManualClock` in tests).
 
 #![forbid(unsafe_code)]
 
+pub mod bills;
 pub mod config;
 pub mod deliveries;
 pub mod faults;
@@ -36,6 +39,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use wxpay_proto::clock::Clock;
 use wxpay_proto::msg::Merchant;
+use wxpay_proto::types::BeijingTime;
 use wxpay_proto::{ApiKey, AppId, MchId};
 
 pub use config::{load_config, MerchantConfig, SimConfig, UserConfig};
@@ -62,6 +66,9 @@ pub struct Simulator {
     http: reqwest::Client,
     /// Itself, for the notifier's delivery tasks.
     me: std::sync::Weak<Simulator>,
+    /// Seconds added to `clock` (`POST /sim/clock`), so that a standalone simulator can be
+    /// moved to "tomorrow after 10:00" for the bill.
+    clock_offset_secs: std::sync::atomic::AtomicI64,
 }
 
 impl Simulator {
@@ -133,13 +140,21 @@ impl Simulator {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| SimError::Config(format!("HTTP client: {e}")))?;
-        Ok(Arc::new_cyclic(|me| Simulator { state: Mutex::new(state), clock, config, http, me: me.clone() }))
+        Ok(Arc::new_cyclic(|me| Simulator {
+            state: Mutex::new(state),
+            clock,
+            config,
+            http,
+            me: me.clone(),
+            clock_offset_secs: std::sync::atomic::AtomicI64::new(0),
+        }))
     }
 
     /// Every route: pay API, sns, phone and `/sim/...`.
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .merge(payapi::routes())
+            .merge(bills::routes())
             .merge(sns::routes())
             .merge(phone::routes())
             .merge(inspect::routes())
@@ -152,7 +167,52 @@ impl Simulator {
     }
 
     pub fn now(&self) -> DateTime<Utc> {
-        self.clock.now()
+        self.clock.now() + chrono::Duration::seconds(self.clock_offset_secs.load(std::sync::atomic::Ordering::SeqCst))
+    }
+
+    /// Moves the simulator's time forward by `secs` (never back): what `POST /sim/clock` does.
+    /// Returns the new now.
+    pub fn advance_clock(&self, secs: u64) -> DateTime<Utc> {
+        let secs = i64::try_from(secs).unwrap_or(i64::MAX / 2).min(100 * 366 * 86_400);
+        self.clock_offset_secs.fetch_add(secs, std::sync::atomic::Ordering::SeqCst);
+        self.now()
+    }
+
+    /// A refund made by hand in the merchant platform (商户平台), not through the API: it is
+    /// SUCCESS at once, sends no notification, and shows in the bill. Its out_refund_no is
+    /// `MP` + 16 random characters. `None` when the order is unknown, unpaid, or has less than
+    /// `refund_fee` left.
+    pub fn merchant_platform_refund(&self, mch_id: &str, out_trade_no: &str, refund_fee: u64) -> Option<RefundView> {
+        let now = self.now();
+        let mut st = self.lock();
+        let key = (mch_id.to_owned(), out_trade_no.to_owned());
+        let o = st.orders.get(&key)?;
+        if !o.state.is_paid() || refund_fee == 0 || o.refunded_fen() + refund_fee > o.total_fee {
+            return None;
+        }
+        let out_refund_no = format!("MP{}", st.random_alnum(16));
+        let refund_id = st.new_refund_id(now);
+        let r = state::Refund {
+            out_refund_no: out_refund_no.clone(),
+            refund_id: refund_id.clone(),
+            refund_fee,
+            created_at: now,
+            settle_at: now,
+            notify_url: None,
+            final_status: wxpay_proto::msg::refund::RefundStatus::Success,
+        };
+        st.out_refund_nos.insert((mch_id.to_owned(), out_refund_no.clone()), key.clone());
+        st.refund_ids.insert(refund_id.clone(), key.clone());
+        let o = st.orders.get_mut(&key)?;
+        o.state = wxpay_proto::TradeState::Refund;
+        o.refunds.push(r);
+        Some(RefundView {
+            out_refund_no,
+            refund_id,
+            refund_fee,
+            refund_status: "SUCCESS".into(),
+            success_time: Some(BeijingTime::from_utc(now).to_wire()),
+        })
     }
 
     pub fn config(&self) -> &SimConfig {

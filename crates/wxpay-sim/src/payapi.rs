@@ -86,8 +86,8 @@ pub(crate) fn routes() -> Router<Arc<Simulator>> {
 }
 
 /// Pay-host endpoints that SDKs call but the simulator does not simulate: a documented FAIL.
-pub const UNSUPPORTED: [&str; 5] =
-    ["/pay/downloadbill", "/pay/micropay", "/secapi/pay/reverse", "/pay/downloadfundflow", "/pay/batchqueryevaluation"];
+pub const UNSUPPORTED: [&str; 4] =
+    ["/pay/micropay", "/secapi/pay/reverse", "/pay/downloadfundflow", "/pay/batchqueryevaluation"];
 
 /// Any path the simulator does not route on the pay host: WeChat answers XML, not an empty 404.
 pub(crate) fn unknown_endpoint(path: &str) -> Response {

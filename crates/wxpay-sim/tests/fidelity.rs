@@ -335,7 +335,7 @@ async fn unknown_and_startup_endpoints_answer_like_wechat() {
         ("/pay/nothing", "NOT_FOUND: /pay/nothing"),
         ("/pay/micropay", "NOT_SUPPORTED: /pay/micropay"),
         ("/secapi/pay/reverse", "NOT_SUPPORTED: /secapi/pay/reverse"),
-        ("/pay/downloadbill", "NOT_SUPPORTED: /pay/downloadbill"),
+        ("/pay/downloadfundflow", "NOT_SUPPORTED: /pay/downloadfundflow"),
     ] {
         let (status, ct, text) = raw_post(&base, path, signed.clone()).await;
         assert_eq!((status, ct.as_str()), (200, "text/plain"), "{path}");

@@ -343,7 +343,7 @@ pub async fn retire_product(
 fn outbox_view(o: &crate::store::OutboxEvent) -> Value {
     json!({
         "id": o.id,
-        "order_no": o.order_no.as_str(),
+        "order_no": o.order_no.as_ref().map(|n| n.as_str()),
         "kind": o.message.kind(),
         "attempts": o.attempts,
         "created_at": api_time(o.created_at),

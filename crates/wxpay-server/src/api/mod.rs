@@ -24,6 +24,7 @@ pub mod callbacks;
 pub mod error;
 pub mod mp;
 pub mod ops;
+pub mod reconciliations;
 pub mod till;
 pub mod views;
 
@@ -44,6 +45,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/admin/api/products/{id}/{file}", get(admin::product_qr))
         .route("/admin/api/audit", get(admin::audit_log))
         .route("/admin/api/webhooks/dead", get(admin::dead_letters))
+        .route("/admin/api/reconciliations", get(reconciliations::list))
+        .route("/admin/api/reconciliations/{date}", get(reconciliations::detail))
         .route("/admin/api/webhooks/{id}/resend", post(admin::resend_webhook))
         .route("/admin/products/qr-sheet", get(admin::qr_sheet))
         .route("/till/api/products/{id}", get(till::product))

@@ -37,6 +37,25 @@ pub enum OutboxKind {
     /// CHANGE (退款异常), REFUNDCLOSE, or refused by WeChat.
     #[serde(rename = "refund.failed")]
     RefundFailed,
+    /// The daily bill reconciliation of a day completed (clean or with differences).
+    #[serde(rename = "reconciliation.completed")]
+    ReconciliationCompleted,
+}
+
+/// `reconciliation.completed`: one per reconciled day, with the count of each kind of difference.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReconciliationCompletedEvent {
+    /// The Beijing day of the bill, `YYYY-MM-DD`.
+    pub date: String,
+    /// `clean` or `differences`.
+    pub status: String,
+    pub bill_rows: i64,
+    pub settlement_fen: i64,
+    pub refund_fen: i64,
+    /// 手续费, 1/1000 fen.
+    pub fee_millifen: i64,
+    /// Differences per kind (every kind, 0 when none).
+    pub counts: std::collections::BTreeMap<String, u64>,
 }
 
 /// One paid line, as fulfilment needs it.
@@ -114,6 +133,7 @@ pub enum OutboxMessage {
     OrderPaid(OrderPaidEvent),
     RefundSucceeded(RefundOutcomeEvent),
     RefundFailed(RefundOutcomeEvent),
+    ReconciliationCompleted(ReconciliationCompletedEvent),
 }
 
 impl OutboxMessage {
@@ -122,13 +142,14 @@ impl OutboxMessage {
             OutboxMessage::OrderPaid(_) => OutboxKind::OrderPaid,
             OutboxMessage::RefundSucceeded(_) => OutboxKind::RefundSucceeded,
             OutboxMessage::RefundFailed(_) => OutboxKind::RefundFailed,
+            OutboxMessage::ReconciliationCompleted(_) => OutboxKind::ReconciliationCompleted,
         }
     }
 
     /// The refund it reports, if any: an order has at most one event per kind and refund.
     pub fn refund_no(&self) -> Option<&str> {
         match self {
-            OutboxMessage::OrderPaid(_) => None,
+            OutboxMessage::OrderPaid(_) | OutboxMessage::ReconciliationCompleted(_) => None,
             OutboxMessage::RefundSucceeded(e) | OutboxMessage::RefundFailed(e) => Some(&e.out_refund_no),
         }
     }
@@ -138,6 +159,7 @@ impl OutboxMessage {
         let value = match self {
             OutboxMessage::OrderPaid(e) => serde_json::to_value(e),
             OutboxMessage::RefundSucceeded(e) | OutboxMessage::RefundFailed(e) => serde_json::to_value(e),
+            OutboxMessage::ReconciliationCompleted(e) => serde_json::to_value(e),
         };
         // Plain structs of strings and numbers always serialize.
         value.unwrap_or(serde_json::Value::Null)
@@ -149,6 +171,9 @@ impl OutboxMessage {
             OutboxKind::OrderPaid => serde_json::from_value(payload).map(OutboxMessage::OrderPaid),
             OutboxKind::RefundSucceeded => serde_json::from_value(payload).map(OutboxMessage::RefundSucceeded),
             OutboxKind::RefundFailed => serde_json::from_value(payload).map(OutboxMessage::RefundFailed),
+            OutboxKind::ReconciliationCompleted => {
+                serde_json::from_value(payload).map(OutboxMessage::ReconciliationCompleted)
+            }
         }
     }
 }

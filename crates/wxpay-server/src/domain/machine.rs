@@ -19,7 +19,14 @@ pub enum PaymentSource {
     Notification,
     /// An `orderquery` answer with trade_state SUCCESS.
     Query,
+    /// An `orderquery` SUCCESS asked because the daily bill listed a payment we had not
+    /// recorded (掉单): recorded like any payment, and flagged for review.
+    Reconciliation,
 }
+
+/// Why an order paid through [`PaymentSource::Reconciliation`] is flagged.
+pub const REVIEW_FOUND_BY_RECONCILIATION: &str =
+    "payment found by the daily bill reconciliation (掉单: no notification or query had recorded it)";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -189,7 +196,7 @@ pub fn decide(order: &Order, event: &OrderEvent, now: DateTime<Utc>) -> Decision
             }
             Paid | Closed | PartiallyRefunded | Refunded => wrong_state(),
         },
-        OrderEvent::PaymentConfirmed { transaction_id, amount, paid_at, reported, .. } => {
+        OrderEvent::PaymentConfirmed { transaction_id, amount, paid_at, reported, source } => {
             // The amount is checked first and in every state: a mismatch never changes anything.
             if *amount != order.amount {
                 return Decision::Reject(RejectReason::AmountMismatch { expected: order.amount, got: *amount });
@@ -222,6 +229,14 @@ pub fn decide(order: &Order, event: &OrderEvent, now: DateTime<Utc>) -> Decision
                         // to choose between shipping and refunding.
                         next.needs_review = true;
                         next.review_reason = Some(REVIEW_PAID_AFTER_CLOSE.to_owned());
+                    }
+                    if *source == PaymentSource::Reconciliation {
+                        if let Some(merged) =
+                            merge_review_reason(next.review_reason.as_deref(), REVIEW_FOUND_BY_RECONCILIATION)
+                        {
+                            next.needs_review = true;
+                            next.review_reason = Some(merged);
+                        }
                     }
                     // Money moved, so the payment stands; a report that does not match the
                     // order is held for a human.

@@ -8,13 +8,17 @@ mod events;
 mod machine;
 mod order;
 mod product;
+pub mod reconciliation;
 mod refund;
 
 pub use access::Role;
-pub use events::{EventKind, OrderPaidEvent, OutboxKind, OutboxMessage, PaidItem, RefundOutcomeEvent};
+pub use events::{
+    EventKind, OrderPaidEvent, OutboxKind, OutboxMessage, PaidItem, ReconciliationCompletedEvent, RefundOutcomeEvent,
+};
 pub use machine::{
     decide, merge_review_reason, plan, CloseReason, Decision, LogEntry, OrderEvent, Payment, PaymentSource, Plan,
-    RejectReason, Reported, Transition, CURRENCY, FIRST_QUERY_DELAY, REVIEW_PAID_AFTER_CLOSE,
+    RejectReason, Reported, Transition, CURRENCY, FIRST_QUERY_DELAY, REVIEW_FOUND_BY_RECONCILIATION,
+    REVIEW_PAID_AFTER_CLOSE,
 };
 pub use order::{new_order_no, price_order, Fulfilment, Order, OrderItem, OrderStatus, MAX_LINES, MAX_QUANTITY};
 pub use product::{Product, User};

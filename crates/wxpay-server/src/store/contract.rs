@@ -65,7 +65,8 @@ macro_rules! store_contract_tests {
             refunds_partial_then_over_the_paid_amount_is_refused,
             concurrent_refunds_never_exceed_the_paid_amount,
             refund_results_apply_once_with_their_inbox_row,
-            refund_worker_claims_due_refunds_with_leases
+            refund_worker_claims_due_refunds_with_leases,
+            reconciliation_days_are_leased_and_completed_once
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {
@@ -577,7 +578,7 @@ pub async fn outbox_claim_deliver_and_fail(h: &dyn StoreHarness) {
     let claimed = store.claim_outbox(t0(), "w1", lease, 10).await.unwrap();
     assert_eq!(claimed.len(), 1);
     let id = claimed[0].id;
-    assert_eq!((claimed[0].attempts, claimed[0].order_no.clone()), (0, no.clone()));
+    assert_eq!((claimed[0].attempts, claimed[0].order_no.clone()), (0, Some(no.clone())));
     assert!(store.claim_outbox(t0() + Duration::seconds(1), "w2", lease, 10).await.unwrap().is_empty());
 
     // Only the lease holder's failure counts.
@@ -1142,4 +1143,64 @@ pub async fn refund_worker_claims_due_refunds_with_leases(h: &dyn StoreHarness) 
     let far = t0() + Duration::days(1);
     assert!(store.claim_due_refunds(far, "c", Duration::seconds(60), 10).await.unwrap().is_empty());
     assert_eq!(store.get_refund(&rno).await.unwrap().unwrap().status, RefundStatus::Success);
+}
+
+pub async fn reconciliation_days_are_leased_and_completed_once(h: &dyn StoreHarness) {
+    use crate::domain::reconciliation::{Comparison, Difference, DifferenceKind, RowFee};
+    use crate::store::{CompletedDay, ReconciliationClaim};
+    let store = h.open().await;
+    let order = paid_seed(&*store).await;
+    let paid_at = order.paid_at.unwrap();
+    let found = store.orders_paid_between(paid_at, paid_at + Duration::milliseconds(1)).await.unwrap();
+    assert_eq!(found.iter().map(|o| o.order_no.clone()).collect::<Vec<_>>(), vec![order.order_no.clone()]);
+    assert!(store.orders_paid_between(paid_at + Duration::milliseconds(1), far_future()).await.unwrap().is_empty());
+
+    let day = chrono::NaiveDate::from_ymd_opt(2024, 5, 1).unwrap();
+    let lease = t0() + Duration::seconds(60);
+    assert_eq!(store.claim_reconciliation(day, "a", lease, t0()).await.unwrap(), ReconciliationClaim::Claimed);
+    // One instance at a time: b waits until a's lease lapses.
+    assert!(matches!(store.claim_reconciliation(day, "b", lease, t0()).await.unwrap(), ReconciliationClaim::Busy(_)));
+    assert!(!store.postpone_reconciliation(day, "b", lease, "not mine").await.unwrap());
+    assert!(store.postpone_reconciliation(day, "a", lease, "Bill Creating").await.unwrap());
+    let (pending, _) = store.get_reconciliation(day).await.unwrap().unwrap();
+    assert_eq!((pending.status.as_str(), pending.attempts), ("pending", 1));
+    assert_eq!(pending.last_error.as_deref(), Some("Bill Creating"));
+    assert_eq!(store.claim_reconciliation(day, "b", lease, t0()).await.unwrap(), ReconciliationClaim::Claimed);
+
+    let comparison = Comparison {
+        differences: vec![Difference {
+            kind: DifferenceKind::AmountMismatch,
+            order_no: Some(order.order_no.to_string()),
+            out_refund_no: None,
+            detail: "the bill says 1 fen".into(),
+        }],
+        fees: vec![RowFee { order_no: order.order_no.to_string(), out_refund_no: String::new(), fee_millifen: 42 }],
+        settlement_fen: 1,
+        refund_fen: 0,
+        fee_millifen: 42,
+    };
+    let done = CompletedDay { bill_date: day, bill_rows: 1, comparison, now: t0() };
+    assert!(!store.complete_reconciliation(&done, "a").await.unwrap(), "a no longer holds the day");
+    assert!(store.complete_reconciliation(&done, "b").await.unwrap());
+    let (record, diffs) = store.get_reconciliation(day).await.unwrap().unwrap();
+    assert_eq!((record.status.as_str(), record.attempts, record.fee_millifen), ("differences", 2, 42));
+    assert_eq!(record.counts["amount_mismatch"], 1);
+    assert_eq!(diffs, done.comparison.differences);
+    // Completed: never claimed again, never completed twice.
+    assert!(matches!(
+        store.claim_reconciliation(day, "c", far_future(), far_future()).await.unwrap(),
+        ReconciliationClaim::Completed(_)
+    ));
+    assert!(!store.complete_reconciliation(&done, "b").await.unwrap());
+    assert_eq!(store.get_reconciliation(day).await.unwrap().unwrap().1.len(), 1);
+    assert_eq!(store.list_reconciliations(10).await.unwrap(), vec![record]);
+    // Its webhook event names no order.
+    let events = store.claim_outbox(far_future(), "w", Duration::seconds(60), 10).await.unwrap();
+    let recon: Vec<_> = events.iter().filter(|e| e.order_no.is_none()).collect();
+    assert_eq!(recon.len(), 1);
+    assert_eq!(recon[0].message.kind(), crate::domain::OutboxKind::ReconciliationCompleted);
+}
+
+fn far_future() -> DateTime<Utc> {
+    t0() + Duration::days(3650)
 }

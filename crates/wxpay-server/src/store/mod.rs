@@ -196,7 +196,8 @@ pub struct DueOrder {
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxEvent {
     pub id: i64,
-    pub order_no: OutTradeNo,
+    /// The order it is about; `None` for an event about no order (`reconciliation.completed`).
+    pub order_no: Option<OutTradeNo>,
     pub message: OutboxMessage,
     pub attempts: u32,
     pub created_at: DateTime<Utc>,
@@ -257,6 +258,45 @@ pub struct AuditEvent {
     pub subject: String,
     pub before: Option<serde_json::Value>,
     pub after: Option<serde_json::Value>,
+}
+
+/// A day of the daily reconciliation (对账) as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReconciliationRecord {
+    /// The Beijing day of the bill.
+    pub bill_date: chrono::NaiveDate,
+    /// `pending` (not completed yet: too early, or WeChat failed), `clean` or `differences`.
+    pub status: String,
+    pub attempts: i64,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub bill_rows: i64,
+    pub settlement_fen: i64,
+    pub refund_fen: i64,
+    pub fee_millifen: i64,
+    /// Differences per kind.
+    pub counts: serde_json::Value,
+}
+
+/// What [`Store::claim_reconciliation`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReconciliationClaim {
+    /// Leased to the caller until the lease ends.
+    Claimed,
+    /// Completed before: nothing is done again.
+    Completed(ReconciliationRecord),
+    /// Another instance holds it.
+    Busy(Option<ReconciliationRecord>),
+}
+
+/// A completed day, written by [`Store::complete_reconciliation`].
+#[derive(Debug, Clone)]
+pub struct CompletedDay {
+    pub bill_date: chrono::NaiveDate,
+    pub bill_rows: i64,
+    pub comparison: crate::domain::reconciliation::Comparison,
+    pub now: DateTime<Utc>,
 }
 
 #[async_trait]
@@ -463,6 +503,39 @@ pub trait Store: Send + Sync {
         owner: &str,
         next_attempt_at: DateTime<Utc>,
     ) -> StoreResult<bool>;
+
+    /// Orders whose payment was recorded in `[from, to)` (their `paid_at`), oldest first.
+    async fn orders_paid_between(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> StoreResult<Vec<Order>>;
+    /// Leases the reconciliation of `bill_date` to `owner` until `lease_until` (creating its
+    /// row), unless it is completed or leased by someone else (until a lease that ended
+    /// before `now`). Its next attempt time is the daily job's business, not checked here.
+    async fn claim_reconciliation(
+        &self,
+        bill_date: chrono::NaiveDate,
+        owner: &str,
+        lease_until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ReconciliationClaim>;
+    /// Counts a failed attempt (the bill is not ready, WeChat failed), keeps why, sets the next
+    /// attempt and releases the lease. False when `owner` no longer holds it.
+    async fn postpone_reconciliation(
+        &self,
+        bill_date: chrono::NaiveDate,
+        owner: &str,
+        next_attempt_at: DateTime<Utc>,
+        error: &str,
+    ) -> StoreResult<bool>;
+    /// Records a completed day in one transaction: its totals and counts, its differences and
+    /// the bill's fee of every row; releases the lease. False (nothing written) when `owner` no
+    /// longer holds it.
+    async fn complete_reconciliation(&self, day: &CompletedDay, owner: &str) -> StoreResult<bool>;
+    /// A day with its differences.
+    async fn get_reconciliation(
+        &self,
+        bill_date: chrono::NaiveDate,
+    ) -> StoreResult<Option<(ReconciliationRecord, Vec<crate::domain::reconciliation::Difference>)>>;
+    /// Newest day first.
+    async fn list_reconciliations(&self, limit: u32) -> StoreResult<Vec<ReconciliationRecord>>;
 
     /// Every status with its count (statuses with no orders included as 0).
     async fn count_orders_by_status(&self) -> StoreResult<Vec<(OrderStatus, i64)>>;

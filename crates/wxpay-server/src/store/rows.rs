@@ -258,7 +258,7 @@ impl TryFrom<InboxRow> for StoredNotification {
 #[derive(FromRow)]
 pub(crate) struct OutboxRow {
     id: i64,
-    order_no: String,
+    order_no: Option<String>,
     kind: String,
     payload: String,
     attempts: i64,
@@ -275,7 +275,7 @@ impl TryFrom<OutboxRow> for OutboxEvent {
         let payload = serde_json::from_str(&r.payload).map_err(corrupt)?;
         Ok(OutboxEvent {
             id: r.id,
-            order_no: OutTradeNo::parse(r.order_no).map_err(corrupt)?,
+            order_no: r.order_no.map(OutTradeNo::parse).transpose().map_err(corrupt)?,
             message: OutboxMessage::from_parts(name("outbox kind", &r.kind)?, payload).map_err(corrupt)?,
             attempts: u32_from_db(r.attempts)?,
             created_at: from_ms(r.created_at)?,
@@ -425,6 +425,66 @@ impl TryFrom<AuditRow> for AuditEvent {
             subject: r.subject,
             before: json(r.before)?,
             after: json(r.after)?,
+        })
+    }
+}
+
+/// The reconciliation columns, in the order [`ReconciliationRow`] has them.
+pub(crate) const RECONCILIATION_COLS: &str = "bill_date, status, attempts, next_attempt_at, last_error, completed_at, \
+     bill_rows, settlement_fen, refund_fen, fee_millifen, counts";
+
+#[derive(FromRow)]
+pub(crate) struct ReconciliationRow {
+    bill_date: String,
+    status: String,
+    attempts: i64,
+    next_attempt_at: Option<i64>,
+    last_error: Option<String>,
+    completed_at: Option<i64>,
+    bill_rows: i64,
+    settlement_fen: i64,
+    refund_fen: i64,
+    fee_millifen: i64,
+    counts: String,
+}
+
+impl TryFrom<ReconciliationRow> for super::ReconciliationRecord {
+    type Error = StoreError;
+    fn try_from(r: ReconciliationRow) -> StoreResult<Self> {
+        Ok(super::ReconciliationRecord {
+            bill_date: chrono::NaiveDate::parse_from_str(&r.bill_date, "%Y-%m-%d")
+                .map_err(|e| StoreError::Corrupt(format!("reconciliations.bill_date {:?}: {e}", r.bill_date)))?,
+            status: r.status,
+            attempts: r.attempts,
+            next_attempt_at: opt_from_ms(r.next_attempt_at)?,
+            last_error: r.last_error,
+            completed_at: opt_from_ms(r.completed_at)?,
+            bill_rows: r.bill_rows,
+            settlement_fen: r.settlement_fen,
+            refund_fen: r.refund_fen,
+            fee_millifen: r.fee_millifen,
+            counts: serde_json::from_str(&r.counts)
+                .map_err(|e| StoreError::Corrupt(format!("reconciliations.counts: {e}")))?,
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(crate) struct DifferenceRow {
+    kind: String,
+    order_no: Option<String>,
+    out_refund_no: Option<String>,
+    detail: String,
+}
+
+impl TryFrom<DifferenceRow> for crate::domain::reconciliation::Difference {
+    type Error = StoreError;
+    fn try_from(r: DifferenceRow) -> StoreResult<Self> {
+        Ok(crate::domain::reconciliation::Difference {
+            kind: name("reconciliation_differences.kind", &r.kind)?,
+            order_no: r.order_no,
+            out_refund_no: r.out_refund_no,
+            detail: r.detail,
         })
     }
 }

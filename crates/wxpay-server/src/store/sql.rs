@@ -1168,6 +1168,224 @@ macro_rules! sql_store {
                     Ok(with_items(&mut conn, rows).await?.pop())
                 }
 
+                async fn orders_paid_between(
+                    &self,
+                    from: chrono::DateTime<chrono::Utc>,
+                    to: chrono::DateTime<chrono::Utc>,
+                ) -> StoreResult<Vec<Order>> {
+                    let mut conn = self.read_conn().await?;
+                    let rows: Vec<OrderRow> = sqlx::query_as(&format!(
+                        "SELECT {ORDER_COLS} FROM orders WHERE paid_at >= $1 AND paid_at < $2 \
+                         ORDER BY paid_at, order_no"
+                    ))
+                    .bind(ms(from))
+                    .bind(ms(to))
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    with_items(&mut conn, rows).await
+                }
+
+                async fn claim_reconciliation(
+                    &self,
+                    bill_date: chrono::NaiveDate,
+                    owner: &str,
+                    lease_until: chrono::DateTime<chrono::Utc>,
+                    now: chrono::DateTime<chrono::Utc>,
+                ) -> StoreResult<$crate::store::ReconciliationClaim> {
+                    let (day, owner) = (bill_date.format("%Y-%m-%d").to_string(), owner.to_owned());
+                    let claimed = self
+                        .write_one({
+                            let (day, owner) = (day.clone(), owner.clone());
+                            move |conn| {
+                                Box::pin(async move {
+                                    // A pending day nobody holds (the daily job also waits for its
+                                    // next attempt time; `wxpay reconcile` may ask at once).
+                                    let row: Option<(String,)> = sqlx::query_as(
+                                        "INSERT INTO reconciliations (bill_date, status, lease_owner, lease_until) \
+                                         VALUES ($1, 'pending', $2, $3) ON CONFLICT (bill_date) DO UPDATE \
+                                         SET lease_owner = $2, lease_until = $3 \
+                                         WHERE reconciliations.status = 'pending' \
+                                         AND (reconciliations.lease_until IS NULL OR reconciliations.lease_until <= $4) \
+                                         RETURNING bill_date",
+                                    )
+                                    .bind(day)
+                                    .bind(owner)
+                                    .bind(ms(lease_until))
+                                    .bind(ms(now))
+                                    .fetch_optional(&mut *conn)
+                                    .await?;
+                                    Ok(row.is_some())
+                                })
+                            }
+                        })
+                        .await?;
+                    if claimed {
+                        return Ok($crate::store::ReconciliationClaim::Claimed);
+                    }
+                    let record = self.get_reconciliation(bill_date).await?.map(|(r, _)| r);
+                    Ok(match record {
+                        Some(r) if r.status != "pending" => $crate::store::ReconciliationClaim::Completed(r),
+                        other => $crate::store::ReconciliationClaim::Busy(other),
+                    })
+                }
+
+                async fn postpone_reconciliation(
+                    &self,
+                    bill_date: chrono::NaiveDate,
+                    owner: &str,
+                    next_attempt_at: chrono::DateTime<chrono::Utc>,
+                    error: &str,
+                ) -> StoreResult<bool> {
+                    let (day, owner, error) =
+                        (bill_date.format("%Y-%m-%d").to_string(), owner.to_owned(), storable(error));
+                    self.write_one(move |conn| {
+                        Box::pin(async move {
+                            let done = sqlx::query(
+                                "UPDATE reconciliations SET attempts = attempts + 1, next_attempt_at = $3, \
+                                 last_error = $4, lease_owner = NULL, lease_until = NULL \
+                                 WHERE bill_date = $1 AND lease_owner = $2 AND status = 'pending'",
+                            )
+                            .bind(day)
+                            .bind(owner)
+                            .bind(ms(next_attempt_at))
+                            .bind(error)
+                            .execute(&mut *conn)
+                            .await?;
+                            Ok(done.rows_affected() == 1)
+                        })
+                    })
+                    .await
+                }
+
+                async fn complete_reconciliation(
+                    &self,
+                    day: &$crate::store::CompletedDay,
+                    owner: &str,
+                ) -> StoreResult<bool> {
+                    let (day, owner) = (day.clone(), owner.to_owned());
+                    self.write_tx(move |conn| {
+                        Box::pin(async move {
+                            let date = day.bill_date.format("%Y-%m-%d").to_string();
+                            let c = &day.comparison;
+                            let status = if c.differences.is_empty() { "clean" } else { "differences" };
+                            let counts: serde_json::Map<String, serde_json::Value> =
+                                c.counts().into_iter().map(|(k, n)| (name_of(&k), n.into())).collect();
+                            let done = sqlx::query(
+                                "UPDATE reconciliations SET status = $3, attempts = attempts + 1, \
+                                 completed_at = $4, bill_rows = $5, settlement_fen = $6, refund_fen = $7, \
+                                 fee_millifen = $8, counts = $9, last_error = NULL, next_attempt_at = NULL, \
+                                 lease_owner = NULL, lease_until = NULL \
+                                 WHERE bill_date = $1 AND lease_owner = $2 AND status = 'pending'",
+                            )
+                            .bind(&date)
+                            .bind(owner)
+                            .bind(status)
+                            .bind(ms(day.now))
+                            .bind(day.bill_rows)
+                            .bind(c.settlement_fen)
+                            .bind(c.refund_fen)
+                            .bind(c.fee_millifen)
+                            .bind(serde_json::Value::Object(counts).to_string())
+                            .execute(&mut *conn)
+                            .await?;
+                            if done.rows_affected() != 1 {
+                                return Ok(false);
+                            }
+                            for d in &c.differences {
+                                sqlx::query(
+                                    "INSERT INTO reconciliation_differences \
+                                     (bill_date, kind, order_no, out_refund_no, detail) VALUES ($1, $2, $3, $4, $5)",
+                                )
+                                .bind(&date)
+                                .bind(name_of(&d.kind))
+                                .bind(d.order_no.as_deref().map(storable))
+                                .bind(d.out_refund_no.as_deref().map(storable))
+                                .bind(storable(&d.detail))
+                                .execute(&mut *conn)
+                                .await?;
+                            }
+                            // Its webhook event, in the same transaction (an event about no order).
+                            let event = OutboxMessage::ReconciliationCompleted(
+                                $crate::domain::ReconciliationCompletedEvent {
+                                    date: date.clone(),
+                                    status: status.to_owned(),
+                                    bill_rows: day.bill_rows,
+                                    settlement_fen: c.settlement_fen,
+                                    refund_fen: c.refund_fen,
+                                    fee_millifen: c.fee_millifen,
+                                    counts: c.counts().into_iter().map(|(k, n)| (name_of(&k), n)).collect(),
+                                },
+                            );
+                            sqlx::query(
+                                "INSERT INTO outbox (order_no, kind, payload, created_at, next_attempt_at, refund_no) \
+                                 VALUES (NULL, $1, $2, $3, $3, $4)",
+                            )
+                            .bind(name_of(&event.kind()))
+                            .bind(event.payload().to_string())
+                            .bind(ms(day.now))
+                            .bind(&date)
+                            .execute(&mut *conn)
+                            .await?;
+                            if let Some(notify) = dialect::OUTBOX_NOTIFY {
+                                sqlx::query(notify).execute(&mut *conn).await?;
+                            }
+                            for f in &c.fees {
+                                sqlx::query(
+                                    "INSERT INTO bill_fees (order_no, out_refund_no, bill_date, fee_millifen) \
+                                     VALUES ($1, $2, $3, $4) ON CONFLICT (order_no, out_refund_no) \
+                                     DO UPDATE SET bill_date = $3, fee_millifen = $4",
+                                )
+                                .bind(storable(&f.order_no))
+                                .bind(storable(&f.out_refund_no))
+                                .bind(&date)
+                                .bind(f.fee_millifen)
+                                .execute(&mut *conn)
+                                .await?;
+                            }
+                            Ok(true)
+                        })
+                    })
+                    .await
+                }
+
+                async fn get_reconciliation(
+                    &self,
+                    bill_date: chrono::NaiveDate,
+                ) -> StoreResult<
+                    Option<($crate::store::ReconciliationRecord, Vec<$crate::domain::reconciliation::Difference>)>,
+                > {
+                    let day = bill_date.format("%Y-%m-%d").to_string();
+                    let mut conn = self.read_conn().await?;
+                    let row: Option<$crate::store::rows::ReconciliationRow> = sqlx::query_as(&format!(
+                        "SELECT {} FROM reconciliations WHERE bill_date = $1",
+                        $crate::store::rows::RECONCILIATION_COLS
+                    ))
+                    .bind(&day)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                    let Some(row) = row else { return Ok(None) };
+                    let diffs: Vec<$crate::store::rows::DifferenceRow> = sqlx::query_as(
+                        "SELECT kind, order_no, out_refund_no, detail FROM reconciliation_differences \
+                         WHERE bill_date = $1 ORDER BY id",
+                    )
+                    .bind(&day)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    Ok(Some((row.try_into()?, convert(diffs)?)))
+                }
+
+                async fn list_reconciliations(&self, limit: u32) -> StoreResult<Vec<$crate::store::ReconciliationRecord>> {
+                    let mut conn = self.read_conn().await?;
+                    let rows: Vec<$crate::store::rows::ReconciliationRow> = sqlx::query_as(&format!(
+                        "SELECT {} FROM reconciliations ORDER BY bill_date DESC LIMIT $1",
+                        $crate::store::rows::RECONCILIATION_COLS
+                    ))
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    convert(rows)
+                }
+
                 async fn count_orders_by_status(&self) -> StoreResult<Vec<(OrderStatus, i64)>> {
                     let mut conn = self.read_conn().await?;
                     let rows: Vec<StatusCountRow> =

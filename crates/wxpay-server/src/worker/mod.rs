@@ -1,6 +1,6 @@
 //! Background work, each written as a step function that tests can drive directly:
 //! [`reconciler::reconcile_once`] (then [`refunds::refunds_once`], the refunds to send again or
-//! query), [`outbox::deliver_once`] and [`retention::purge_once`] (hourly). [`run`] runs them as two
+//! query, and [`crate::reconciliation::reconcile_yesterday_if_due`], the daily bill), [`outbox::deliver_once`] and [`retention::purge_once`] (hourly). [`run`] runs them as two
 //! independent loops until shutdown: the reconciler every tick; the outbox continuously (it drains
 //! while there is work, and otherwise sleeps until a commit wakes it or the tick passes, which
 //! also picks up retries and events other instances committed).
@@ -88,6 +88,14 @@ async fn reconcile_loop(state: SharedState, tick: Duration, mut shutdown: watch:
     while !wait(tick, &mut shutdown, None).await {
         bounded(&state, "reconciler", reconciler::reconcile_once(&state)).await;
         bounded(&state, "refunds", refunds::refunds_once(&state)).await;
+        // The daily bill (对账), once yesterday's is due; errors are logged and retried later. Like
+        // every step it never outlives its lease (the day is then taken up again when it lapses).
+        let bound = lease(&state).to_std().unwrap_or(Duration::from_secs(60));
+        match tokio::time::timeout(bound, crate::reconciliation::reconcile_yesterday_if_due(&state)).await {
+            Ok(Some(Err(e))) => tracing::warn!(error = %e, "daily reconciliation failed"),
+            Err(_) => tracing::warn!("daily reconciliation cancelled: it outlived its lease"),
+            Ok(_) => {}
+        }
         if last_purge.is_none_or(|t| t.elapsed() >= PURGE_EVERY) {
             last_purge = Some(tokio::time::Instant::now());
             bounded(&state, "retention", retention::purge_once(&state)).await;

@@ -142,14 +142,14 @@ async fn attempt(
                     format!("{} s of age", age.num_seconds())
                 };
                 tracing::error!(
-                    event_id = event.id, order_no = %event.order_no, %error, %why,
+                    event_id = event.id, order_no = ?event.order_no, %error, %why,
                     "webhook delivery failed for good: dead letter (resend: POST /admin/api/webhooks/{{id}}/resend)"
                 );
                 let error = format!("{error} (dead letter after {why})");
                 state.store.outbox_dead_letter(event.id, &state.instance_id, state.clock.now(), &error).await?
             } else {
                 count("failed");
-                tracing::warn!(event_id = event.id, order_no = %event.order_no, %error, attempts, "webhook delivery failed");
+                tracing::warn!(event_id = event.id, order_no = ?event.order_no, %error, attempts, "webhook delivery failed");
                 let next = claimed_at + jittered(retry_backoff(event.attempts), &mut rand::thread_rng());
                 state.store.outbox_failed(event.id, &state.instance_id, next, &error).await?
             };
@@ -169,7 +169,7 @@ pub fn body(event: &OutboxEvent) -> String {
         "id": event.id,
         "type": kind,
         "kind": kind,
-        "order_no": event.order_no.as_str(),
+        "order_no": event.order_no.as_ref().map(|o| o.as_str()),
         "timestamp": crate::domain::api_time(event.created_at),
         "created_at": crate::domain::api_time(event.created_at),
         "data": event.message.payload(),
