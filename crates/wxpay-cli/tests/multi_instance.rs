@@ -326,6 +326,11 @@ timeout_ms = 1000
 enabled = true
 tick_ms = 50
 lease_secs = {LEASE_SECS}
+
+# Only order.paid deliveries are counted here; the daily bill job (and its
+# reconciliation.completed event) is tested in tests/reconcile.rs and wxpay-server's tests.
+[reconciliation]
+enabled = false
 "#
     );
     let path = dir.join("wxpay.toml");
