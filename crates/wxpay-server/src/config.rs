@@ -132,6 +132,23 @@ pub struct Config {
     pub inbox: InboxConfig,
     pub refunds: RefundsConfig,
     pub log: LogConfig,
+    pub console: ConsoleConfig,
+}
+
+/// The merchant console at `/admin/` (see [`crate::api::console`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// A console session ends after this many minutes without a request.
+    pub session_idle_minutes: u64,
+    /// The largest refund an `operator` may ask for, in fen (owners have no limit).
+    pub operator_refund_limit_fen: u64,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig { session_idle_minutes: 30, operator_refund_limit_fen: 10_000 }
+    }
 }
 
 /// How log lines are written (to stderr).
@@ -705,6 +722,9 @@ impl Config {
         }
         if self.inbox.refused_per_minute == 0 || self.inbox.refused_burst == 0 {
             return Err(invalid("inbox.refused_per_minute", "refused_per_minute and refused_burst must be at least 1"));
+        }
+        if self.console.session_idle_minutes == 0 {
+            return Err(invalid("console.session_idle_minutes", "must be at least 1 (minutes without a request)"));
         }
         if self.server.auth_per_minute == 0 || self.server.auth_burst == 0 {
             return Err(invalid("server.auth_per_minute", "auth_per_minute and auth_burst must be at least 1"));

@@ -93,14 +93,39 @@ pub struct DueRefund {
 pub struct OrderFilter {
     pub status: Option<OrderStatus>,
     pub openid: Option<Openid>,
+    /// An order number or a WeChat transaction id, matched exactly.
+    pub number: Option<String>,
+    /// Orders with a line of this product.
+    pub product: Option<String>,
+    /// Created at or after this instant.
+    pub created_from: Option<DateTime<Utc>>,
+    /// Created before this instant.
+    pub created_until: Option<DateTime<Utc>>,
     pub limit: u32,
     pub offset: u32,
 }
 
 impl Default for OrderFilter {
     fn default() -> Self {
-        OrderFilter { status: None, openid: None, limit: 50, offset: 0 }
+        OrderFilter {
+            status: None,
+            openid: None,
+            number: None,
+            product: None,
+            created_from: None,
+            created_until: None,
+            limit: 50,
+            offset: 0,
+        }
     }
+}
+
+/// What the orders matching an [`OrderFilter`] add up to (its limit and offset aside).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OrderTotals {
+    pub count: i64,
+    pub amount_fen: i64,
+    pub refunded_fen: i64,
 }
 
 /// One row of the append-only order event log.
@@ -293,6 +318,18 @@ pub trait Store: Send + Sync {
     /// Newest first.
     async fn list_user_orders(&self, openid: &Openid, limit: u32) -> StoreResult<Vec<Order>>;
     async fn list_orders(&self, filter: &OrderFilter) -> StoreResult<Vec<Order>>;
+    /// How many orders match `filter` and their amounts (its limit and offset are ignored).
+    async fn order_totals(&self, filter: &OrderFilter) -> StoreResult<OrderTotals>;
+    /// Appends an audit event for an admin action other than a catalogue change (which
+    /// [`Store::change_product`] records itself): e.g. `order.shipped` on `order:NO`.
+    async fn record_audit(
+        &self,
+        actor: &str,
+        action: crate::domain::catalogue::AuditAction,
+        subject: &str,
+        detail: Option<serde_json::Value>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<i64>;
     /// The newest NATIVE order of `openid` that is still payable and whose only line is
     /// `product_id`, so that scanning the same QR code twice reuses the order.
     async fn find_payable_native_order(

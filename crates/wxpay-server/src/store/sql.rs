@@ -22,6 +22,16 @@ use crate::domain::{EventKind, Order, OutboxMessage, Refund, RefundEventKind};
 
 pub use super::group_commit::BoxFuture;
 
+/// The `WHERE` condition of an [`super::OrderFilter`], binding `$1` status, `$2` openid, `$3` an
+/// order number or transaction id, `$4` a product id, `$5`/`$6` the created-at range (ms).
+pub(crate) const ORDER_FILTER: &str = "(CAST($1 AS TEXT) IS NULL OR status = $1) \
+     AND (CAST($2 AS TEXT) IS NULL OR openid = $2) \
+     AND (CAST($3 AS TEXT) IS NULL OR order_no = $3 OR transaction_id = $3) \
+     AND (CAST($4 AS TEXT) IS NULL OR EXISTS (SELECT 1 FROM order_items i \
+          WHERE i.order_no = orders.order_no AND i.product_id = $4)) \
+     AND (CAST($5 AS BIGINT) IS NULL OR created_at >= $5) \
+     AND (CAST($6 AS BIGINT) IS NULL OR created_at < $6)";
+
 /// The backend primitives a state change is written with (see [`super::apply`]).
 #[async_trait]
 pub trait SqlConn: Send {
@@ -90,7 +100,7 @@ macro_rules! sql_store {
                 InboxRow, ItemRow, OrderRow, OutboxRow, ProductRow, RefundEventRow, RefundRow, StatusCountRow, UserRow,
                 AUDIT_COLS, INBOX_COLS, ORDER_COLS, OUTBOX_COLS, PRODUCT_COLS, REFUND_COLS,
             };
-            use $crate::store::sql::{storable, SqlConn};
+            use $crate::store::sql::{storable, SqlConn, ORDER_FILTER};
             use $crate::store::{
                 ApplyOutcome, AuditEvent, DueOrder, InboxCause, InboxRecord, OrderEventRecord, OrderFilter, OutboxEvent,
                 ProductChanged, Store, StoreError, StoreResult, StoredNotification,
@@ -563,23 +573,71 @@ macro_rules! sql_store {
                 }
 
                 async fn list_user_orders(&self, openid: &wxpay_proto::Openid, limit: u32) -> StoreResult<Vec<Order>> {
-                    self.list_orders(&OrderFilter { status: None, openid: Some(openid.clone()), limit, offset: 0 }).await
+                    self.list_orders(&OrderFilter { openid: Some(openid.clone()), limit, ..OrderFilter::default() }).await
                 }
 
                 async fn list_orders(&self, filter: &OrderFilter) -> StoreResult<Vec<Order>> {
                     let mut conn = self.read_conn().await?;
                     let rows: Vec<OrderRow> = sqlx::query_as(&format!(
-                        "SELECT {ORDER_COLS} FROM orders WHERE (CAST($1 AS TEXT) IS NULL OR status = $1) \
-                         AND (CAST($2 AS TEXT) IS NULL OR openid = $2) \
-                         ORDER BY created_at DESC, order_no DESC LIMIT $3 OFFSET $4"
+                        "SELECT {ORDER_COLS} FROM orders WHERE {ORDER_FILTER} \
+                         ORDER BY created_at DESC, order_no DESC LIMIT $7 OFFSET $8"
                     ))
                     .bind(filter.status.as_ref().map(name_of))
                     .bind(filter.openid.as_ref().map(|o| o.as_str()))
+                    .bind(filter.number.as_deref())
+                    .bind(filter.product.as_deref())
+                    .bind(filter.created_from.map(ms))
+                    .bind(filter.created_until.map(ms))
                     .bind(i64::from(filter.limit))
                     .bind(i64::from(filter.offset))
                     .fetch_all(&mut *conn)
                     .await?;
                     with_items(&mut conn, rows).await
+                }
+
+                async fn order_totals(&self, filter: &OrderFilter) -> StoreResult<$crate::store::OrderTotals> {
+                    let mut conn = self.read_conn().await?;
+                    let (count, amount_fen, refunded_fen): (i64, i64, i64) = sqlx::query_as(&format!(
+                        "SELECT COUNT(*), CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT), \
+                         CAST(COALESCE(SUM(refunded_fen), 0) AS BIGINT) FROM orders WHERE {ORDER_FILTER}"
+                    ))
+                    .bind(filter.status.as_ref().map(name_of))
+                    .bind(filter.openid.as_ref().map(|o| o.as_str()))
+                    .bind(filter.number.as_deref())
+                    .bind(filter.product.as_deref())
+                    .bind(filter.created_from.map(ms))
+                    .bind(filter.created_until.map(ms))
+                    .fetch_one(&mut *conn)
+                    .await?;
+                    Ok($crate::store::OrderTotals { count, amount_fen, refunded_fen })
+                }
+
+                async fn record_audit(
+                    &self,
+                    actor: &str,
+                    action: $crate::domain::catalogue::AuditAction,
+                    subject: &str,
+                    detail: Option<serde_json::Value>,
+                    now: chrono::DateTime<chrono::Utc>,
+                ) -> StoreResult<i64> {
+                    let (actor, subject) = (storable(actor), storable(subject));
+                    self.write_one(move |conn| {
+                        Box::pin(async move {
+                            let id: i64 = sqlx::query_scalar(
+                                "INSERT INTO audit_events (actor, at, action, subject, before, after) \
+                                 VALUES ($1, $2, $3, $4, NULL, $5) RETURNING id",
+                            )
+                            .bind(actor)
+                            .bind(ms(now))
+                            .bind(name_of(&action))
+                            .bind(subject)
+                            .bind(detail.map(|d| d.to_string()))
+                            .fetch_one(&mut *conn)
+                            .await?;
+                            Ok(id)
+                        })
+                    })
+                    .await
                 }
 
                 async fn find_payable_native_order(
