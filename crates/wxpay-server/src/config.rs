@@ -143,11 +143,13 @@ pub struct ConsoleConfig {
     pub session_idle_minutes: u64,
     /// The largest refund an `operator` may ask for, in fen (owners have no limit).
     pub operator_refund_limit_fen: u64,
+    /// The shop's name at the top of the printable QR sheet (empty: none).
+    pub shop_name: String,
 }
 
 impl Default for ConsoleConfig {
     fn default() -> Self {
-        ConsoleConfig { session_idle_minutes: 30, operator_refund_limit_fen: 10_000 }
+        ConsoleConfig { session_idle_minutes: 30, operator_refund_limit_fen: 10_000, shop_name: String::new() }
     }
 }
 

@@ -370,3 +370,44 @@ async fn the_login_cookie_is_secure_behind_https() {
     assert!(pre.contains("; Secure") && pre.contains("HttpOnly") && pre.contains("SameSite=Strict"), "{pre}");
     env.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owners_change_the_catalogue_and_the_sheet_shows_it() {
+    let env = TestEnv::start_with(|c, _| c.console.shop_name = "小王便利店".into()).await;
+    let mut w = Browser::new(&env);
+    w.sign_in(ADMIN_TOKEN).await;
+    let csrf = w.csrf().await;
+    let form = [("csrf", csrf.as_str()), ("id", "tea"), ("name", "绿茶 Green tea"), ("price", "4.5"), ("active", "on")];
+    let created = w.post("/admin/products", &form).await;
+    assert_eq!(created.status, StatusCode::SEE_OTHER, "{}", created.body);
+    let tea = env.state().store.get_product(&wxpay_proto::ProductId::parse("tea").unwrap()).await.unwrap().unwrap();
+    assert_eq!((tea.name.as_str(), tea.price.get(), tea.active), ("绿茶 Green tea", 450, true));
+    let audit = env.state().store.audit_events(Some("product:tea"), 10).await.unwrap();
+    assert_eq!(audit[0].actor, "admin");
+
+    let sheet = w.get("/admin/products/sheet").await;
+    assert_eq!(sheet.status, 200);
+    for text in ["小王便利店", "微信支付", "请使用微信扫一扫", "绿茶 Green tea", "¥4.50", "<svg"] {
+        assert!(sheet.body.contains(text), "{text}: {}", sheet.body);
+    }
+    let png = w.get("/admin/products/tea/qr.png").await;
+    assert_eq!(png.status, 200);
+
+    // Edit, then retire: gone from the sheet, kept in the list.
+    let edit = [("csrf", csrf.as_str()), ("name", "绿茶"), ("price", "5.00")];
+    assert_eq!(w.post("/admin/products/tea", &edit).await.status, StatusCode::SEE_OTHER);
+    let tea = env.state().store.get_product(&wxpay_proto::ProductId::parse("tea").unwrap()).await.unwrap().unwrap();
+    assert_eq!((tea.price.get(), tea.active), (500, false), "an unticked box takes it off sale");
+    assert_eq!(w.post("/admin/products/tea/retire", &[("csrf", &csrf)]).await.status, StatusCode::SEE_OTHER);
+    assert!(!w.get("/admin/products/sheet").await.body.contains("绿茶"));
+    assert!(w.get("/admin/products").await.body.contains("id=\"product-tea\""));
+
+    // An operator may not change the catalogue.
+    let op = token(&env, "otto", Role::Operator).await;
+    let mut o = Browser::new(&env);
+    o.sign_in(&op).await;
+    let csrf = o.csrf().await;
+    let form = [("csrf", csrf.as_str()), ("id", "cake"), ("name", "Cake"), ("price", "9")];
+    assert_eq!(o.post("/admin/products", &form).await.status, StatusCode::FORBIDDEN);
+    env.shutdown().await;
+}

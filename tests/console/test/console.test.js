@@ -222,6 +222,30 @@ test('CSV export content', async () => {
   await page.context().close()
 })
 
+test('creating a product and seeing it on the QR sheet', async () => {
+  const page = await signIn(owner)
+  await page.click('text=商品')
+  await page.waitForURL(/\/admin\/products$/)
+  const id = `tea${Date.now() % 100000}`
+  await page.fill('#new-id', id)
+  await page.fill('#new-name', '绿茶')
+  await page.fill('#new-price', '4.50')
+  await page.click('#create')
+  await page.waitForSelector(`#product-${id}`)
+  await shot(page, 'products')
+  await page.click('#sheet')
+  await page.waitForURL(/\/admin\/products\/sheet$/)
+  const label = page.locator(`.label[data-product="${id}"]`)
+  assert.equal(await label.locator('.price').textContent(), '¥4.50')
+  assert.equal(await label.locator('.name').textContent(), '绿茶')
+  assert.equal(await label.locator('.how').textContent(), '请使用微信扫一扫')
+  assert.equal(await label.locator('.qr svg').count(), 1)
+  assert.ok(await page.$('#print'), 'a print button')
+  await shot(page, 'qr-sheet')
+  assert.deepEqual(page.errors, [])
+  await page.context().close()
+})
+
 test('the English switch and a phone-width layout', async () => {
   const page = await signIn(owner, { width: 390 })
   await shot(page, 'orders')

@@ -249,6 +249,8 @@ fn environment() -> &'static Environment<'static> {
             ("error.html", include_str!("console/error.html")),
             ("orders.html", include_str!("console/orders.html")),
             ("order.html", include_str!("console/order.html")),
+            ("products.html", include_str!("console/products.html")),
+            ("sheet.html", include_str!("console/sheet.html")),
         ] {
             env.add_template(name, text).expect("console templates parse");
         }
@@ -822,4 +824,242 @@ pub async fn resend_webhook(
         Ok::<_, Page>(back_to(&event.order_no))
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+// ---- products ----
+
+fn product_row(p: &crate::domain::Product) -> Value {
+    context! {
+        id => p.id.as_str(), name => p.name, price_fen => p.price.get(), price => yuan(p.price.get()),
+        active => p.active, retired => p.retired,
+    }
+}
+
+pub async fn products(user: ConsoleUser, State(state): State<SharedState>) -> Page {
+    let en = user.en;
+    match state.store.list_products(false).await {
+        Ok(list) => page(
+            en,
+            "products.html",
+            context! { en, user => user_ctx(&user), products => list.iter().map(product_row).collect::<Vec<_>>() },
+        ),
+        Err(e) => app_error(en, e.into()),
+    }
+}
+
+fn owner_only(user: &ConsoleUser) -> Result<(), Page> {
+    if user.role == Role::Owner {
+        Ok(())
+    } else {
+        let en = user.en;
+        Err(Page::error(
+            en,
+            StatusCode::FORBIDDEN,
+            if en {
+                format!("{} is a {}: only an owner may change the catalogue.", user.name, name_of(&user.role))
+            } else {
+                format!("{}（{}）不能修改商品；只有店主（owner）可以。", user.name, name_of(&user.role))
+            },
+        ))
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ProductForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    price: String,
+    /// A checkbox: present when ticked.
+    active: Option<String>,
+}
+
+async fn change_product(
+    user: &ConsoleUser,
+    state: &SharedState,
+    id: &wxpay_proto::ProductId,
+    change: crate::domain::catalogue::ProductChange,
+) -> Result<Response, Page> {
+    let en = user.en;
+    state
+        .store
+        .change_product(id, &change, &user.name, state.clock.now())
+        .await
+        .map_err(|e| app_error(en, e.into()))?
+        .map_err(|e| app_error(en, e.into()))?;
+    Ok(Redirect::to("/admin/products").into_response())
+}
+
+fn price_of(form: &ProductForm, en: bool) -> Result<u64, Page> {
+    parse_yuan(&form.price).filter(|p| *p > 0).ok_or_else(|| {
+        Page::error(
+            en,
+            StatusCode::BAD_REQUEST,
+            if en {
+                format!("price: {:?} is not an amount in yuan; write e.g. 3.00", form.price)
+            } else {
+                format!("价格：{:?} 不是有效的金额，请填写如 3.00（元）", form.price)
+            },
+        )
+    })
+}
+
+pub async fn create_product(
+    user: ConsoleUser,
+    State(state): State<SharedState>,
+    Form(form): Form<ProductForm>,
+) -> Response {
+    let run = async {
+        user.check_csrf(&form.csrf)?;
+        owner_only(&user)?;
+        let id = crate::domain::catalogue::parse_new_id(&form.id).map_err(|e| app_error(user.en, e.into()))?;
+        let change = crate::domain::catalogue::ProductChange::Create {
+            id: form.id.clone(),
+            name: form.name.clone(),
+            price_fen: price_of(&form, user.en)?,
+            active: form.active.is_some(),
+        };
+        change_product(&user, &state, &id, change).await
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn existing_product(id: &str, en: bool) -> Result<wxpay_proto::ProductId, Page> {
+    wxpay_proto::ProductId::parse(id)
+        .map_err(|_| Page::error(en, StatusCode::NOT_FOUND, format!("unknown product {id:?}")))
+}
+
+pub async fn update_product(
+    user: ConsoleUser,
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+    Form(form): Form<ProductForm>,
+) -> Response {
+    let run = async {
+        user.check_csrf(&form.csrf)?;
+        owner_only(&user)?;
+        let id = existing_product(&id, user.en)?;
+        let change = crate::domain::catalogue::ProductChange::Update {
+            name: Some(form.name.clone()),
+            price_fen: Some(price_of(&form, user.en)?),
+            active: Some(form.active.is_some()),
+        };
+        change_product(&user, &state, &id, change).await
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+pub async fn retire_product(
+    user: ConsoleUser,
+    State(state): State<SharedState>,
+    Path(id): Path<String>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let run = async {
+        user.check_csrf(&form.csrf)?;
+        owner_only(&user)?;
+        let id = existing_product(&id, user.en)?;
+        change_product(&user, &state, &id, crate::domain::catalogue::ProductChange::Retire).await
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct QrOptions {
+    /// `long`: the full `weixin://wxpay/bizpayurl?...` link (default: the short one).
+    link: String,
+    size: Option<u32>,
+    /// Label size on the sheet: `s`, `m` (default) or `l`.
+    label: String,
+}
+
+async fn product_link(state: &SharedState, id: &wxpay_proto::ProductId, long: bool) -> Result<String, AppError> {
+    if long {
+        Ok(crate::qr::long_link(state.wechat.merchant(), id, state.clock.now()))
+    } else {
+        Ok(state.short_links.get_or_fetch(&state.wechat, id, state.clock.now()).await?)
+    }
+}
+
+/// `GET /admin/products/{id}/qr.png|qr.svg`: a download of the product's code.
+pub async fn product_qr(
+    user: ConsoleUser,
+    State(state): State<SharedState>,
+    Path((id, file)): Path<(String, String)>,
+    Query(o): Query<QrOptions>,
+) -> Response {
+    let en = user.en;
+    let run = async {
+        let id = existing_product(&id, en)?;
+        let product = state
+            .store
+            .get_product(&id)
+            .await
+            .map_err(|e| app_error(en, e.into()))?
+            .filter(|p| !p.retired)
+            .ok_or_else(|| Page::error(en, StatusCode::NOT_FOUND, format!("no product {id} on sale")))?;
+        let size = crate::qr::check_size(o.size).map_err(|e| app_error(en, e.into()))?;
+        let link = product_link(&state, &product.id, o.link == "long").await.map_err(|e| app_error(en, e))?;
+        let (body, kind): (Vec<u8>, &str) = match file.as_str() {
+            "qr.png" => (crate::qr::png(&link, size).map_err(|e| app_error(en, e.into()))?, "image/png"),
+            "qr.svg" => {
+                (crate::qr::svg(&link, size).map_err(|e| app_error(en, e.into()))?.into_bytes(), "image/svg+xml")
+            }
+            _ => return Err(Page::error(en, StatusCode::NOT_FOUND, "use qr.png or qr.svg".into())),
+        };
+        let disposition = format!("attachment; filename=\"{}-{file}\"", product.id.as_str());
+        Ok::<_, Page>(
+            ([(header::CONTENT_TYPE, kind.to_owned()), (header::CONTENT_DISPOSITION, disposition)], body)
+                .into_response(),
+        )
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The printable QR sheet: every product on sale with the shop's name, the 微信支付 mark, the
+/// 请使用微信扫一扫 instruction and the price; short links by default; three label sizes; A4 print CSS.
+pub async fn qr_sheet(user: ConsoleUser, State(state): State<SharedState>, Query(o): Query<QrOptions>) -> Response {
+    let en = user.en;
+    let run = async {
+        let products = state.store.list_products(true).await.map_err(|e| app_error(en, e.into()))?;
+        let mut cards = Vec::new();
+        for p in &products {
+            let link = product_link(&state, &p.id, o.link == "long").await.map_err(|e| app_error(en, e))?;
+            let svg = crate::qr::svg(&link, 240).map_err(|e| app_error(en, e.into()))?;
+            // Inline SVG inside HTML takes no XML declaration.
+            let svg = match svg.find("<svg") {
+                Some(i) => svg[i..].to_owned(),
+                None => svg,
+            };
+            cards.push(context! { product => product_row(p), svg => Value::from_safe_string(svg) });
+        }
+        let label = if matches!(o.label.as_str(), "s" | "l") { o.label.clone() } else { "m".to_owned() };
+        let mut resp = page(
+            en,
+            "sheet.html",
+            context! {
+                en, user => user_ctx(&user), cards, label, long => o.link == "long",
+                shop => state.config.console.shop_name,
+            },
+        )
+        .into_response();
+        resp.headers_mut().insert(header::CONTENT_SECURITY_POLICY, SHEET_CSP);
+        Ok::<_, Page>(resp)
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The sheet's print button runs `console/print.js` (from `'self'`; no inline script).
+const SHEET_CSP: HeaderValue = HeaderValue::from_static(
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; \
+     frame-ancestors 'none'; base-uri 'none'",
+);
+
+pub async fn print_script() -> Response {
+    ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("console/print.js")).into_response()
 }

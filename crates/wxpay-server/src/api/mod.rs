@@ -68,7 +68,13 @@ pub fn router(state: SharedState) -> Router {
         .route("/admin/orders/{order_no}", get(console::order))
         .route("/admin/orders/{order_no}/ship", post(console::ship))
         .route("/admin/orders/{order_no}/refund", post(console::refund))
-        .route("/admin/webhooks/{id}/resend", post(console::resend_webhook));
+        .route("/admin/webhooks/{id}/resend", post(console::resend_webhook))
+        .route("/admin/products", get(console::products).post(console::create_product))
+        .route("/admin/products/sheet", get(console::qr_sheet))
+        .route("/admin/products/{id}", post(console::update_product))
+        .route("/admin/products/{id}/retire", post(console::retire_product))
+        .route("/admin/products/{id}/{file}", get(console::product_qr))
+        .route("/admin/static/print.js", get(console::print_script));
     Router::new()
         .merge(login)
         .merge(admin)
