@@ -22,15 +22,50 @@ use crate::domain::{EventKind, Order, OutboxMessage, Refund, RefundEventKind};
 
 pub use super::group_commit::BoxFuture;
 
-/// The `WHERE` condition of an [`super::OrderFilter`], binding `$1` status, `$2` openid, `$3` an
-/// order number or transaction id, `$4` a product id, `$5`/`$6` the created-at range (ms).
-pub(crate) const ORDER_FILTER: &str = "(CAST($1 AS TEXT) IS NULL OR status = $1) \
-     AND (CAST($2 AS TEXT) IS NULL OR openid = $2) \
-     AND (CAST($3 AS TEXT) IS NULL OR order_no = $3 OR transaction_id = $3) \
-     AND (CAST($4 AS TEXT) IS NULL OR EXISTS (SELECT 1 FROM order_items i \
-          WHERE i.order_no = orders.order_no AND i.product_id = $4)) \
-     AND (CAST($5 AS BIGINT) IS NULL OR created_at >= $5) \
-     AND (CAST($6 AS BIGINT) IS NULL OR created_at < $6)";
+/// A value bound to a statement built at run time.
+pub(crate) enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// The `WHERE` condition of an [`super::OrderFilter`] with only the conditions it sets (so that
+/// the planner can use an index for each), numbering its placeholders from `$1`, and the values
+/// to bind in order. `TRUE` when nothing is set.
+pub(crate) fn order_filter(filter: &super::OrderFilter) -> (String, Vec<Bind>) {
+    let mut conditions = Vec::new();
+    let mut binds = Vec::new();
+    let mut add = |template: &str, bind: Bind| {
+        binds.push(bind);
+        conditions.push(template.replace("$?", &format!("${}", binds.len())));
+    };
+    if let Some(status) = &filter.status {
+        add("status = $?", Bind::Text(crate::domain::name_of(status)));
+    }
+    if let Some(openid) = &filter.openid {
+        add("openid = $?", Bind::Text(openid.as_str().to_owned()));
+    }
+    if let Some(number) = &filter.number {
+        add(
+            "order_no IN (SELECT order_no FROM orders WHERE order_no = $? \
+             UNION SELECT order_no FROM orders WHERE transaction_id = $?)",
+            Bind::Text(number.clone()),
+        );
+    }
+    if let Some(product) = &filter.product {
+        add("order_no IN (SELECT order_no FROM order_items WHERE product_id = $?)", Bind::Text(product.clone()));
+    }
+    if let Some(from) = filter.created_from {
+        add("created_at >= $?", Bind::Int(from.timestamp_millis()));
+    }
+    if let Some(until) = filter.created_until {
+        add("created_at < $?", Bind::Int(until.timestamp_millis()));
+    }
+    if conditions.is_empty() {
+        ("1 = 1".to_owned(), binds)
+    } else {
+        (conditions.join(" AND "), binds)
+    }
+}
 
 /// The backend primitives a state change is written with (see [`super::apply`]).
 #[async_trait]
@@ -100,7 +135,7 @@ macro_rules! sql_store {
                 InboxRow, ItemRow, OrderRow, OutboxRow, ProductRow, RefundEventRow, RefundRow, StatusCountRow, UserRow,
                 AUDIT_COLS, INBOX_COLS, ORDER_COLS, OUTBOX_COLS, PRODUCT_COLS, REFUND_COLS,
             };
-            use $crate::store::sql::{storable, SqlConn, ORDER_FILTER};
+            use $crate::store::sql::{order_filter, storable, Bind, SqlConn};
             use $crate::store::{
                 ApplyOutcome, AuditEvent, DueOrder, InboxCause, InboxRecord, OrderEventRecord, OrderFilter, OutboxEvent,
                 ProductChanged, Store, StoreError, StoreResult, StoredNotification,
@@ -578,37 +613,44 @@ macro_rules! sql_store {
 
                 async fn list_orders(&self, filter: &OrderFilter) -> StoreResult<Vec<Order>> {
                     let mut conn = self.read_conn().await?;
-                    let rows: Vec<OrderRow> = sqlx::query_as(&format!(
-                        "SELECT {ORDER_COLS} FROM orders WHERE {ORDER_FILTER} \
-                         ORDER BY created_at DESC, order_no DESC LIMIT $7 OFFSET $8"
-                    ))
-                    .bind(filter.status.as_ref().map(name_of))
-                    .bind(filter.openid.as_ref().map(|o| o.as_str()))
-                    .bind(filter.number.as_deref())
-                    .bind(filter.product.as_deref())
-                    .bind(filter.created_from.map(ms))
-                    .bind(filter.created_until.map(ms))
-                    .bind(i64::from(filter.limit))
-                    .bind(i64::from(filter.offset))
-                    .fetch_all(&mut *conn)
-                    .await?;
+                    let (condition, binds) = order_filter(filter);
+                    let n = binds.len();
+                    let sql = format!(
+                        "SELECT {ORDER_COLS} FROM orders WHERE {condition} \
+                         ORDER BY created_at DESC, order_no DESC LIMIT ${} OFFSET ${}",
+                        n + 1,
+                        n + 2
+                    );
+                    let mut query = sqlx::query_as::<_, OrderRow>(&sql);
+                    for bind in binds {
+                        query = match bind {
+                            Bind::Text(t) => query.bind(t),
+                            Bind::Int(i) => query.bind(i),
+                        };
+                    }
+                    let rows = query
+                        .bind(i64::from(filter.limit))
+                        .bind(i64::from(filter.offset))
+                        .fetch_all(&mut *conn)
+                        .await?;
                     with_items(&mut conn, rows).await
                 }
 
                 async fn order_totals(&self, filter: &OrderFilter) -> StoreResult<$crate::store::OrderTotals> {
                     let mut conn = self.read_conn().await?;
-                    let (count, amount_fen, refunded_fen): (i64, i64, i64) = sqlx::query_as(&format!(
+                    let (condition, binds) = order_filter(filter);
+                    let sql = format!(
                         "SELECT COUNT(*), CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT), \
-                         CAST(COALESCE(SUM(refunded_fen), 0) AS BIGINT) FROM orders WHERE {ORDER_FILTER}"
-                    ))
-                    .bind(filter.status.as_ref().map(name_of))
-                    .bind(filter.openid.as_ref().map(|o| o.as_str()))
-                    .bind(filter.number.as_deref())
-                    .bind(filter.product.as_deref())
-                    .bind(filter.created_from.map(ms))
-                    .bind(filter.created_until.map(ms))
-                    .fetch_one(&mut *conn)
-                    .await?;
+                         CAST(COALESCE(SUM(refunded_fen), 0) AS BIGINT) FROM orders WHERE {condition}"
+                    );
+                    let mut query = sqlx::query_as::<_, (i64, i64, i64)>(&sql);
+                    for bind in binds {
+                        query = match bind {
+                            Bind::Text(t) => query.bind(t),
+                            Bind::Int(i) => query.bind(i),
+                        };
+                    }
+                    let (count, amount_fen, refunded_fen) = query.fetch_one(&mut *conn).await?;
                     Ok($crate::store::OrderTotals { count, amount_fen, refunded_fen })
                 }
 
