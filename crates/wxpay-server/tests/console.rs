@@ -122,7 +122,7 @@ async fn sign_in_opens_a_session_cookie_and_sign_out_ends_it() {
     let page = b.get("/admin/orders").await;
     assert_eq!(page.status, StatusCode::SEE_OTHER);
     assert_eq!(page.location.as_deref(), Some("/admin/login"));
-    assert_eq!(b.get("/admin/").await.location.as_deref(), Some("/admin/orders"));
+    assert_eq!(b.get("/admin/").await.location.as_deref(), Some("/admin/dashboard"));
 
     // A wrong token: 401, the form again, no session.
     let wrong = b.sign_in("wxpadm_not-a-token").await;
@@ -409,5 +409,36 @@ async fn owners_change_the_catalogue_and_the_sheet_shows_it() {
     let csrf = o.csrf().await;
     let form = [("csrf", csrf.as_str()), ("id", "cake"), ("name", "Cake"), ("price", "9")];
     assert_eq!(o.post("/admin/products", &form).await.status, StatusCode::FORBIDDEN);
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_counts_today_and_the_webhooks_page_lists_dead_letters() {
+    let env = TestEnv::start_with(|c, _| {
+        c.webhook.url = Some("http://127.0.0.1:9/unreachable".into());
+        c.webhook.max_attempts = 1;
+    })
+    .await;
+    let order_no = paid_order(&env, "u-dash").await;
+    let amount = env.admin_detail(&order_no).await["order"]["amount_fen"].as_u64().unwrap();
+    let forged = signed_pay_notification(&order_no, "ox-someone", amount, "0123456789abcdef0123456789abcdef");
+    env.post_raw("/wxpay/notify", "text/xml", forged).await;
+    // Deliver the order.paid event once: it fails and, with one attempt allowed, dies.
+    wxpay_server::worker::outbox::deliver_once(env.state()).await.unwrap();
+
+    let mut b = Browser::new(&env);
+    b.sign_in(ADMIN_TOKEN).await;
+    let dash = b.get("/admin/dashboard").await;
+    assert_eq!(dash.status, 200, "{}", dash.body);
+    let money = format!("{}.{:02}", amount / 100, amount % 100);
+    assert!(dash.body.contains(&format!("id=\"today-paid\">¥{money}<")), "{}", dash.body);
+    assert!(dash.body.contains("id=\"yesterday-paid\">¥0.00<"));
+    assert!(dash.body.contains("id=\"unverified\">1<"), "{}", dash.body);
+    assert!(dash.body.contains("id=\"webhook-dead\">1<"), "{}", dash.body);
+    assert_eq!(dash.body.matches("<rect").count(), 28, "two 14-day charts");
+
+    let hooks = b.get("/admin/webhooks").await;
+    assert_eq!(hooks.body.matches("class=\"dead-row\"").count(), 1, "{}", hooks.body);
+    assert!(hooks.body.contains(&order_no));
     env.shutdown().await;
 }

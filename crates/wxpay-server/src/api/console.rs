@@ -250,6 +250,8 @@ fn environment() -> &'static Environment<'static> {
             ("orders.html", include_str!("console/orders.html")),
             ("order.html", include_str!("console/order.html")),
             ("products.html", include_str!("console/products.html")),
+            ("dashboard.html", include_str!("console/dashboard.html")),
+            ("webhooks.html", include_str!("console/webhooks.html")),
             ("sheet.html", include_str!("console/sheet.html")),
         ] {
             env.add_template(name, text).expect("console templates parse");
@@ -302,7 +304,7 @@ pub async fn stylesheet() -> Response {
 }
 
 pub async fn home() -> Redirect {
-    Redirect::to("/admin/orders")
+    Redirect::to("/admin/dashboard")
 }
 
 pub async fn switch_language(
@@ -1062,4 +1064,85 @@ const SHEET_CSP: HeaderValue = HeaderValue::from_static(
 
 pub async fn print_script() -> Response {
     ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], include_str!("console/print.js")).into_response()
+}
+
+// ---- dashboard and webhooks ----
+
+/// Days on the dashboard's charts.
+const DASHBOARD_DAYS: i64 = 14;
+
+/// `GET /admin/dashboard`: today's and yesterday's payments and refunds (China days), the last
+/// 14 days as small bar charts (inline SVG), failed notification verifications, the webhook
+/// backlog and dead letters, orders needing review and orders overdue.
+pub async fn dashboard(user: ConsoleUser, State(state): State<SharedState>) -> Page {
+    let en = user.en;
+    let now = state.clock.now();
+    let today = now.with_timezone(&china()).date_naive();
+    let first = today - chrono::Duration::days(DASHBOARD_DAYS - 1);
+    let since = china()
+        .from_local_datetime(&first.and_hms_opt(0, 0, 0).expect("midnight exists"))
+        .single()
+        .map_or(now, |t| t.with_timezone(&Utc));
+    let overdue_cutoff = now - chrono::Duration::minutes(5);
+    let (stats, ops) = match tokio::try_join!(state.store.console_stats(since), state.store.ops_counts(overdue_cutoff))
+    {
+        Ok(found) => found,
+        Err(e) => return app_error(en, e.into()),
+    };
+    let series = |rows: &[(i64, i64, i64)]| -> Vec<(i64, i64)> {
+        (0..DASHBOARD_DAYS).map(|d| rows.iter().find(|r| r.0 == d).map_or((0, 0), |r| (r.1, r.2))).collect()
+    };
+    let paid = series(&stats.paid_by_day);
+    let refunded = series(&stats.refunded_by_day);
+    let bars = |values: &[(i64, i64)]| -> Vec<Value> {
+        let max = values.iter().map(|v| v.1).max().unwrap_or(0).max(1);
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, (count, fen))| {
+                let day = first + chrono::Duration::days(i as i64);
+                let height = (fen * 60 / max).max(i64::from(*fen > 0));
+                context! { x => i * 20 + 2, y => 64 - height, height, count, fen, day => day.format("%m-%d").to_string() }
+            })
+            .collect()
+    };
+    let last = (DASHBOARD_DAYS - 1) as usize;
+    page(
+        en,
+        "dashboard.html",
+        context! {
+            en, user => user_ctx(&user),
+            today_paid => paid[last].0, today_paid_fen => paid[last].1,
+            yesterday_paid => paid[last - 1].0, yesterday_paid_fen => paid[last - 1].1,
+            today_refunds => refunded[last].0, today_refunded_fen => refunded[last].1,
+            yesterday_refunds => refunded[last - 1].0, yesterday_refunded_fen => refunded[last - 1].1,
+            paid_bars => bars(&paid), refund_bars => bars(&refunded),
+            unverified => stats.unverified_notifications, needs_review => stats.needs_review,
+            webhook_pending => ops.webhook_pending, webhook_dead => ops.webhook_dead, orders_overdue => ops.orders_overdue,
+        },
+    )
+}
+
+/// `GET /admin/webhooks`: dead letters (with resend) and the backlog.
+pub async fn webhooks(user: ConsoleUser, State(state): State<SharedState>) -> Page {
+    let en = user.en;
+    let overdue_cutoff = state.clock.now() - chrono::Duration::minutes(5);
+    let (dead, ops) = match tokio::try_join!(state.store.dead_letters(500), state.store.ops_counts(overdue_cutoff)) {
+        Ok(found) => found,
+        Err(e) => return app_error(en, e.into()),
+    };
+    let dead: Vec<Value> = dead
+        .iter()
+        .map(|o| {
+            context! {
+                id => o.id, order_no => o.order_no.as_str(), kind => o.message.kind(), attempts => o.attempts,
+                created_at => shown_time(o.created_at), dead_at => o.dead_at.map(shown_time), last_error => o.last_error,
+            }
+        })
+        .collect();
+    page(
+        en,
+        "webhooks.html",
+        context! { en, user => user_ctx(&user), dead, pending => ops.webhook_pending, dead_count => ops.webhook_dead },
+    )
 }

@@ -74,7 +74,9 @@ pub fn router(state: SharedState) -> Router {
         .route("/admin/products/{id}", post(console::update_product))
         .route("/admin/products/{id}/retire", post(console::retire_product))
         .route("/admin/products/{id}/{file}", get(console::product_qr))
-        .route("/admin/static/print.js", get(console::print_script));
+        .route("/admin/static/print.js", get(console::print_script))
+        .route("/admin/dashboard", get(console::dashboard))
+        .route("/admin/webhooks", get(console::webhooks));
     Router::new()
         .merge(login)
         .merge(admin)

@@ -120,6 +120,19 @@ impl Default for OrderFilter {
     }
 }
 
+/// The console dashboard's figures since a day's start (see [`Store::console_stats`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConsoleStats {
+    /// Per day since `since` (0 = the first day): paid orders (by payment time) and their amount.
+    pub paid_by_day: Vec<(i64, i64, i64)>,
+    /// Per day: successful refunds (by settlement time) and their amount.
+    pub refunded_by_day: Vec<(i64, i64, i64)>,
+    /// Notifications received since `since` that failed verification.
+    pub unverified_notifications: i64,
+    /// Orders flagged for a person to look at (all time).
+    pub needs_review: i64,
+}
+
 /// What the orders matching an [`OrderFilter`] add up to (its limit and offset aside).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OrderTotals {
@@ -318,6 +331,8 @@ pub trait Store: Send + Sync {
     /// Newest first.
     async fn list_user_orders(&self, openid: &Openid, limit: u32) -> StoreResult<Vec<Order>>;
     async fn list_orders(&self, filter: &OrderFilter) -> StoreResult<Vec<Order>>;
+    /// The dashboard's figures from `since` on, grouped by 24-hour days from `since`.
+    async fn console_stats(&self, since: DateTime<Utc>) -> StoreResult<ConsoleStats>;
     /// How many orders match `filter` and their amounts (its limit and offset are ignored).
     async fn order_totals(&self, filter: &OrderFilter) -> StoreResult<OrderTotals>;
     /// Appends an audit event for an admin action other than a catalogue change (which

@@ -654,6 +654,38 @@ macro_rules! sql_store {
                     Ok($crate::store::OrderTotals { count, amount_fen, refunded_fen })
                 }
 
+                async fn console_stats(
+                    &self,
+                    since: chrono::DateTime<chrono::Utc>,
+                ) -> StoreResult<$crate::store::ConsoleStats> {
+                    let mut conn = self.read_conn().await?;
+                    let since = ms(since);
+                    let paid_by_day: Vec<(i64, i64, i64)> = sqlx::query_as(
+                        "SELECT (paid_at - $1) / 86400000, COUNT(*), CAST(SUM(amount_fen) AS BIGINT) FROM orders \
+                         WHERE paid_at >= $1 GROUP BY 1 ORDER BY 1",
+                    )
+                    .bind(since)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    let refunded_by_day: Vec<(i64, i64, i64)> = sqlx::query_as(
+                        "SELECT (settled_at - $1) / 86400000, COUNT(*), CAST(SUM(amount_fen) AS BIGINT) FROM refunds \
+                         WHERE status = 'SUCCESS' AND settled_at >= $1 GROUP BY 1 ORDER BY 1",
+                    )
+                    .bind(since)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    let unverified_notifications: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM notification_inbox WHERE NOT verified AND received_at >= $1",
+                    )
+                    .bind(since)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                    let needs_review: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE needs_review")
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    Ok($crate::store::ConsoleStats { paid_by_day, refunded_by_day, unverified_notifications, needs_review })
+                }
+
                 async fn record_audit(
                     &self,
                     actor: &str,
