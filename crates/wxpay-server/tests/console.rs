@@ -442,3 +442,49 @@ async fn the_dashboard_counts_today_and_the_webhooks_page_lists_dead_letters() {
     assert!(hooks.body.contains(&order_no));
     env.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_filters_notifications_and_replays_a_verified_one_idempotently() {
+    let env = TestEnv::start().await;
+    let order_no = paid_order(&env, "u-inbox").await;
+    let amount = env.admin_detail(&order_no).await["order"]["amount_fen"].as_u64().unwrap();
+    let forged = signed_pay_notification(&order_no, "ox-someone", amount, "0123456789abcdef0123456789abcdef");
+    env.post_raw("/wxpay/notify", "text/xml", forged).await;
+    let mut b = Browser::new(&env);
+    b.sign_in(ADMIN_TOKEN).await;
+
+    let all = b.get("/admin/notifications").await;
+    assert_eq!(all.status, 200, "{}", all.body);
+    assert_eq!(all.body.matches("class=\"tl-notification inbox-row\"").count(), 2, "{}", all.body);
+    let refused = b.get("/admin/notifications?verified=no").await;
+    assert_eq!(refused.body.matches("inbox-row").count(), 1);
+    assert!(!refused.body.contains("class=\"replay\""), "a forged notification has no replay");
+    let applied = b.get("/admin/notifications?kind=pay&outcome=applied").await;
+    assert_eq!(applied.body.matches("inbox-row").count(), 1);
+    assert_eq!(b.get("/admin/notifications?kind=nope").await.status, StatusCode::BAD_REQUEST);
+
+    let inbox =
+        env.state().store.list_notifications(&wxpay_server::store::NotificationFilter::default()).await.unwrap();
+    let good = inbox.iter().find(|n| n.record.verified).unwrap().id;
+    let bad = inbox.iter().find(|n| !n.record.verified).unwrap().id;
+    let csrf = b.csrf().await;
+    assert_eq!(b.post(&format!("/admin/notifications/{bad}/replay"), &[("csrf", &csrf)]).await.status, 409);
+    assert_eq!(b.post(&format!("/admin/notifications/{good}/replay"), &[]).await.status, 403, "CSRF");
+    let replayed = b.post(&format!("/admin/notifications/{good}/replay"), &[("csrf", &csrf)]).await;
+    assert_eq!(replayed.status, StatusCode::SEE_OTHER, "{}", replayed.body);
+    let detail = env.admin_detail(&order_no).await;
+    assert_eq!(detail["order"]["status"], "PAID");
+    assert_eq!(event_count(&detail, "order.paid"), 1, "applied once: {detail}");
+    assert_eq!(inbox_with_outcome(&detail, "duplicate").len(), 1, "the replay is a duplicate: {detail}");
+    let audit = env.state().store.audit_events(Some(&format!("notification:{good}")), 10).await.unwrap();
+    assert_eq!(audit.len(), 1);
+
+    // A viewer sees the inbox but may not replay.
+    let viewer = token(&env, "vic", Role::Viewer).await;
+    let mut v = Browser::new(&env);
+    v.sign_in(&viewer).await;
+    assert!(!v.get("/admin/notifications").await.body.contains("class=\"replay\""));
+    let csrf = v.csrf().await;
+    assert_eq!(v.post(&format!("/admin/notifications/{good}/replay"), &[("csrf", &csrf)]).await.status, 403);
+    env.shutdown().await;
+}

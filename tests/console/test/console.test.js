@@ -198,6 +198,11 @@ test('resending a dead-lettered webhook', async () => {
     await page.reload()
   }
   assert.match(await page.locator('.tl-webhook .flag.ok').first().textContent(), /已送达/)
+  await page.goto(`${backend.url}/admin/webhooks`)
+  assert.equal(await page.$(`.dead-row a:text("${orderNo}")`), null, 'no longer a dead letter')
+  await page.goto(`${backend.url}/admin/dashboard`)
+  assert.notEqual(await page.textContent('#today-paid'), '¥0.00')
+  await shot(page, 'dashboard')
   await page.context().close()
 })
 

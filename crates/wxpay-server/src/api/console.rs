@@ -252,6 +252,7 @@ fn environment() -> &'static Environment<'static> {
             ("products.html", include_str!("console/products.html")),
             ("dashboard.html", include_str!("console/dashboard.html")),
             ("webhooks.html", include_str!("console/webhooks.html")),
+            ("notifications.html", include_str!("console/notifications.html")),
             ("sheet.html", include_str!("console/sheet.html")),
         ] {
             env.add_template(name, text).expect("console templates parse");
@@ -1145,4 +1146,134 @@ pub async fn webhooks(user: ConsoleUser, State(state): State<SharedState>) -> Pa
         "webhooks.html",
         context! { en, user => user_ctx(&user), dead, pending => ops.webhook_pending, dead_count => ops.webhook_dead },
     )
+}
+
+// ---- notifications inbox ----
+
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct InboxQuery {
+    /// `pay`, `refund` or `scan`.
+    pub kind: String,
+    /// `yes` or `no`.
+    pub verified: String,
+    pub outcome: String,
+    pub page: u32,
+}
+
+/// `GET /admin/notifications`: every callback received (verified or not), newest first, with its
+/// raw body; a verified payment or refund notification can be replayed.
+pub async fn notifications(user: ConsoleUser, State(state): State<SharedState>, Query(q): Query<InboxQuery>) -> Page {
+    let en = user.en;
+    let bad = |m: String| Page::error(en, StatusCode::BAD_REQUEST, m);
+    let opt = |s: &str| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
+    let kind = match opt(&q.kind).map(|k| parse_name::<crate::store::NotificationKind>("kind", &k)).transpose() {
+        Ok(k) => k,
+        Err(e) => return bad(e.to_string()),
+    };
+    let outcome = match opt(&q.outcome).map(|o| parse_name::<crate::store::InboxOutcome>("outcome", &o)).transpose() {
+        Ok(o) => o,
+        Err(e) => return bad(e.to_string()),
+    };
+    let verified = match q.verified.as_str() {
+        "" => None,
+        "yes" => Some(true),
+        "no" => Some(false),
+        other => return bad(format!("verified: {other:?}: use yes or no")),
+    };
+    let page_no = q.page.max(1);
+    let filter = crate::store::NotificationFilter {
+        id: None,
+        kind,
+        verified,
+        outcome,
+        limit: PAGE_SIZE + 1,
+        offset: (page_no - 1).saturating_mul(PAGE_SIZE),
+    };
+    let mut found = match state.store.list_notifications(&filter).await {
+        Ok(found) => found,
+        Err(e) => return app_error(en, e.into()),
+    };
+    let more = found.len() > PAGE_SIZE as usize;
+    found.truncate(PAGE_SIZE as usize);
+    let rows: Vec<Value> = found
+        .iter()
+        .map(|n| {
+            let r = &n.record;
+            context! {
+                id => n.id, kind => name_of(&r.kind), order_no => r.out_trade_no, verified => r.verified,
+                outcome => name_of(&r.outcome), reason => r.reason, at => shown_time(r.received_at),
+                repeats => n.repeats, raw_body => r.raw_body,
+                replayable => r.verified && matches!(r.kind, crate::store::NotificationKind::Pay | crate::store::NotificationKind::Refund),
+            }
+        })
+        .collect();
+    let link = |page: u32| serde_urlencoded::to_string(&InboxQuery { page, ..q.clone() }).unwrap_or_default();
+    page(
+        en,
+        "notifications.html",
+        context! {
+            en, user => user_ctx(&user), q => &q, rows, page => page_no,
+            kinds => ["pay", "refund", "scan"],
+            outcomes => ["applied", "duplicate", "rejected", "not_paid", "recorded", "prepay"],
+            prev => (page_no > 1).then(|| link(page_no - 1)), next => more.then(|| link(page_no + 1)),
+        },
+    )
+}
+
+/// `POST /admin/notifications/{id}/replay`: runs a verified payment or refund notification's raw
+/// body through the same handler as WeChat's callback (verification, then the one write path), so
+/// a replay of something already applied is recorded as a duplicate and changes nothing.
+pub async fn replay_notification(
+    user: ConsoleUser,
+    State(state): State<SharedState>,
+    Path(id): Path<i64>,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let en = user.en;
+    let run = async {
+        user.check_csrf(&form.csrf)?;
+        user.may_write()?;
+        let filter = crate::store::NotificationFilter { id: Some(id), limit: 1, ..Default::default() };
+        let n = state
+            .store
+            .list_notifications(&filter)
+            .await
+            .map_err(|e| app_error(en, e.into()))?
+            .pop()
+            .ok_or_else(|| Page::error(en, StatusCode::NOT_FOUND, format!("no notification {id}")))?;
+        if !n.record.verified {
+            return Err(Page::error(
+                en,
+                StatusCode::CONFLICT,
+                if en {
+                    format!("notification {id} failed verification; only verified notifications can be replayed")
+                } else {
+                    format!("通知 {id} 未通过验签，只能重放验签通过的通知")
+                },
+            ));
+        }
+        let peer = axum::extract::ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        let body = axum::body::Body::from(n.record.raw_body.clone());
+        let answer = match n.record.kind {
+            crate::store::NotificationKind::Pay => super::callbacks::pay_notify(State(state.clone()), peer, body).await,
+            crate::store::NotificationKind::Refund => {
+                super::callbacks::refund_notify(State(state.clone()), peer, body).await
+            }
+            crate::store::NotificationKind::Scan => {
+                return Err(Page::error(en, StatusCode::CONFLICT, "a Native scan callback cannot be replayed".into()))
+            }
+        };
+        let now = state.clock.now();
+        let subject = format!("notification:{id}");
+        let detail = serde_json::json!({ "answer_status": answer.status().as_u16() });
+        state
+            .store
+            .record_audit(&user.name, AuditAction::NotificationReplayed, &subject, Some(detail), now)
+            .await
+            .map_err(|e| app_error(en, e.into()))?;
+        tracing::info!(admin = %user.name, notification = id, "notification replayed from the console");
+        Ok::<_, Page>(Redirect::to("/admin/notifications").into_response())
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
 }

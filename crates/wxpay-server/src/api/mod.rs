@@ -76,7 +76,9 @@ pub fn router(state: SharedState) -> Router {
         .route("/admin/products/{id}/{file}", get(console::product_qr))
         .route("/admin/static/print.js", get(console::print_script))
         .route("/admin/dashboard", get(console::dashboard))
-        .route("/admin/webhooks", get(console::webhooks));
+        .route("/admin/webhooks", get(console::webhooks))
+        .route("/admin/notifications", get(console::notifications))
+        .route("/admin/notifications/{id}/replay", post(console::replay_notification));
     Router::new()
         .merge(login)
         .merge(admin)

@@ -142,6 +142,8 @@ pub enum AuditAction {
     RefundRequested,
     #[serde(rename = "webhook.resent")]
     WebhookResent,
+    #[serde(rename = "notification.replayed")]
+    NotificationReplayed,
 }
 
 impl ProductChange {

@@ -120,6 +120,23 @@ impl Default for OrderFilter {
     }
 }
 
+/// Filter for the notifications inbox (newest first); `None` fields match everything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationFilter {
+    pub id: Option<i64>,
+    pub kind: Option<NotificationKind>,
+    pub verified: Option<bool>,
+    pub outcome: Option<InboxOutcome>,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+impl Default for NotificationFilter {
+    fn default() -> Self {
+        NotificationFilter { id: None, kind: None, verified: None, outcome: None, limit: 50, offset: 0 }
+    }
+}
+
 /// The console dashboard's figures since a day's start (see [`Store::console_stats`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConsoleStats {
@@ -331,6 +348,8 @@ pub trait Store: Send + Sync {
     /// Newest first.
     async fn list_user_orders(&self, openid: &Openid, limit: u32) -> StoreResult<Vec<Order>>;
     async fn list_orders(&self, filter: &OrderFilter) -> StoreResult<Vec<Order>>;
+    /// Inbound callbacks of every order (the console's inbox), newest first.
+    async fn list_notifications(&self, filter: &NotificationFilter) -> StoreResult<Vec<StoredNotification>>;
     /// The dashboard's figures from `since` on, grouped by 24-hour days from `since`.
     async fn console_stats(&self, since: DateTime<Utc>) -> StoreResult<ConsoleStats>;
     /// How many orders match `filter` and their amounts (its limit and offset are ignored).

@@ -654,6 +654,29 @@ macro_rules! sql_store {
                     Ok($crate::store::OrderTotals { count, amount_fen, refunded_fen })
                 }
 
+                async fn list_notifications(
+                    &self,
+                    filter: &$crate::store::NotificationFilter,
+                ) -> StoreResult<Vec<StoredNotification>> {
+                    let mut conn = self.read_conn().await?;
+                    let rows: Vec<InboxRow> = sqlx::query_as(&format!(
+                        "SELECT {INBOX_COLS} FROM notification_inbox \
+                         WHERE (CAST($1 AS BIGINT) IS NULL OR id = $1) AND (CAST($2 AS TEXT) IS NULL OR kind = $2) \
+                         AND (CAST($3 AS INTEGER) IS NULL OR verified = (CAST($3 AS INTEGER) = 1)) \
+                         AND (CAST($4 AS TEXT) IS NULL OR outcome = $4) \
+                         ORDER BY id DESC LIMIT $5 OFFSET $6"
+                    ))
+                    .bind(filter.id)
+                    .bind(filter.kind.as_ref().map(name_of))
+                    .bind(filter.verified.map(i32::from))
+                    .bind(filter.outcome.as_ref().map(name_of))
+                    .bind(i64::from(filter.limit))
+                    .bind(i64::from(filter.offset))
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    convert(rows)
+                }
+
                 async fn console_stats(
                     &self,
                     since: chrono::DateTime<chrono::Utc>,
