@@ -181,6 +181,24 @@ test('a partial refund from the order page ends SUCCESS through the simulator', 
   await page.context().close()
 })
 
+test('replaying a verified notification changes nothing twice', async () => {
+  const { orderNo } = await paidOrder(`replay-${Date.now()}`)
+  const page = await signIn(owner)
+  await page.goto(`${backend.url}/admin/notifications?kind=pay&verified=yes&outcome=applied`)
+  const row = page.locator('.inbox-row', { has: page.locator(`a:text("${orderNo}")`) })
+  assert.equal(await row.count(), 1)
+  await row.locator('.replay').click()
+  await page.waitForURL(/\/admin\/notifications$/)
+  await page.goto(`${backend.url}/admin/notifications?kind=pay&outcome=duplicate`)
+  assert.equal(await page.locator('.inbox-row', { has: page.locator(`a:text("${orderNo}")`) }).count(), 1)
+  await shot(page, 'notifications')
+  await page.goto(`${backend.url}/admin/orders/${orderNo}`)
+  assert.equal(await page.textContent('#order-status'), 'PAID')
+  const paidEvents = (await page.locator('.tl-event code.kind').allTextContents()).filter((k) => k === 'order.paid')
+  assert.equal(paidEvents.length, 1, 'applied once')
+  await page.context().close()
+})
+
 test('resending a dead-lettered webhook', async () => {
   backend.hooks.accept = false
   const { orderNo } = await paidOrder(`hook-${Date.now()}`)
