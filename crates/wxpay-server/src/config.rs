@@ -133,6 +133,25 @@ pub struct Config {
     pub refunds: RefundsConfig,
     pub reconciliation: ReconciliationConfig,
     pub log: LogConfig,
+    pub console: ConsoleConfig,
+}
+
+/// The merchant console at `/admin/` (see [`crate::api::console`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// A console session ends after this many minutes without a request.
+    pub session_idle_minutes: u64,
+    /// The largest refund an `operator` may ask for, in fen (owners have no limit).
+    pub operator_refund_limit_fen: u64,
+    /// The shop's name at the top of the printable QR sheet (empty: none).
+    pub shop_name: String,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        ConsoleConfig { session_idle_minutes: 30, operator_refund_limit_fen: 10_000, shop_name: String::new() }
+    }
 }
 
 /// How log lines are written (to stderr).
@@ -732,6 +751,9 @@ impl Config {
                 "reconciliation.after_hour",
                 "after_hour must be an hour 0-23 (Beijing time; 10 is WeChat's advice) and retry_secs at least 1",
             ));
+        }
+        if self.console.session_idle_minutes == 0 {
+            return Err(invalid("console.session_idle_minutes", "must be at least 1 (minutes without a request)"));
         }
         if self.server.auth_per_minute == 0 || self.server.auth_burst == 0 {
             return Err(invalid("server.auth_per_minute", "auth_per_minute and auth_burst must be at least 1"));

@@ -274,6 +274,28 @@ impl Store for RiggedStore {
     async fn list_orders(&self, filter: &OrderFilter) -> StoreResult<Vec<Order>> {
         self.inner.list_orders(filter).await
     }
+    async fn order_totals(&self, filter: &OrderFilter) -> StoreResult<wxpay_server::store::OrderTotals> {
+        self.inner.order_totals(filter).await
+    }
+    async fn record_audit(
+        &self,
+        actor: &str,
+        action: wxpay_server::domain::catalogue::AuditAction,
+        subject: &str,
+        detail: Option<serde_json::Value>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<i64> {
+        self.inner.record_audit(actor, action, subject, detail, now).await
+    }
+    async fn list_notifications(
+        &self,
+        filter: &wxpay_server::store::NotificationFilter,
+    ) -> StoreResult<Vec<StoredNotification>> {
+        self.inner.list_notifications(filter).await
+    }
+    async fn console_stats(&self, since: DateTime<Utc>) -> StoreResult<wxpay_server::store::ConsoleStats> {
+        self.inner.console_stats(since).await
+    }
 
     async fn find_payable_native_order(
         &self,
@@ -540,6 +562,7 @@ fn instance(env: &TestEnv, store: Arc<dyn Store>, id: &str) -> Arc<AppState> {
         outbox_wake: tokio::sync::Notify::new(),
         refused_limiter: wxpay_server::state::refused_limiter(&shared.config),
         auth_limiters: wxpay_server::state::AuthLimiters::new(&shared.config),
+        console_sessions: Default::default(),
     })
 }
 

@@ -46,7 +46,7 @@ pub async fn list_orders(
     if !(1..=500).contains(&limit) {
         return Err(AppError::invalid_input("limit: must be between 1 and 500"));
     }
-    let filter = OrderFilter { status, openid, limit, offset: q.offset.unwrap_or(0) };
+    let filter = OrderFilter { status, openid, limit, offset: q.offset.unwrap_or(0), ..OrderFilter::default() };
     let orders = state.store.list_orders(&filter).await?;
     Ok(Json(orders.iter().map(AdminOrderView::from).collect()))
 }

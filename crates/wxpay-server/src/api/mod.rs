@@ -1,4 +1,5 @@
-//! HTTP: the mini-program API (JSON), WeChat's callbacks (XML), the admin API, operations.
+//! HTTP: the mini-program API (JSON), WeChat's callbacks (XML), the admin API, the merchant
+//! console ([`console`], HTML at `/admin/`), operations.
 //!
 //! Around every route: a request id, one access-log line and the HTTP metrics
 //! ([`access_log`]); around login and the admin side: the per-address rate limits of [`auth`].
@@ -21,6 +22,7 @@ pub mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod callbacks;
+pub mod console;
 pub mod error;
 pub mod mp;
 pub mod ops;
@@ -53,9 +55,38 @@ pub fn router(state: SharedState) -> Router {
         .route("/till/api/products/{id}/qr.svg", get(till::qr_svg))
         .route("/till/api/products/{id}/latest-order", get(till::latest_order))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), auth::rate_limit_admin));
+    // The merchant console's sign-in shares the admin side's per-address limit.
+    let console_login = Router::new()
+        .route("/admin/login", post(console::login))
+        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), auth::rate_limit_admin));
+    let console = Router::new()
+        .route("/admin", get(console::home))
+        .route("/admin/", get(console::home))
+        .route("/admin/login", get(console::login_page))
+        .route("/admin/logout", post(console::logout))
+        .route("/admin/lang/{lang}", get(console::switch_language))
+        .route("/admin/static/console.css", get(console::stylesheet))
+        .route("/admin/orders", get(console::orders))
+        .route("/admin/orders.csv", get(console::orders_csv))
+        .route("/admin/orders/{order_no}", get(console::order))
+        .route("/admin/orders/{order_no}/ship", post(console::ship))
+        .route("/admin/orders/{order_no}/refund", post(console::refund))
+        .route("/admin/webhooks/{id}/resend", post(console::resend_webhook))
+        .route("/admin/products", get(console::products).post(console::create_product))
+        .route("/admin/products/sheet", get(console::qr_sheet))
+        .route("/admin/products/{id}", post(console::update_product))
+        .route("/admin/products/{id}/retire", post(console::retire_product))
+        .route("/admin/products/{id}/{file}", get(console::product_qr))
+        .route("/admin/static/print.js", get(console::print_script))
+        .route("/admin/dashboard", get(console::dashboard))
+        .route("/admin/webhooks", get(console::webhooks))
+        .route("/admin/notifications", get(console::notifications))
+        .route("/admin/notifications/{id}/replay", post(console::replay_notification));
     Router::new()
         .merge(login)
         .merge(admin)
+        .merge(console_login)
+        .merge(console)
         .route("/api/products", get(mp::products))
         .route("/api/orders", post(mp::create_order).get(mp::list_orders))
         .route("/api/orders/{order_no}", get(mp::get_order))

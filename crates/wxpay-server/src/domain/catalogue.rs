@@ -133,6 +133,17 @@ pub enum AuditAction {
     ProductUpdated,
     #[serde(rename = "product.retired")]
     ProductRetired,
+    /// The console: a sign-in, an order shipped, a refund asked for, a webhook resent.
+    #[serde(rename = "console.signed_in")]
+    SignedIn,
+    #[serde(rename = "order.shipped")]
+    OrderShipped,
+    #[serde(rename = "refund.requested")]
+    RefundRequested,
+    #[serde(rename = "webhook.resent")]
+    WebhookResent,
+    #[serde(rename = "notification.replayed")]
+    NotificationReplayed,
 }
 
 impl ProductChange {

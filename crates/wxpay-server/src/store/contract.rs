@@ -310,6 +310,34 @@ pub async fn admin_list_filters_and_pages(h: &dyn StoreHarness) {
         .await
         .unwrap();
     assert_eq!(b.iter().map(|o| o.order_no.as_str()).collect::<Vec<_>>(), vec!["WXL1"]);
+
+    // The console's search: an order number or a transaction id, a product, a time range; and
+    // the totals of a filter (its page aside).
+    let nos = |orders: Vec<Order>| orders.iter().map(|o| o.order_no.as_str().to_owned()).collect::<Vec<_>>();
+    let s: &dyn Store = &*store;
+    let by = |f: OrderFilter| async move { s.list_orders(&f).await.unwrap() };
+    assert_eq!(nos(by(OrderFilter { number: Some("WXL2".into()), ..OrderFilter::default() }).await), ["WXL2"]);
+    assert_eq!(nos(by(OrderFilter { number: Some("TXL3".into()), ..OrderFilter::default() }).await), ["WXL3"]);
+    assert!(by(OrderFilter { number: Some("nothing".into()), ..OrderFilter::default() }).await.is_empty());
+    let with_apple = all.iter().filter(|o| o.items.iter().any(|i| i.product_id.as_str() == "apple")).count();
+    assert!(with_apple >= 4 && with_apple < all.len() + 1);
+    assert_eq!(by(OrderFilter { product: Some("apple".into()), ..OrderFilter::default() }).await.len(), with_apple);
+    assert!(by(OrderFilter { product: Some("durian".into()), ..OrderFilter::default() }).await.is_empty());
+    let window = OrderFilter {
+        created_from: Some(t0() + Duration::minutes(2)),
+        created_until: Some(t0() + Duration::minutes(4)),
+        ..OrderFilter::default()
+    };
+    assert_eq!(nos(by(window.clone()).await), ["WXL2", "WXL1"]);
+    let totals = store.order_totals(&OrderFilter { limit: 1, offset: 3, ..window }).await.unwrap();
+    assert_eq!(totals.count, 2);
+    let all_totals = store.order_totals(&OrderFilter::default()).await.unwrap();
+    assert_eq!(all_totals.count, 5);
+    assert_eq!(all_totals.amount_fen, all.iter().map(|o| o.amount.get() as i64).sum::<i64>());
+    assert_eq!(all_totals.refunded_fen, 0);
+    let paid_totals =
+        store.order_totals(&OrderFilter { status: Some(OrderStatus::Paid), ..OrderFilter::default() }).await.unwrap();
+    assert_eq!((paid_totals.count, paid_totals.amount_fen), (1, 150));
 }
 
 pub async fn finds_payable_native_order_for_exactly_that_product(h: &dyn StoreHarness) {

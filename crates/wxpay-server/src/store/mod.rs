@@ -93,14 +93,69 @@ pub struct DueRefund {
 pub struct OrderFilter {
     pub status: Option<OrderStatus>,
     pub openid: Option<Openid>,
+    /// An order number or a WeChat transaction id, matched exactly.
+    pub number: Option<String>,
+    /// Orders with a line of this product.
+    pub product: Option<String>,
+    /// Created at or after this instant.
+    pub created_from: Option<DateTime<Utc>>,
+    /// Created before this instant.
+    pub created_until: Option<DateTime<Utc>>,
     pub limit: u32,
     pub offset: u32,
 }
 
 impl Default for OrderFilter {
     fn default() -> Self {
-        OrderFilter { status: None, openid: None, limit: 50, offset: 0 }
+        OrderFilter {
+            status: None,
+            openid: None,
+            number: None,
+            product: None,
+            created_from: None,
+            created_until: None,
+            limit: 50,
+            offset: 0,
+        }
     }
+}
+
+/// Filter for the notifications inbox (newest first); `None` fields match everything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotificationFilter {
+    pub id: Option<i64>,
+    pub kind: Option<NotificationKind>,
+    pub verified: Option<bool>,
+    pub outcome: Option<InboxOutcome>,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+impl Default for NotificationFilter {
+    fn default() -> Self {
+        NotificationFilter { id: None, kind: None, verified: None, outcome: None, limit: 50, offset: 0 }
+    }
+}
+
+/// The console dashboard's figures since a day's start (see [`Store::console_stats`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConsoleStats {
+    /// Per day since `since` (0 = the first day): paid orders (by payment time) and their amount.
+    pub paid_by_day: Vec<(i64, i64, i64)>,
+    /// Per day: successful refunds (by settlement time) and their amount.
+    pub refunded_by_day: Vec<(i64, i64, i64)>,
+    /// Notifications received since `since` that failed verification.
+    pub unverified_notifications: i64,
+    /// Orders flagged for a person to look at (all time).
+    pub needs_review: i64,
+}
+
+/// What the orders matching an [`OrderFilter`] add up to (its limit and offset aside).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OrderTotals {
+    pub count: i64,
+    pub amount_fen: i64,
+    pub refunded_fen: i64,
 }
 
 /// One row of the append-only order event log.
@@ -333,6 +388,22 @@ pub trait Store: Send + Sync {
     /// Newest first.
     async fn list_user_orders(&self, openid: &Openid, limit: u32) -> StoreResult<Vec<Order>>;
     async fn list_orders(&self, filter: &OrderFilter) -> StoreResult<Vec<Order>>;
+    /// Inbound callbacks of every order (the console's inbox), newest first.
+    async fn list_notifications(&self, filter: &NotificationFilter) -> StoreResult<Vec<StoredNotification>>;
+    /// The dashboard's figures from `since` on, grouped by 24-hour days from `since`.
+    async fn console_stats(&self, since: DateTime<Utc>) -> StoreResult<ConsoleStats>;
+    /// How many orders match `filter` and their amounts (its limit and offset are ignored).
+    async fn order_totals(&self, filter: &OrderFilter) -> StoreResult<OrderTotals>;
+    /// Appends an audit event for an admin action other than a catalogue change (which
+    /// [`Store::change_product`] records itself): e.g. `order.shipped` on `order:NO`.
+    async fn record_audit(
+        &self,
+        actor: &str,
+        action: crate::domain::catalogue::AuditAction,
+        subject: &str,
+        detail: Option<serde_json::Value>,
+        now: DateTime<Utc>,
+    ) -> StoreResult<i64>;
     /// The newest NATIVE order of `openid` that is still payable and whose only line is
     /// `product_id`, so that scanning the same QR code twice reuses the order.
     async fn find_payable_native_order(

@@ -22,6 +22,51 @@ use crate::domain::{EventKind, Order, OutboxMessage, Refund, RefundEventKind};
 
 pub use super::group_commit::BoxFuture;
 
+/// A value bound to a statement built at run time.
+pub(crate) enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// The `WHERE` condition of an [`super::OrderFilter`] with only the conditions it sets (so that
+/// the planner can use an index for each), numbering its placeholders from `$1`, and the values
+/// to bind in order. `TRUE` when nothing is set.
+pub(crate) fn order_filter(filter: &super::OrderFilter) -> (String, Vec<Bind>) {
+    let mut conditions = Vec::new();
+    let mut binds = Vec::new();
+    let mut add = |template: &str, bind: Bind| {
+        binds.push(bind);
+        conditions.push(template.replace("$?", &format!("${}", binds.len())));
+    };
+    if let Some(status) = &filter.status {
+        add("status = $?", Bind::Text(crate::domain::name_of(status)));
+    }
+    if let Some(openid) = &filter.openid {
+        add("openid = $?", Bind::Text(openid.as_str().to_owned()));
+    }
+    if let Some(number) = &filter.number {
+        add(
+            "order_no IN (SELECT order_no FROM orders WHERE order_no = $? \
+             UNION SELECT order_no FROM orders WHERE transaction_id = $?)",
+            Bind::Text(number.clone()),
+        );
+    }
+    if let Some(product) = &filter.product {
+        add("order_no IN (SELECT order_no FROM order_items WHERE product_id = $?)", Bind::Text(product.clone()));
+    }
+    if let Some(from) = filter.created_from {
+        add("created_at >= $?", Bind::Int(from.timestamp_millis()));
+    }
+    if let Some(until) = filter.created_until {
+        add("created_at < $?", Bind::Int(until.timestamp_millis()));
+    }
+    if conditions.is_empty() {
+        ("1 = 1".to_owned(), binds)
+    } else {
+        (conditions.join(" AND "), binds)
+    }
+}
+
 /// The backend primitives a state change is written with (see [`super::apply`]).
 #[async_trait]
 pub trait SqlConn: Send {
@@ -90,7 +135,7 @@ macro_rules! sql_store {
                 InboxRow, ItemRow, OrderRow, OutboxRow, ProductRow, RefundEventRow, RefundRow, StatusCountRow, UserRow,
                 AUDIT_COLS, INBOX_COLS, ORDER_COLS, OUTBOX_COLS, PRODUCT_COLS, REFUND_COLS,
             };
-            use $crate::store::sql::{storable, SqlConn};
+            use $crate::store::sql::{order_filter, storable, Bind, SqlConn};
             use $crate::store::{
                 ApplyOutcome, AuditEvent, DueOrder, InboxCause, InboxRecord, OrderEventRecord, OrderFilter, OutboxEvent,
                 ProductChanged, Store, StoreError, StoreResult, StoredNotification,
@@ -563,23 +608,133 @@ macro_rules! sql_store {
                 }
 
                 async fn list_user_orders(&self, openid: &wxpay_proto::Openid, limit: u32) -> StoreResult<Vec<Order>> {
-                    self.list_orders(&OrderFilter { status: None, openid: Some(openid.clone()), limit, offset: 0 }).await
+                    self.list_orders(&OrderFilter { openid: Some(openid.clone()), limit, ..OrderFilter::default() }).await
                 }
 
                 async fn list_orders(&self, filter: &OrderFilter) -> StoreResult<Vec<Order>> {
                     let mut conn = self.read_conn().await?;
-                    let rows: Vec<OrderRow> = sqlx::query_as(&format!(
-                        "SELECT {ORDER_COLS} FROM orders WHERE (CAST($1 AS TEXT) IS NULL OR status = $1) \
-                         AND (CAST($2 AS TEXT) IS NULL OR openid = $2) \
-                         ORDER BY created_at DESC, order_no DESC LIMIT $3 OFFSET $4"
+                    let (condition, binds) = order_filter(filter);
+                    let n = binds.len();
+                    let sql = format!(
+                        "SELECT {ORDER_COLS} FROM orders WHERE {condition} \
+                         ORDER BY created_at DESC, order_no DESC LIMIT ${} OFFSET ${}",
+                        n + 1,
+                        n + 2
+                    );
+                    let mut query = sqlx::query_as::<_, OrderRow>(&sql);
+                    for bind in binds {
+                        query = match bind {
+                            Bind::Text(t) => query.bind(t),
+                            Bind::Int(i) => query.bind(i),
+                        };
+                    }
+                    let rows = query
+                        .bind(i64::from(filter.limit))
+                        .bind(i64::from(filter.offset))
+                        .fetch_all(&mut *conn)
+                        .await?;
+                    with_items(&mut conn, rows).await
+                }
+
+                async fn order_totals(&self, filter: &OrderFilter) -> StoreResult<$crate::store::OrderTotals> {
+                    let mut conn = self.read_conn().await?;
+                    let (condition, binds) = order_filter(filter);
+                    let sql = format!(
+                        "SELECT COUNT(*), CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT), \
+                         CAST(COALESCE(SUM(refunded_fen), 0) AS BIGINT) FROM orders WHERE {condition}"
+                    );
+                    let mut query = sqlx::query_as::<_, (i64, i64, i64)>(&sql);
+                    for bind in binds {
+                        query = match bind {
+                            Bind::Text(t) => query.bind(t),
+                            Bind::Int(i) => query.bind(i),
+                        };
+                    }
+                    let (count, amount_fen, refunded_fen) = query.fetch_one(&mut *conn).await?;
+                    Ok($crate::store::OrderTotals { count, amount_fen, refunded_fen })
+                }
+
+                async fn list_notifications(
+                    &self,
+                    filter: &$crate::store::NotificationFilter,
+                ) -> StoreResult<Vec<StoredNotification>> {
+                    let mut conn = self.read_conn().await?;
+                    let rows: Vec<InboxRow> = sqlx::query_as(&format!(
+                        "SELECT {INBOX_COLS} FROM notification_inbox \
+                         WHERE (CAST($1 AS BIGINT) IS NULL OR id = $1) AND (CAST($2 AS TEXT) IS NULL OR kind = $2) \
+                         AND (CAST($3 AS INTEGER) IS NULL OR verified = (CAST($3 AS INTEGER) = 1)) \
+                         AND (CAST($4 AS TEXT) IS NULL OR outcome = $4) \
+                         ORDER BY id DESC LIMIT $5 OFFSET $6"
                     ))
-                    .bind(filter.status.as_ref().map(name_of))
-                    .bind(filter.openid.as_ref().map(|o| o.as_str()))
+                    .bind(filter.id)
+                    .bind(filter.kind.as_ref().map(name_of))
+                    .bind(filter.verified.map(i32::from))
+                    .bind(filter.outcome.as_ref().map(name_of))
                     .bind(i64::from(filter.limit))
                     .bind(i64::from(filter.offset))
                     .fetch_all(&mut *conn)
                     .await?;
-                    with_items(&mut conn, rows).await
+                    convert(rows)
+                }
+
+                async fn console_stats(
+                    &self,
+                    since: chrono::DateTime<chrono::Utc>,
+                ) -> StoreResult<$crate::store::ConsoleStats> {
+                    let mut conn = self.read_conn().await?;
+                    let since = ms(since);
+                    let paid_by_day: Vec<(i64, i64, i64)> = sqlx::query_as(
+                        "SELECT (paid_at - $1) / 86400000, COUNT(*), CAST(SUM(amount_fen) AS BIGINT) FROM orders \
+                         WHERE paid_at >= $1 GROUP BY 1 ORDER BY 1",
+                    )
+                    .bind(since)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    let refunded_by_day: Vec<(i64, i64, i64)> = sqlx::query_as(
+                        "SELECT (settled_at - $1) / 86400000, COUNT(*), CAST(SUM(amount_fen) AS BIGINT) FROM refunds \
+                         WHERE status = 'SUCCESS' AND settled_at >= $1 GROUP BY 1 ORDER BY 1",
+                    )
+                    .bind(since)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    let unverified_notifications: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM notification_inbox WHERE NOT verified AND received_at >= $1",
+                    )
+                    .bind(since)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                    let needs_review: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM orders WHERE needs_review")
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    Ok($crate::store::ConsoleStats { paid_by_day, refunded_by_day, unverified_notifications, needs_review })
+                }
+
+                async fn record_audit(
+                    &self,
+                    actor: &str,
+                    action: $crate::domain::catalogue::AuditAction,
+                    subject: &str,
+                    detail: Option<serde_json::Value>,
+                    now: chrono::DateTime<chrono::Utc>,
+                ) -> StoreResult<i64> {
+                    let (actor, subject) = (storable(actor), storable(subject));
+                    self.write_one(move |conn| {
+                        Box::pin(async move {
+                            let id: i64 = sqlx::query_scalar(
+                                "INSERT INTO audit_events (actor, at, action, subject, before, after) \
+                                 VALUES ($1, $2, $3, $4, NULL, $5) RETURNING id",
+                            )
+                            .bind(actor)
+                            .bind(ms(now))
+                            .bind(name_of(&action))
+                            .bind(subject)
+                            .bind(detail.map(|d| d.to_string()))
+                            .fetch_one(&mut *conn)
+                            .await?;
+                            Ok(id)
+                        })
+                    })
+                    .await
                 }
 
                 async fn find_payable_native_order(
