@@ -135,6 +135,28 @@ impl ConsoleUser {
         }
     }
 
+    /// A form that changes something: its CSRF value, then a role that may write.
+    fn may_write_with(&self, csrf: &str) -> Result<(), Page> {
+        self.check_csrf(csrf)?;
+        self.may_write()
+    }
+
+    /// The audit event of an action this user took, now.
+    async fn audit(
+        &self,
+        state: &SharedState,
+        action: AuditAction,
+        subject: &str,
+        detail: Option<serde_json::Value>,
+    ) -> Result<(), Page> {
+        state
+            .store
+            .record_audit(&self.name, action, subject, detail, state.clock.now())
+            .await
+            .map(drop)
+            .map_err(|e| app_error(self.en, e.into()))
+    }
+
     fn may_write(&self) -> Result<(), Page> {
         if matches!(self.role, Role::Owner | Role::Operator) {
             Ok(())
@@ -401,6 +423,14 @@ pub async fn login(State(state): State<SharedState>, headers: HeaderMap, Form(fo
 pub struct CsrfForm {
     #[serde(default)]
     csrf: String,
+}
+
+/// A webhook resend: the order page sends its order number, to come back to it.
+#[derive(Deserialize)]
+pub struct ResendForm {
+    #[serde(default)]
+    csrf: String,
+    order_no: Option<String>,
 }
 
 pub async fn logout(
@@ -687,16 +717,10 @@ pub async fn ship(
 ) -> Response {
     let en = user.en;
     let run = async {
-        user.check_csrf(&form.csrf)?;
-        user.may_write()?;
+        user.may_write_with(&form.csrf)?;
         let order_no = order_no_of(&order_no, en)?;
         crate::payments::ship(&state, &order_no).await.map_err(|e| app_error(en, e.into()))?;
-        let now = state.clock.now();
-        state
-            .store
-            .record_audit(&user.name, AuditAction::OrderShipped, &format!("order:{}", order_no.as_str()), None, now)
-            .await
-            .map_err(|e| app_error(en, e.into()))?;
+        user.audit(&state, AuditAction::OrderShipped, &format!("order:{}", order_no.as_str()), None).await?;
         tracing::info!(admin = %user.name, order_no = %order_no.as_str(), "order shipped from the console");
         Ok::<_, Page>(back_to(&order_no))
     };
@@ -738,8 +762,7 @@ pub async fn refund(
 ) -> Response {
     let en = user.en;
     let run = async {
-        user.check_csrf(&form.csrf)?;
-        user.may_write()?;
+        user.may_write_with(&form.csrf)?;
         let order_no = order_no_of(&order_no, en)?;
         let bad = |m: String| Page::error(en, StatusCode::BAD_REQUEST, m);
         let amount = parse_yuan(&form.amount).filter(|a| *a > 0).ok_or_else(|| {
@@ -782,12 +805,7 @@ pub async fn refund(
                 "amount_fen": amount, "reason": reason, "out_refund_no": started.refund.out_refund_no.as_str(),
             });
             let subject = format!("order:{}", order_no.as_str());
-            let now = state.clock.now();
-            state
-                .store
-                .record_audit(&user.name, AuditAction::RefundRequested, &subject, Some(detail), now)
-                .await
-                .map_err(|e| app_error(en, e.into()))?;
+            user.audit(&state, AuditAction::RefundRequested, &subject, Some(detail)).await?;
         }
         Ok::<_, Page>(back_to(&order_no))
     };
@@ -798,36 +816,22 @@ pub async fn resend_webhook(
     user: ConsoleUser,
     State(state): State<SharedState>,
     Path(id): Path<i64>,
-    Form(form): Form<CsrfForm>,
+    Form(form): Form<ResendForm>,
 ) -> Response {
     let en = user.en;
     let run = async {
-        user.check_csrf(&form.csrf)?;
-        user.may_write()?;
-        let now = state.clock.now();
-        let event = state
-            .store
-            .dead_letters(1000)
-            .await
-            .map_err(|e| app_error(en, e.into()))?
-            .into_iter()
-            .find(|e| e.id == id)
-            .ok_or_else(|| {
-                Page::error(en, StatusCode::NOT_FOUND, format!("webhook event {id} is not a dead letter"))
-            })?;
-        if !state.store.resend_dead_letter(id, now).await.map_err(|e| app_error(en, e.into()))? {
+        user.may_write_with(&form.csrf)?;
+        // The store says whether it was a dead letter (a resend of anything else is refused).
+        if !state.store.resend_dead_letter(id, state.clock.now()).await.map_err(|e| app_error(en, e.into()))? {
             return Err(Page::error(en, StatusCode::NOT_FOUND, format!("webhook event {id} is not a dead letter")));
         }
         state.outbox_wake.notify_one();
-        state
-            .store
-            .record_audit(&user.name, AuditAction::WebhookResent, &format!("webhook:{id}"), None, now)
-            .await
-            .map_err(|e| app_error(en, e.into()))?;
-        // An event of no order (reconciliation.completed) goes back to the webhooks page.
-        Ok::<_, Page>(match &event.order_no {
-            Some(order_no) => back_to(order_no),
-            None => Redirect::to("/admin/webhooks").into_response(),
+        user.audit(&state, AuditAction::WebhookResent, &format!("webhook:{id}"), None).await?;
+        // Back to the order page it was sent from, else to the webhooks page (events of no order,
+        // such as reconciliation.completed, are resent from there).
+        Ok::<_, Page>(match form.order_no.as_deref().map(|no| OutTradeNo::parse(no.to_owned())) {
+            Some(Ok(order_no)) => back_to(&order_no),
+            _ => Redirect::to("/admin/webhooks").into_response(),
         })
     };
     run.await.unwrap_or_else(IntoResponse::into_response)
@@ -1236,8 +1240,7 @@ pub async fn replay_notification(
 ) -> Response {
     let en = user.en;
     let run = async {
-        user.check_csrf(&form.csrf)?;
-        user.may_write()?;
+        user.may_write_with(&form.csrf)?;
         let filter = crate::store::NotificationFilter { id: Some(id), limit: 1, ..Default::default() };
         let n = state
             .store
@@ -1268,14 +1271,9 @@ pub async fn replay_notification(
                 return Err(Page::error(en, StatusCode::CONFLICT, "a Native scan callback cannot be replayed".into()))
             }
         };
-        let now = state.clock.now();
         let subject = format!("notification:{id}");
         let detail = serde_json::json!({ "answer_status": answer.status().as_u16() });
-        state
-            .store
-            .record_audit(&user.name, AuditAction::NotificationReplayed, &subject, Some(detail), now)
-            .await
-            .map_err(|e| app_error(en, e.into()))?;
+        user.audit(&state, AuditAction::NotificationReplayed, &subject, Some(detail)).await?;
         tracing::info!(admin = %user.name, notification = id, "notification replayed from the console");
         Ok::<_, Page>(Redirect::to("/admin/notifications").into_response())
     };
