@@ -123,6 +123,15 @@ pub(crate) fn storable(text: &str) -> String {
     text.replace('\0', "\u{FFFD}")
 }
 
+/// How a failed webhook delivery attempt ends.
+#[derive(Clone, Copy)]
+pub(crate) enum AttemptEnd {
+    /// Tried again later.
+    Retry,
+    /// Given up: a dead letter until an admin resends it.
+    DeadLetter,
+}
+
 /// The shared statements of a SQL store; see the module docs. `$store` is the store type and
 /// `$conn` its connection type, both defined beside a `dialect` module in the invoking module.
 macro_rules! sql_store {
@@ -135,7 +144,7 @@ macro_rules! sql_store {
                 InboxRow, ItemRow, OrderRow, OutboxRow, ProductRow, RefundEventRow, RefundRow, StatusCountRow, UserRow,
                 AUDIT_COLS, INBOX_COLS, ORDER_COLS, OUTBOX_COLS, PRODUCT_COLS, REFUND_COLS,
             };
-            use $crate::store::sql::{order_filter, storable, Bind, SqlConn};
+            use $crate::store::sql::{order_filter, storable, AttemptEnd, Bind, SqlConn};
             use $crate::store::{
                 ApplyOutcome, AuditEvent, DueOrder, InboxCause, InboxRecord, OrderEventRecord, OrderFilter, OutboxEvent,
                 ProductChanged, Store, StoreError, StoreResult, StoredNotification,
@@ -409,6 +418,42 @@ macro_rules! sql_store {
                         .execute(&mut *self)
                         .await?;
                     Ok(())
+                }
+            }
+
+            impl $store {
+                /// Ends the lease holder's failed delivery attempt: counts it, keeps the error, and
+                /// either schedules the next attempt at `at` or makes the event a dead letter at `at`.
+                async fn end_outbox_attempt(
+                    &self,
+                    end: AttemptEnd,
+                    id: i64,
+                    owner: &str,
+                    at: chrono::DateTime<chrono::Utc>,
+                    error: &str,
+                ) -> StoreResult<bool> {
+                    let (owner, error) = (owner.to_owned(), storable(error));
+                    let column = match end {
+                        AttemptEnd::Retry => "next_attempt_at",
+                        AttemptEnd::DeadLetter => "dead_at",
+                    };
+                    self.write_one(move |conn| {
+                        Box::pin(async move {
+                            let done = sqlx::query(&format!(
+                                "UPDATE outbox SET attempts = attempts + 1, {column} = $1, last_error = $2, \
+                                 lease_owner = NULL, lease_until = NULL \
+                                 WHERE id = $3 AND delivered_at IS NULL AND lease_owner = $4"
+                            ))
+                            .bind(ms(at))
+                            .bind(error)
+                            .bind(id)
+                            .bind(owner)
+                            .execute(&mut *conn)
+                            .await?;
+                            Ok(done.rows_affected() == 1)
+                        })
+                    })
+                    .await
                 }
             }
 
@@ -1018,24 +1063,7 @@ macro_rules! sql_store {
                     next_attempt_at: chrono::DateTime<chrono::Utc>,
                     error: &str,
                 ) -> StoreResult<bool> {
-                    let (owner, error) = (owner.to_owned(), storable(error));
-                    self.write_one(move |conn| {
-                        Box::pin(async move {
-                            let done = sqlx::query(
-                                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $1, last_error = $2, \
-                                 lease_owner = NULL, lease_until = NULL \
-                                 WHERE id = $3 AND delivered_at IS NULL AND lease_owner = $4",
-                            )
-                            .bind(ms(next_attempt_at))
-                            .bind(error)
-                            .bind(id)
-                            .bind(owner)
-                            .execute(&mut *conn)
-                            .await?;
-                            Ok(done.rows_affected() == 1)
-                        })
-                    })
-                    .await
+                    self.end_outbox_attempt(AttemptEnd::Retry, id, owner, next_attempt_at, error).await
                 }
 
                 async fn outbox_for_order(&self, order_no: &wxpay_proto::OutTradeNo) -> StoreResult<Vec<OutboxEvent>> {
@@ -1055,24 +1083,7 @@ macro_rules! sql_store {
                     now: chrono::DateTime<chrono::Utc>,
                     error: &str,
                 ) -> StoreResult<bool> {
-                    let (owner, error) = (owner.to_owned(), storable(error));
-                    self.write_one(move |conn| {
-                        Box::pin(async move {
-                            let done = sqlx::query(
-                                "UPDATE outbox SET attempts = attempts + 1, dead_at = $1, last_error = $2, \
-                                 lease_owner = NULL, lease_until = NULL \
-                                 WHERE id = $3 AND delivered_at IS NULL AND lease_owner = $4",
-                            )
-                            .bind(ms(now))
-                            .bind(error)
-                            .bind(id)
-                            .bind(owner)
-                            .execute(&mut *conn)
-                            .await?;
-                            Ok(done.rows_affected() == 1)
-                        })
-                    })
-                    .await
+                    self.end_outbox_attempt(AttemptEnd::DeadLetter, id, owner, now, error).await
                 }
 
                 async fn request_refund(
