@@ -2,21 +2,11 @@
 //! tokens created, listed and revoked from the command line against the database the config
 //! names, and `log.format = "json"` giving one access-log line per request.
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::Duration;
+mod common;
 
-fn wxpay(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_wxpay"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("REDIS_URL")
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
+use std::path::{Path, PathBuf};
+
+use common::{wxpay, wxpay_command, Proc, SERVE_BANNER};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -38,52 +28,24 @@ fn write_config(dir: &Path) -> PathBuf {
     path
 }
 
-/// `wxpay serve` in the background; kills it when dropped.
+/// `wxpay serve` in the background (info logs, for the access log); killed when dropped.
 struct Server {
-    child: Child,
+    proc: Proc,
     url: String,
 }
 
 impl Server {
     fn start(config: &Path, dir: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wxpay"))
-            .args(["serve", "--config", config.to_str().unwrap()])
-            .current_dir(dir)
-            .env_remove("DATABASE_URL")
-            .env_remove("REDIS_URL")
-            .env("RUST_LOG", "info,sqlx=warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("wxpay merchant backend listening on ") {
-                    let _ = tx.send(url.trim().to_owned());
-                }
-            }
-        });
-        let url = rx.recv_timeout(Duration::from_secs(60)).expect("wxpay serve did not start");
-        Server { child, url }
+        let mut cmd = wxpay_command(&["serve", "--config", config.to_str().unwrap()]);
+        cmd.current_dir(dir).env("RUST_LOG", "info,sqlx=warn");
+        let (proc, url) = Proc::start(cmd, &dir.join("serve.log"), SERVE_BANNER);
+        Server { proc, url }
     }
 
     /// Stops the server and returns what it logged.
     fn stop(mut self) -> String {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let mut logs = String::new();
-        self.child.stderr.take().unwrap().read_to_string(&mut logs).unwrap();
-        logs
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc.kill();
+        self.proc.log_text()
     }
 }
 

@@ -50,15 +50,9 @@ async fn start_server(db: &Path, sim_url: &str) -> RunningServer {
 }
 
 async fn login(http: &reqwest::Client, sim: &str, api: &MerchantApi, user: &str) -> String {
-    let code: Value = http
-        .post(format!("{sim}/sim/phone/login"))
-        .json(&json!({"appid": wxpay_sim::config::SANDBOX_APPID, "user": user}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let phone_login = json!({"appid": wxpay_sim::config::SANDBOX_APPID, "user": user});
+    let reply = http.post(format!("{sim}/sim/phone/login")).json(&phone_login).send().await.unwrap();
+    let code: Value = reply.json().await.unwrap();
     let v = api.login(code["code"].as_str().unwrap_or_default()).await.unwrap().body;
     v["token"].as_str().unwrap_or_else(|| panic!("login failed: {v}")).to_owned()
 }

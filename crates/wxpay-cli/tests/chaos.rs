@@ -24,10 +24,10 @@
 //! time; the figures are printed as one `chaos summary:` line (run with `--nocapture`).
 //! `docs/RELIABILITY.md` records a long run and how to repeat it.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,6 +38,8 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use wxpay_server::client::MerchantApi;
+
+use common::{serve_toml, Backing, Proc, SERVE_BANNER};
 
 const APPID: &str = "wx7c1e9a3b5d2f4608";
 const MCH_ID: &str = "1900000777";
@@ -83,92 +85,6 @@ impl Dice {
 /// restarts: it is the `notify_url` WeChat already holds.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A `wxpay` child process (`serve` or `sim`), SIGKILLed when dropped. Started under util-linux
-/// `setpriv --pdeathsig KILL` when available, so it also dies if this test process is killed.
-struct Proc {
-    child: Child,
-    log: PathBuf,
-    /// Peak resident set (VmHWM, KiB) last read from /proc.
-    peak_rss_kib: u64,
-}
-
-impl Proc {
-    async fn spawn(args: &[&str], log: &Path, banner: &'static str) -> (Proc, String) {
-        let setpriv = Path::new("/usr/bin/setpriv");
-        let mut cmd = if setpriv.exists() {
-            let mut c = Command::new(setpriv);
-            c.args(["--pdeathsig", "KILL"]).arg(env!("CARGO_BIN_EXE_wxpay"));
-            c
-        } else {
-            Command::new(env!("CARGO_BIN_EXE_wxpay"))
-        };
-        cmd.args(args);
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("WXPAY_") {
-                cmd.env_remove(key);
-            }
-        }
-        let stderr = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-        let mut child = cmd
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn the wxpay binary");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix(banner) {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(url.trim().to_owned());
-                    }
-                }
-            }
-        });
-        let url = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60))).await.unwrap();
-        let mut proc = Proc { child, log: log.to_owned(), peak_rss_kib: 0 };
-        match url {
-            Ok(url) => (proc, url),
-            Err(_) => {
-                proc.kill();
-                panic!("`wxpay {}` did not start:\n{}", args.join(" "), proc.log_text());
-            }
-        }
-    }
-
-    fn sample_rss(&mut self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        let hwm = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0);
-        self.peak_rss_kib = self.peak_rss_kib.max(hwm);
-        self.peak_rss_kib
-    }
-
-    /// SIGKILL: no graceful shutdown, in-flight requests and claimed work are cut off.
-    fn kill(&mut self) {
-        self.sample_rss();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// One delivery to the merchant's webhook.
@@ -253,52 +169,12 @@ scan_callback_url = "{server}/wxpay/native/scan"
 
 fn write_server_config(dir: &Path, port: u16, sim: &str, hook: &str, backend: &Backend) -> PathBuf {
     let prefix = format!("wxpay-chaos-{}:", std::process::id());
-    let toml = format!(
-        r#"
-[server]
-listen = "127.0.0.1:{port}"
-public_url = "http://127.0.0.1:{port}"
-admin_token = "{ADMIN_TOKEN}"
-# Every client here is on 127.0.0.1: lift the per-address login/admin limits.
-auth_per_minute = 1000000
-auth_burst = 1000000
-
-[wechat]
-appid = "{APPID}"
-mch_id = "{MCH_ID}"
-api_key = "{API_KEY}"
-app_secret = "{APP_SECRET}"
-pay_base_url = "{sim}"
-sns_base_url = "{sim}"
-timeout_ms = 1000
-
-[database]
-url = "{db}"
-
-[cache]
-url = "{cache}"
-prefix = "{prefix}"
-
-[simulator]
-enabled = false
-
-[orders]
-ttl_secs = 360
-poll_query_min_interval_secs = 1
-
-[webhook]
-url = "{hook}"
-secret = "{WEBHOOK_SECRET}"
-timeout_ms = 2000
-
-[workers]
-enabled = true
-tick_ms = 50
-lease_secs = 3
-"#,
-        db = backend.database_url,
-        cache = backend.cache_url,
-    );
+    let backing = Backing { database_url: &backend.database_url, cache_url: &backend.cache_url, cache_prefix: &prefix };
+    let (listen, merchant) =
+        (format!("127.0.0.1:{port}"), [APPID, MCH_ID, API_KEY, APP_SECRET, ADMIN_TOKEN, WEBHOOK_SECRET]);
+    let rest = "timeout_ms = 2000\n\n[orders]\nttl_secs = 360\npoll_query_min_interval_secs = 1\n\n\
+                [workers]\nenabled = true\ntick_ms = 50\nlease_secs = 3\n";
+    let toml = serve_toml(&listen, &format!("http://{listen}"), sim, &backing, hook, merchant, rest);
     let path = dir.join("wxpay.toml");
     std::fs::write(&path, toml).unwrap();
     path
@@ -615,8 +491,7 @@ async fn chaos_faults_and_two_sigkills_lose_and_duplicate_nothing() {
     let server_config = write_server_config(dir.path(), port, &sim_url, &hook_url, &backend);
     let server_log = dir.path().join("server.log");
     let serve_args = ["serve", "--config", server_config.to_str().unwrap()];
-    let banner = "wxpay merchant backend listening on ";
-    let (server, _) = Proc::spawn(&serve_args, &server_log, banner).await;
+    let (server, _) = Proc::spawn(&serve_args, &server_log, SERVE_BANNER).await;
     let server = Arc::new(Mutex::new(server));
 
     let client = Arc::new(Client {
@@ -691,7 +566,7 @@ async fn chaos_faults_and_two_sigkills_lose_and_duplicate_nothing() {
                 };
                 kills.fetch_add(1, Ordering::Relaxed);
                 let args: Vec<&str> = serve_args.iter().map(String::as_str).collect();
-                let (mut fresh, _) = Proc::spawn(&args, &server_log, banner).await;
+                let (mut fresh, _) = Proc::spawn(&args, &server_log, SERVE_BANNER).await;
                 fresh.peak_rss_kib = peak;
                 *server.lock().unwrap() = fresh;
             }

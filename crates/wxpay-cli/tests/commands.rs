@@ -1,20 +1,11 @@
 //! `wxpay demo`, `wxpay qr` and `wxpay refund` as a user runs them.
 
-use std::process::Command;
+mod common;
+
+use common::wxpay;
 
 use wxpay_proto::msg::native::BizPayUrl;
 use wxpay_proto::sign::ApiKey;
-
-fn wxpay(args: &[&str], dir: &std::path::Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_wxpay"))
-        .args(args)
-        .current_dir(dir)
-        .env_remove("DATABASE_URL")
-        .env_remove("REDIS_URL")
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap()
-}
 
 #[test]
 fn demo_runs_both_flows_to_paid_and_fulfilled() {

@@ -21,10 +21,10 @@
 //! Needs `DATABASE_URL=postgres://...` and `REDIS_URL=redis://...` (CI's second pass); without
 //! them it prints a note and passes, like the other PostgreSQL tests.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -41,6 +41,8 @@ use wxpay_proto::{ApiKey, AppId, BeijingTime, Fen, MchId, Openid, OutTradeNo, Si
 use wxpay_server::client::{MerchantApi, Reply};
 use wxpay_server::store::postgres::testing::{database_url_or_skip, FreshDatabase};
 use wxpay_sim::{FaultConfig, FaultSet, MerchantConfig, SimConfig, SimHandle};
+
+use common::{serve_toml, Backing, Proc, SERVE_BANNER};
 
 // A merchant of our own: `wxpay serve` refuses the sandbox one without its embedded simulator.
 const APPID: &str = "wx5f3c2a1b0e9d8c7b";
@@ -59,77 +61,24 @@ fn redis_url_or_skip(what: &str) -> Option<String> {
 
 /// One `wxpay serve` process; killed (SIGKILL) when dropped, so a failing test leaves none behind.
 struct Instance {
-    child: Child,
+    proc: Proc,
     url: String,
-    log: PathBuf,
 }
 
 impl Instance {
     async fn spawn(config: &Path, log: &Path) -> Instance {
-        // Through util-linux `setpriv --pdeathsig KILL` where there is one (it execs, so the pid
-        // is the server's): if this test process is killed outright (a CI timeout, Ctrl-C), the
-        // servers die with it instead of running on with their workers.
-        let setpriv = Path::new("/usr/bin/setpriv");
-        let mut cmd = if setpriv.exists() {
-            let mut c = Command::new(setpriv);
-            c.args(["--pdeathsig", "KILL"]).arg(env!("CARGO_BIN_EXE_wxpay"));
-            c
-        } else {
-            Command::new(env!("CARGO_BIN_EXE_wxpay"))
-        };
-        cmd.arg("serve").arg("--config").arg(config);
-        // Only the file configures the instance: no WXPAY_* of the caller's environment.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("WXPAY_") {
-                cmd.env_remove(key);
-            }
-        }
-        let stderr = std::fs::File::create(log).unwrap();
-        let mut child = cmd
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn wxpay serve");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        // Reads the start-up banner for the bound address, then keeps draining stdout.
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("wxpay merchant backend listening on ") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(url.trim().to_owned());
-                    }
-                }
-            }
-        });
-        let url = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60))).await.unwrap();
-        match url {
-            Ok(url) => Instance { child, url, log: log.to_owned() },
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("wxpay serve did not start:\n{}", std::fs::read_to_string(log).unwrap_or_default());
-            }
-        }
+        let config = config.to_str().expect("a UTF-8 temporary path");
+        let (proc, url) = Proc::spawn(&["serve", "--config", config], log, SERVE_BANNER).await;
+        Instance { proc, url }
     }
 
     /// SIGKILL: no graceful shutdown, in-flight requests and claimed work are cut off.
     fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.proc.kill();
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        self.kill();
+        self.proc.log_text()
     }
 }
 
@@ -287,52 +236,15 @@ fn receiver_signature_check_matches_the_specs_example() {
 
 fn write_config(dir: &Path, database_url: &str, redis_url: &str, sim: &str, lb: &str, hook: &str) -> PathBuf {
     let prefix = format!("wxpay-multi-{}:", std::process::id());
-    let toml = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-public_url = "{lb}"
-admin_token = "{ADMIN_TOKEN}"
-# Every client here is on 127.0.0.1: lift the per-address login/admin limits.
-auth_per_minute = 1000000
-auth_burst = 1000000
-session_ttl_secs = 600
-
-[wechat]
-appid = "{APPID}"
-mch_id = "{MCH_ID}"
-api_key = "{API_KEY}"
-app_secret = "{APP_SECRET}"
-pay_base_url = "{sim}"
-sns_base_url = "{sim}"
-timeout_ms = 1000
-
-[database]
-url = "{database_url}"
-
-[cache]
-url = "{redis_url}"
-prefix = "{prefix}"
-
-[simulator]
-enabled = false
-
-[webhook]
-url = "{hook}"
-secret = "{WEBHOOK_SECRET}"
-timeout_ms = 1000
-
-[workers]
-enabled = true
-tick_ms = 50
-lease_secs = {LEASE_SECS}
-
-# Only order.paid deliveries are counted here; the daily bill job (and its
-# reconciliation.completed event) is tested in tests/reconcile.rs and wxpay-server's tests.
-[reconciliation]
-enabled = false
-"#
+    let backing = Backing { database_url, cache_url: redis_url, cache_prefix: &prefix };
+    let merchant = [APPID, MCH_ID, API_KEY, APP_SECRET, ADMIN_TOKEN, WEBHOOK_SECRET];
+    // Only order.paid deliveries are counted here; the daily bill job (and its
+    // reconciliation.completed event) is tested in tests/reconcile.rs and wxpay-server's tests.
+    let rest = format!(
+        "timeout_ms = 1000\n\n[workers]\nenabled = true\ntick_ms = 50\nlease_secs = {LEASE_SECS}\n\n\
+         [reconciliation]\nenabled = false\n"
     );
+    let toml = serve_toml("127.0.0.1:0", lb, sim, &backing, hook, merchant, &rest);
     let path = dir.join("wxpay.toml");
     std::fs::write(&path, toml).unwrap();
     path
@@ -434,6 +346,48 @@ async fn notify_both(http: &reqwest::Client, instances: &[String; 2], xml: &str)
     [a, b]
 }
 
+/// Everything outside the two instances: a fresh PostgreSQL database, WeChat (our merchant only;
+/// its retry schedule 50x faster, 15 s -> 0.3 s; `wechat` adjusts the rest), the load balancer,
+/// the merchant's webhook receiver and the instances' config file. None without the services.
+struct Outside {
+    db: FreshDatabase,
+    dir: tempfile::TempDir,
+    sim: SimHandle,
+    lb: Balancer,
+    receiver: Receiver,
+    config: PathBuf,
+}
+
+impl Outside {
+    async fn start(what: &str, seed: u64, wechat: impl FnOnce(&mut SimConfig)) -> Option<Outside> {
+        let (base_db, redis_url) = (database_url_or_skip(what)?, redis_url_or_skip(what)?);
+        let db = FreshDatabase::create(&base_db).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let merchant = MerchantConfig {
+            appid: APPID.into(),
+            mch_id: MCH_ID.into(),
+            api_key: API_KEY.into(),
+            app_secret: APP_SECRET.into(),
+            ..MerchantConfig::sandbox()
+        };
+        let mut sim_config = SimConfig {
+            sandbox_merchant: false,
+            merchants: vec![merchant],
+            time_scale: 0.02,
+            notifier_tick_ms: 10,
+            seed: Some(seed),
+            ..SimConfig::default()
+        };
+        wechat(&mut sim_config);
+        let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim = wxpay_sim::serve(sim_config, sim_listener, Arc::new(SystemClock)).await.unwrap();
+        let (lb, lb_url) = Balancer::start(2).await;
+        let (receiver, hook_url) = Receiver::start().await;
+        let config = write_config(dir.path(), &db.url, &redis_url, &sim.base_url(), &lb_url, &hook_url);
+        Some(Outside { db, dir, sim, lb, receiver, config })
+    }
+}
+
 fn acknowledged(reply: &str) -> bool {
     reply.contains("<return_code><![CDATA[SUCCESS]]></return_code>")
 }
@@ -441,38 +395,14 @@ fn acknowledged(reply: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_one_postgres_one_redis_survive_a_sigkill() {
     let what = "two_instances_one_postgres_one_redis_survive_a_sigkill";
-    let (Some(base_db), Some(redis_url)) = (database_url_or_skip(what), redis_url_or_skip(what)) else {
+    let Some(Outside { db, dir, sim, lb, receiver, config }) = Outside::start(what, 4242, |c| {
+        // Every notification attempt sent as 2 concurrent copies.
+        c.faults.global = FaultSet { notify_copies: Some(2), ..FaultSet::default() };
+    })
+    .await
+    else {
         return;
     };
-    let db = FreshDatabase::create(&base_db).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-
-    // WeChat: our merchant only; every notification attempt sent as 2 concurrent copies; the
-    // retry schedule 50x faster than WeChat's (15 s -> 0.3 s).
-    let merchant = MerchantConfig {
-        appid: APPID.into(),
-        mch_id: MCH_ID.into(),
-        api_key: API_KEY.into(),
-        app_secret: APP_SECRET.into(),
-        ..MerchantConfig::sandbox()
-    };
-    let sim_config = SimConfig {
-        sandbox_merchant: false,
-        merchants: vec![merchant],
-        time_scale: 0.02,
-        notifier_tick_ms: 10,
-        seed: Some(4242),
-        faults: FaultConfig {
-            global: FaultSet { notify_copies: Some(2), ..FaultSet::default() },
-            ..FaultConfig::default()
-        },
-        ..SimConfig::default()
-    };
-    let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sim = wxpay_sim::serve(sim_config, sim_listener, Arc::new(SystemClock)).await.unwrap();
-    let (lb, lb_url) = Balancer::start(2).await;
-    let (receiver, hook_url) = Receiver::start().await;
-    let config = write_config(dir.path(), &db.url, &redis_url, &sim.base_url(), &lb_url, &hook_url);
 
     let (a_log, b_log) = (dir.path().join("a.log"), dir.path().join("b.log"));
     let (a, mut b) = tokio::join!(Instance::spawn(&config, &a_log), Instance::spawn(&config, &b_log));
@@ -542,7 +472,7 @@ async fn two_instances_one_postgres_one_redis_survive_a_sigkill() {
         });
     }
     let deadline = Instant::now() + Duration::from_secs(60);
-    let b_owner = format!("{}-%", b.child.id());
+    let b_owner = format!("{}-%", b.proc.child.id());
     let taken_from_b: Vec<i64> = loop {
         let held: Vec<i64> = sqlx::query_scalar(
             "SELECT id FROM outbox WHERE lease_owner LIKE $1 AND delivered_at IS NULL \
@@ -705,32 +635,11 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refunds_across_instances_and_a_sigkill_between_commit_and_wechats_answer() {
     let what = "refunds_across_instances_and_a_sigkill_between_commit_and_wechats_answer";
-    let (Some(base_db), Some(redis_url)) = (database_url_or_skip(what), redis_url_or_skip(what)) else {
+    let Some(Outside { db, dir, sim, lb, receiver, config }) =
+        Outside::start(what, 1313, |c| c.refund_min_interval_secs = 0).await
+    else {
         return;
     };
-    let db = FreshDatabase::create(&base_db).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let merchant = MerchantConfig {
-        appid: APPID.into(),
-        mch_id: MCH_ID.into(),
-        api_key: API_KEY.into(),
-        app_secret: APP_SECRET.into(),
-        ..MerchantConfig::sandbox()
-    };
-    let sim_config = SimConfig {
-        sandbox_merchant: false,
-        merchants: vec![merchant],
-        time_scale: 0.02,
-        notifier_tick_ms: 10,
-        seed: Some(1313),
-        refund_min_interval_secs: 0,
-        ..SimConfig::default()
-    };
-    let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sim = wxpay_sim::serve(sim_config, sim_listener, Arc::new(SystemClock)).await.unwrap();
-    let (lb, lb_url) = Balancer::start(2).await;
-    let (receiver, hook_url) = Receiver::start().await;
-    let config = write_config(dir.path(), &db.url, &redis_url, &sim.base_url(), &lb_url, &hook_url);
     // Refunds need the merchant client certificate without the embedded simulator (a throwaway
     // one: the simulator does not check it, but the instances load it as they would WeChat's).
     // Refunds WeChat did not answer are sent again after 1 s; refundquery after 2 s.

@@ -38,18 +38,6 @@ async fn link(env: &TestEnv, id: &str) -> String {
     text
 }
 
-async fn scan(env: &TestEnv, user: &str, url: &str, action: &str) -> Value {
-    env.http
-        .post(format!("{}/sim/phone/scan", env.sim.base_url()))
-        .json(&json!({ "user": user, "url": url, "action": action }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// The query parameter names of a mode-1 link, sorted.
 fn link_fields(url: &str) -> Vec<String> {
     let parsed = url::Url::parse(url).unwrap();
@@ -158,7 +146,7 @@ async fn a_price_change_never_changes_an_existing_order_nor_the_link() {
         let parsed = BizPayUrl::parse_and_verify(l.trim(), &ApiKey::new(SANDBOX_KEY)).unwrap();
         assert_eq!(parsed.product_id.as_str(), "coffee");
     }
-    let answer = scan(&env, "bob", link_before.trim(), "pay").await;
+    let answer = env.scan("bob", link_before.trim(), "pay").await;
     assert_eq!(answer["errMsg"], "ok", "{answer}");
     let (_, orders) = env.admin_get("/admin/api/orders?limit=10").await;
     let scanned = orders.as_array().unwrap().iter().find(|o| o["trade_type"] == "NATIVE").cloned().expect("scanned");
@@ -183,7 +171,7 @@ async fn a_retired_product_refuses_orders_and_scans_and_keeps_its_history() {
         env.post_json("/api/orders", Some(&token), json!({"items": [{"product_id": "sandwich", "quantity": 1}]})).await;
     assert_eq!((status, err["code"].as_str()), (409, Some("PRODUCT_UNAVAILABLE")), "{err}");
     // ... no scans: the user reads the refusal text on the phone ...
-    let answer = scan(&env, "dave", printed.trim(), "pay").await;
+    let answer = env.scan("dave", printed.trim(), "pay").await;
     assert_eq!(answer["errMsg"], "fail", "{answer}");
     assert_eq!(answer["err_code_des"], wxpay_server::scan::text::UNKNOWN_PRODUCT, "{answer}");
     // ... not listed to the mini-program, but kept for the admin, and it cannot come back.

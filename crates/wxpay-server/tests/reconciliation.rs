@@ -174,16 +174,8 @@ async fn each_difference_injected_by_the_simulator_is_found_classified_and_the_l
     let r = refund(&env, &unheard, "rk-unheard", 100).await;
     let unheard_refund = r["out_refund_no"].as_str().unwrap().to_owned();
     // A refund made by hand in the merchant platform.
-    let platform: Value = env
-        .http
-        .post(format!("{}/sim/orders/{MCH_ID}/{by_hand}/platform_refund", env.sim.base_url()))
-        .json(&json!({"refund_fee": 200}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let platform =
+        env.sim_post(&format!("/sim/orders/{MCH_ID}/{by_hand}/platform_refund"), &json!({"refund_fee": 200})).await;
     let platform_refund = platform["out_refund_no"].as_str().unwrap().to_owned();
 
     move_to_next_day(&env, day, 10, 5);

@@ -65,15 +65,7 @@ async fn bills_come_from_the_ledger_after_nine_the_next_day() {
     // Over HTTP, the standalone way: 08:59 the next day is still too early.
     let start = day.and_hms_opt(0, 0, 0).unwrap().and_local_timezone(beijing()).unwrap().to_utc();
     let to_0859 = (start + Duration::hours(24 + 8) + Duration::minutes(59) - sim.clock.now()).num_seconds();
-    let moved: serde_json::Value = http()
-        .post(format!("{base}/sim/clock"))
-        .json(&json!({"advance_secs": to_0859}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let moved = phone(&base, "/sim/clock", json!({"advance_secs": to_0859})).await;
     assert!(moved["now"].as_str().unwrap().contains("00:59:"), "{moved}");
     let (_, got) = fetch(&base, day, BillType::All, false).await;
     assert_eq!(failure(got), ("Bill Creating".to_owned(), BillFailureKind::RetryLater));

@@ -366,16 +366,10 @@ async fn unknown_and_startup_endpoints_answer_like_wechat() {
     assert_eq!(v["errcode"], 40013, "{v}");
     // jscode2session where wechatpy calls it (under its /cgi-bin/ base URL).
     let code = login(&base, SANDBOX_APPID, "erin").await;
-    let v: serde_json::Value = http()
-        .get(format!(
-            "{base}/cgi-bin/sns/jscode2session?appid={SANDBOX_APPID}&secret={SANDBOX_APP_SECRET}&js_code={code}&grant_type=authorization_code&access_token=t"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = get_json(&format!(
+        "{base}/cgi-bin/sns/jscode2session?appid={SANDBOX_APPID}&secret={SANDBOX_APP_SECRET}&js_code={code}&grant_type=authorization_code&access_token=t"
+    ))
+    .await;
     assert_eq!(v["openid"], sim.handle.openid(SANDBOX_APPID, "erin"), "{v}");
 
     // The sandbox key, and the sandbox paths.

@@ -22,16 +22,10 @@ async fn login_then_code2session_success_and_single_use() {
     let base = sim.url();
     let code = login(&base, SANDBOX_APPID, "alice").await;
     // Raw JSON: no errcode on success; session_key is base64 of 16 bytes.
-    let raw: serde_json::Value = http()
-        .get(format!(
-            "{base}/sns/jscode2session?appid={SANDBOX_APPID}&secret={SANDBOX_APP_SECRET}&js_code={code}&grant_type=authorization_code"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let raw = get_json(&format!(
+        "{base}/sns/jscode2session?appid={SANDBOX_APPID}&secret={SANDBOX_APP_SECRET}&js_code={code}&grant_type=authorization_code"
+    ))
+    .await;
     assert!(raw.get("errcode").is_none(), "{raw}");
     assert!(raw.get("unionid").is_none(), "no unionid unless configured");
     assert_eq!(raw["openid"], sim.handle.openid(SANDBOX_APPID, "alice"));

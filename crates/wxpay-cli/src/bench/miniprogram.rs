@@ -49,23 +49,36 @@ pub async fn poll_until_paid(
     }
 }
 
+/// A paid mini-program order as a user makes it: logs in on instance `login_at`, orders and gets
+/// the payment parameters on `order_at` (the order number is pushed to `orders` at once), pays on
+/// the phone and polls until PAID. Returns the session token, the order number and its amount.
+pub async fn paid_order(
+    t: &Target,
+    rec: &mut Recorder,
+    user: &str,
+    (login_at, order_at): (usize, usize),
+    orders: &Mutex<Vec<String>>,
+) -> Result<(String, String, u64), FlowError> {
+    let token = t.login(rec, user, login_at).await?;
+    let (order_no, amount, mut pay) = t.pending_order(rec, &token, order_at).await?;
+    orders.lock().unwrap_or_else(|p| p.into_inner()).push(order_no.clone());
+    pay["user"] = json!(user);
+    pay["appid"] = json!(t.appid);
+    pay["action"] = json!("pay");
+    let paid = t.json(rec, "sim.phone.pay", t.phone("pay", &pay)).await?;
+    if paid["errMsg"] != "requestPayment:ok" {
+        return Err(fail("sim.phone.pay", paid["errMsg"].as_str().unwrap_or("no errMsg")));
+    }
+    poll_until_paid(t, rec, &token, &order_no, order_at).await?;
+    Ok((token, order_no, amount))
+}
+
 impl Flow for Miniprogram {
     async fn run(&self, t: &Target, vu: usize, seq: u64, rec: &mut Recorder) -> Result<(), FlowError> {
         // A new user per flow: jscode2session is rate-limited per user, as on WeChat.
         let user = format!("mp-{vu}-{seq}");
         let (login_at, order_at) = (seq as usize, seq as usize + 1);
-        let token = t.login(rec, &user, login_at).await?;
-        let (order_no, _, params) = t.pending_order(rec, &token, order_at).await?;
-        self.orders.lock().unwrap_or_else(|p| p.into_inner()).push(order_no.clone());
-        let mut pay = params;
-        pay["user"] = json!(user);
-        pay["appid"] = json!(t.appid);
-        pay["action"] = json!("pay");
-        let paid = t.json(rec, "sim.phone.pay", t.phone("pay", &pay)).await?;
-        if paid["errMsg"] != "requestPayment:ok" {
-            return Err(fail("sim.phone.pay", paid["errMsg"].as_str().unwrap_or("no errMsg")));
-        }
-        poll_until_paid(t, rec, &token, &order_no, order_at).await?;
+        paid_order(t, rec, &user, (login_at, order_at), &self.orders).await?;
         if t.server(login_at) != t.server(order_at) {
             t.live.crossed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::check::Expect;
-use super::miniprogram::poll_until_paid;
+use super::miniprogram::paid_order;
 use super::stats::Recorder;
 use super::{fail, Flow, FlowError, Target};
 
@@ -31,19 +31,8 @@ impl Refund {
 impl Flow for Refund {
     async fn run(&self, t: &Target, vu: usize, seq: u64, rec: &mut Recorder) -> Result<(), FlowError> {
         let user = format!("rf-{vu}-{seq}");
-        let (login_at, order_at) = (seq as usize, seq as usize + 1);
-        let token = t.login(rec, &user, login_at).await?;
-        let (order_no, amount, params) = t.pending_order(rec, &token, order_at).await?;
-        self.orders.lock().unwrap_or_else(|p| p.into_inner()).push(order_no.clone());
-        let mut pay = params;
-        pay["user"] = json!(user);
-        pay["appid"] = json!(t.appid);
-        pay["action"] = json!("pay");
-        let paid = t.json(rec, "sim.phone.pay", t.phone("pay", &pay)).await?;
-        if paid["errMsg"] != "requestPayment:ok" {
-            return Err(fail("sim.phone.pay", paid["errMsg"].as_str().unwrap_or("no errMsg")));
-        }
-        poll_until_paid(t, rec, &token, &order_no, order_at).await?;
+        let order_at = seq as usize + 1;
+        let (_, order_no, amount) = paid_order(t, rec, &user, (seq as usize, order_at), &self.orders).await?;
         // The refund goes to the next instance: the order, the refund and its notification cross.
         let refund_at = order_at + 1;
         let body = json!({"amount_fen": amount, "reason": "bench refund"});

@@ -158,16 +158,7 @@ impl TestEnv {
     }
 
     pub async fn phone_code(&self, user: &str) -> String {
-        let v: Value = self
-            .http
-            .post(format!("{}/sim/phone/login", self.sim.base_url()))
-            .json(&json!({ "appid": APPID, "user": user }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = self.sim_post("/sim/phone/login", &json!({ "appid": APPID, "user": user })).await;
         v["code"].as_str().unwrap().to_owned()
     }
 
@@ -197,28 +188,19 @@ impl TestEnv {
         body["user"] = json!(user);
         body["appid"] = json!(APPID);
         body["action"] = json!(action);
-        self.http
-            .post(format!("{}/sim/phone/pay", self.sim.base_url()))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.sim_post("/sim/phone/pay", &body).await
     }
 
     /// The user's phone scans a link (`action`: pay or cancel); the answer is what the user sees.
     pub async fn scan(&self, user: &str, url: &str, action: &str) -> Value {
-        self.http
-            .post(format!("{}/sim/phone/scan", self.sim.base_url()))
-            .json(&json!({ "user": user, "url": url, "action": action }))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.sim_post("/sim/phone/scan", &json!({ "user": user, "url": url, "action": action })).await
+    }
+
+    /// POSTs JSON to the simulator's `path` (the phone, the clock, the platform) and returns its
+    /// JSON answer.
+    pub async fn sim_post(&self, path: &str, body: &Value) -> Value {
+        let url = format!("{}{path}", self.sim.base_url());
+        self.http.post(url).json(body).send().await.unwrap().json().await.unwrap()
     }
 
     pub async fn order(&self, token: &str, order_no: &str) -> (u16, Value) {

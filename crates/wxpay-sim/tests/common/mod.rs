@@ -93,20 +93,17 @@ pub async fn signed_post(base: &str, path: &str, fields: Fields, sign_type: Sign
 }
 
 pub async fn login(base: &str, appid: &str, user: &str) -> String {
-    let r: serde_json::Value = http()
-        .post(format!("{base}/sim/phone/login"))
-        .json(&serde_json::json!({ "appid": appid, "user": user }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = phone(base, "/sim/phone/login", serde_json::json!({ "appid": appid, "user": user })).await;
     r["code"].as_str().expect("login code").to_owned()
 }
 
 pub async fn phone(base: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
     http().post(format!("{base}{path}")).json(&body).send().await.unwrap().json().await.unwrap()
+}
+
+/// GETs `url` and returns its JSON answer.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    http().get(url).send().await.unwrap().json().await.unwrap()
 }
 
 /// A JSAPI unifiedorder for `user` (openid derived by the simulator).
