@@ -150,9 +150,9 @@ pub async fn order_detail(
     params(("order_no" = String, Path, description = "Our order number (商户订单号)")),
     security(("admin_token" = [])),
     responses(
-        (status = 200, description = "The order, shipped", body = AdminOrderView),
+        (status = 200, description = "The order, shipped (again: nothing changes)", body = AdminOrderView),
         (status = 404, description = "`ORDER_NOT_FOUND`", body = ErrorBody),
-        (status = 409, description = "`NOT_SHIPPABLE`: not paid, or already shipped", body = ErrorBody),
+        (status = 409, description = "`NOT_SHIPPABLE`: not paid (or closed)", body = ErrorBody),
     )
 )]
 pub async fn ship(
@@ -397,12 +397,14 @@ pub async fn qr_sheet(
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProduct {
-    /// The new id: letters, digits, `_` and `-` (also the Native mode-1 `product_id`).
-    #[schema(example = "cola")]
+    /// The new id: 1 to 32 ASCII letters or digits (also WeChat's Native mode-1 `product_id`).
+    #[schema(example = "cola", max_length = 32, pattern = "^[A-Za-z0-9]{1,32}$")]
     id: String,
+    /// At most 128 characters.
+    #[schema(max_length = 128)]
     name: String,
-    /// Price in fen (分): 100 = ¥1.00.
-    #[schema(minimum = 1)]
+    /// Price in fen (分): 100 = ¥1.00; 1 to 100,000,000.
+    #[schema(minimum = 1, maximum = 100_000_000)]
     price_fen: u64,
     /// On sale (default true).
     #[serde(default = "on_sale")]
@@ -417,8 +419,11 @@ fn on_sale() -> bool {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductPatch {
+    /// At most 128 characters.
+    #[schema(max_length = 128)]
     name: Option<String>,
-    /// Price in fen (分).
+    /// Price in fen (分): 1 to 100,000,000.
+    #[schema(minimum = 1, maximum = 100_000_000)]
     price_fen: Option<u64>,
     /// On sale.
     active: Option<bool>,

@@ -92,7 +92,9 @@ impl Modify for AdminSecurity {
                  opens only `/till/api`. Never taken from a URL.",
             ))
             .build();
-        doc.components.get_or_insert_with(Default::default).add_security_scheme(ADMIN_TOKEN, SecurityScheme::Http(scheme));
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(ADMIN_TOKEN, SecurityScheme::Http(scheme));
     }
 }
 
@@ -108,7 +110,9 @@ impl Modify for MpSecurity {
                  token, valid for `expires_in` seconds; WeChat's session_key never leaves the server).",
             ))
             .build();
-        doc.components.get_or_insert_with(Default::default).add_security_scheme(MP_SESSION, SecurityScheme::Http(scheme));
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(MP_SESSION, SecurityScheme::Http(scheme));
     }
 }
 
@@ -153,12 +157,7 @@ fn add_common(doc: &mut Document) {
             add_error(op, 413, "`INVALID_INPUT`: the body is larger than `server.body_limit_bytes`", false);
             add_error(op, 415, "`INVALID_INPUT`: the body is not `Content-Type: application/json`", false);
         }
-        add_error(
-            op,
-            503,
-            "`DATABASE_UNAVAILABLE` or `CACHE_UNAVAILABLE`: a dependency is down, try again",
-            false,
-        );
+        add_error(op, 503, "`DATABASE_UNAVAILABLE` or `CACHE_UNAVAILABLE`: a dependency is down, try again", false);
     }
 }
 

@@ -5,7 +5,9 @@ use utoipa::ToSchema;
 
 use crate::domain::catalogue::AuditAction;
 use crate::domain::reconciliation::Difference;
-use crate::domain::{EventKind, Fulfilment, Order, OrderStatus, OutboxKind, Product, Refund, RefundEventKind, RefundStatus};
+use crate::domain::{
+    EventKind, Fulfilment, Order, OrderStatus, OutboxKind, Product, Refund, RefundEventKind, RefundStatus,
+};
 use crate::store::RefundEventRecord;
 
 pub use crate::domain::api_time;
