@@ -149,6 +149,15 @@ async fn both_documents_are_served_without_a_token_as_openapi_3_json() {
             assert!(responses.keys().any(|s| s.starts_with('2')), "{method} {template}: no success answer");
             assert!(responses.contains_key("503"), "{method} {template}: no 503");
         }
+        if path == ADMIN_DOC {
+            let refund = operation(&doc, "post", "/admin/api/orders/{order_no}/refunds");
+            let key = refund["parameters"].as_array().unwrap().iter().find(|p| p["name"] == "Idempotency-Key");
+            let key = key.expect("the Idempotency-Key parameter");
+            assert_eq!((key["in"].as_str(), key["required"].as_bool()), (Some("header"), Some(true)));
+            for status in ["201", "202", "400", "404", "409", "422", "502"] {
+                assert!(refund["responses"][status].is_object(), "refund: {status} not documented");
+            }
+        }
     }
     env.shutdown().await;
 }

@@ -304,6 +304,8 @@ pub struct QrQuery {
         (status = 404, description = "`PRODUCT_NOT_FOUND`, or `NOT_FOUND` for another file name", body = ErrorBody),
         (status = 409, description = "`PRODUCT_RETIRED`", body = ErrorBody),
         (status = 502, description = "`WECHAT_ERROR`: WeChat refused the short link (`short=true`)", body = ErrorBody),
+        (status = 503, description = "`WECHAT_UNAVAILABLE`: no short link from WeChat yet (`short=true`), try again; \
+         `DATABASE_UNAVAILABLE`", body = ErrorBody),
     )
 )]
 pub async fn product_qr(
@@ -353,6 +355,8 @@ fn escape_html(s: &str) -> String {
     responses(
         (status = 200, description = "The printable page", body = String, content_type = "text/html"),
         (status = 502, description = "`WECHAT_ERROR`: WeChat refused a short link (`short=true`)", body = ErrorBody),
+        (status = 503, description = "`WECHAT_UNAVAILABLE`: no short link from WeChat yet (`short=true`), try again; \
+         `DATABASE_UNAVAILABLE`", body = ErrorBody),
     )
 )]
 pub async fn qr_sheet(

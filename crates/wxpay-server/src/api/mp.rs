@@ -270,10 +270,9 @@ pub async fn pay(
     params(("order_no" = String, Path, description = "Our order number (商户订单号)")),
     security(("mp_session" = [])),
     responses(
-        (status = 200, description = "The order, `CLOSED`", body = OrderView),
+        (status = 200, description = "The order, `CLOSED` (a closed order again: the same answer)", body = OrderView),
         (status = 404, description = "`ORDER_NOT_FOUND`", body = ErrorBody),
-        (status = 409, description = "`ORDER_PAID`: paid in the meantime", body = ErrorBody),
-        (status = 502, description = "`WECHAT_ERROR`", body = ErrorBody),
+        (status = 409, description = "`ORDER_PAID`: paid, or paid before it could be closed", body = ErrorBody),
         (status = 503, description = "`WECHAT_UNAVAILABLE` (try again), `DATABASE_UNAVAILABLE`, `CACHE_UNAVAILABLE`", body = ErrorBody),
     )
 )]

@@ -43,7 +43,9 @@ pub const MP_SESSION: &str = "mp_session";
                        shipping (发货), refunds (申请退款), the catalogue, the audit log, webhook dead \
                        letters, the daily reconciliation (对账); and the till API of Native mode 1 \
                        (收银台, 扫码支付模式一). Errors are `{\"code\": \"STABLE_CODE\", \"message\": \"...\"}`. \
-                       Times are RFC 3339 in Beijing time (`+08:00`); amounts are in fen (分, 100 = ¥1.00).",
+                       Times are RFC 3339 in Beijing time (`+08:00`); amounts are in fen (分, 100 = ¥1.00). \
+                       An unknown or malformed query parameter is refused with a 400 whose body is plain \
+                       text (the framework's).",
         license(name = "MIT OR Apache-2.0"),
     ),
     modifiers(&AdminSecurity),
