@@ -165,10 +165,14 @@ impl From<CacheError> for AppError {
     }
 }
 
-#[derive(serde::Serialize)]
-struct ErrorBody<'a> {
-    code: &'a str,
-    message: &'a str,
+/// The body of every error answer of the JSON APIs.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody<'a> {
+    /// A stable code to branch on, e.g. `INVALID_INPUT`, `ORDER_NOT_FOUND`, `RATE_LIMITED`.
+    #[schema(example = "ORDER_NOT_FOUND")]
+    pub code: &'a str,
+    /// Human text naming the problem (English); may change between versions.
+    pub message: &'a str,
 }
 
 impl IntoResponse for AppError {

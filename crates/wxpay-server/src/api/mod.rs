@@ -3,6 +3,11 @@
 //!
 //! Around every route: a request id, one access-log line and the HTTP metrics
 //! ([`access_log`]); around login and the admin side: the per-address rate limits of [`auth`].
+//!
+//! The JSON APIs (mini-program `/api`, admin `/admin/api`, till `/till/api`) are registered
+//! through `utoipa_axum`'s `routes!`, which takes each route's path and method from its handler's
+//! `#[utoipa::path]`: their OpenAPI documents ([`openapi`]) are built from the same list as the
+//! router. Register a new JSON route the same way, never with a bare `.route(...)`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +19,9 @@ use axum::{middleware, Router};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::state::SharedState;
 pub use error::AppError;
@@ -25,6 +33,7 @@ pub mod callbacks;
 pub mod console;
 pub mod error;
 pub mod mp;
+pub mod openapi;
 pub mod ops;
 pub mod reconciliations;
 pub mod till;
@@ -34,26 +43,12 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub fn router(state: SharedState) -> Router {
     let body_limit = state.config.server.body_limit_bytes;
-    let login = Router::new()
-        .route("/api/mp/login", post(mp::login))
-        .route_layer(middleware::from_fn_with_state(Arc::clone(&state), auth::rate_limit_login));
-    let admin = Router::new()
-        .route("/admin/api/orders", get(admin::list_orders))
-        .route("/admin/api/orders/{order_no}", get(admin::order_detail))
-        .route("/admin/api/orders/{order_no}/ship", post(admin::ship))
-        .route("/admin/api/orders/{order_no}/refunds", post(admin::refund))
-        .route("/admin/api/products", get(admin::list_products).post(admin::create_product))
-        .route("/admin/api/products/{id}", axum::routing::put(admin::update_product).delete(admin::retire_product))
-        .route("/admin/api/products/{id}/{file}", get(admin::product_qr))
-        .route("/admin/api/audit", get(admin::audit_log))
-        .route("/admin/api/webhooks/dead", get(admin::dead_letters))
-        .route("/admin/api/reconciliations", get(reconciliations::list))
-        .route("/admin/api/reconciliations/{date}", get(reconciliations::detail))
-        .route("/admin/api/webhooks/{id}/resend", post(admin::resend_webhook))
-        .route("/admin/products/qr-sheet", get(admin::qr_sheet))
-        .route("/till/api/products/{id}", get(till::product))
-        .route("/till/api/products/{id}/qr.svg", get(till::qr_svg))
-        .route("/till/api/products/{id}/latest-order", get(till::latest_order))
+    let (mp_api, mp_doc) = mp_api(&state);
+    let (admin_api, admin_doc) = admin_api();
+    let mp_api = mp_api.route(openapi::MP_DOC_PATH, openapi::serve(&mp_doc));
+    // The admin document is public but rate limited like the rest of the admin side.
+    let admin = admin_api
+        .route(openapi::ADMIN_DOC_PATH, openapi::serve(&admin_doc))
         .route_layer(middleware::from_fn_with_state(Arc::clone(&state), auth::rate_limit_admin));
     // The merchant console's sign-in shares the admin side's per-address limit.
     let console_login = Router::new()
@@ -83,15 +78,10 @@ pub fn router(state: SharedState) -> Router {
         .route("/admin/notifications", get(console::notifications))
         .route("/admin/notifications/{id}/replay", post(console::replay_notification));
     Router::new()
-        .merge(login)
+        .merge(mp_api)
         .merge(admin)
         .merge(console_login)
         .merge(console)
-        .route("/api/products", get(mp::products))
-        .route("/api/orders", post(mp::create_order).get(mp::list_orders))
-        .route("/api/orders/{order_no}", get(mp::get_order))
-        .route("/api/orders/{order_no}/pay", post(mp::pay))
-        .route("/api/orders/{order_no}/cancel", post(mp::cancel))
         .route("/wxpay/notify", post(callbacks::pay_notify))
         .route("/wxpay/native/scan", post(callbacks::native_scan))
         .route("/wxpay/refund/notify", post(callbacks::refund_notify))
@@ -109,4 +99,46 @@ pub fn router(state: SharedState) -> Router {
         }))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(Arc::clone(&state))
+}
+
+/// The mini-program API (`/api`) and its OpenAPI document (login behind its rate limit).
+pub fn mp_api(state: &SharedState) -> (Router<SharedState>, utoipa::openapi::OpenApi) {
+    let login = OpenApiRouter::new()
+        .routes(routes!(mp::login))
+        .route_layer(middleware::from_fn_with_state(Arc::clone(state), auth::rate_limit_login));
+    let (router, mut doc) = OpenApiRouter::with_openapi(openapi::MpDoc::openapi())
+        .merge(login)
+        .routes(routes!(mp::products))
+        .routes(routes!(mp::create_order, mp::list_orders))
+        .routes(routes!(mp::get_order))
+        .routes(routes!(mp::pay))
+        .routes(routes!(mp::cancel))
+        .split_for_parts();
+    openapi::finish_mp(&mut doc);
+    (router, doc)
+}
+
+/// The admin API (`/admin/api`, the QR sheet of `/admin/products/qr-sheet`) and the till API
+/// (`/till/api`), and their OpenAPI document; without the rate limit, which [`router`] adds.
+pub fn admin_api() -> (Router<SharedState>, utoipa::openapi::OpenApi) {
+    let (router, mut doc) = OpenApiRouter::with_openapi(openapi::AdminDoc::openapi())
+        .routes(routes!(admin::list_orders))
+        .routes(routes!(admin::order_detail))
+        .routes(routes!(admin::ship))
+        .routes(routes!(admin::refund))
+        .routes(routes!(admin::list_products, admin::create_product))
+        .routes(routes!(admin::update_product, admin::retire_product))
+        .routes(routes!(admin::product_qr))
+        .routes(routes!(admin::audit_log))
+        .routes(routes!(admin::dead_letters))
+        .routes(routes!(admin::resend_webhook))
+        .routes(routes!(reconciliations::list))
+        .routes(routes!(reconciliations::detail))
+        .routes(routes!(admin::qr_sheet))
+        .routes(routes!(till::product))
+        .routes(routes!(till::qr_svg))
+        .routes(routes!(till::latest_order))
+        .split_for_parts();
+    openapi::finish_admin(&mut doc);
+    (router, doc)
 }

@@ -12,8 +12,11 @@ use crate::domain::api_time;
 use crate::state::SharedState;
 use crate::store::ReconciliationRecord;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
 }
 
@@ -39,6 +42,18 @@ pub fn record_view(r: &ReconciliationRecord) -> Value {
 }
 
 /// Newest day first.
+#[utoipa::path(
+    get,
+    path = "/admin/api/reconciliations",
+    operation_id = "list_reconciliations",
+    tag = "reconciliations",
+    params(ListQuery),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "Reconciled days, newest first", body = [super::views::ReconciliationDayView]),
+        (status = 400, description = "`INVALID_INPUT`: a bad `limit`", body = super::error::ErrorBody),
+    )
+)]
 pub async fn list(
     _: Admin,
     State(state): State<SharedState>,
@@ -52,6 +67,19 @@ pub async fn list(
 }
 
 /// One day with its differences.
+#[utoipa::path(
+    get,
+    path = "/admin/api/reconciliations/{date}",
+    operation_id = "reconciliation_detail",
+    tag = "reconciliations",
+    params(("date" = String, Path, format = Date, description = "The Beijing day of the bill, YYYY-MM-DD")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The day and its differences", body = super::views::ReconciliationDetailView),
+        (status = 400, description = "`INVALID_INPUT`: not a day as YYYY-MM-DD", body = super::error::ErrorBody),
+        (status = 404, description = "`RECONCILIATION_NOT_FOUND`: not reconciled yet", body = super::error::ErrorBody),
+    )
+)]
 pub async fn detail(
     _: Admin,
     State(state): State<SharedState>,

@@ -9,13 +9,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde_json::json;
 use wxpay_proto::ProductId;
 
 use super::auth::Till;
-use super::views::{api_time, ProductView};
+use super::error::ErrorBody;
+use super::views::{api_time, ProductView, TillOrderView};
 use crate::api::AppError;
-use crate::domain::{name_of, Product};
+use crate::domain::Product;
 use crate::qr;
 use crate::state::SharedState;
 
@@ -60,7 +60,21 @@ pub(super) async fn shown_product(state: &SharedState, id: String) -> Result<Pro
     Ok(product)
 }
 
-/// `GET /till/api/products/{id}`.
+/// `GET /till/api/products/{id}`: a product the till may show.
+#[utoipa::path(
+    get,
+    path = "/till/api/products/{id}",
+    operation_id = "till_product",
+    tag = "till",
+    params(("id" = String, Path, description = "Product id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The product", body = ProductView),
+        (status = 400, description = "`INVALID_INPUT`: a bad product id", body = ErrorBody),
+        (status = 404, description = "`PRODUCT_NOT_FOUND`", body = ErrorBody),
+        (status = 409, description = "`PRODUCT_RETIRED`", body = ErrorBody),
+    )
+)]
 pub async fn product(
     _: Till,
     State(state): State<SharedState>,
@@ -71,22 +85,53 @@ pub async fn product(
 
 /// `GET /till/api/products/{id}/qr.svg`: the product's mode-1 code (the long link: a screen shows
 /// dense codes well).
+#[utoipa::path(
+    get,
+    path = "/till/api/products/{id}/qr.svg",
+    operation_id = "till_qr_svg",
+    tag = "till",
+    params(("id" = String, Path, description = "Product id")),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The QR code", body = String, content_type = "image/svg+xml"),
+        (status = 400, description = "`INVALID_INPUT`: a bad product id", body = ErrorBody),
+        (status = 404, description = "`PRODUCT_NOT_FOUND`", body = ErrorBody),
+        (status = 409, description = "`PRODUCT_RETIRED`", body = ErrorBody),
+    )
+)]
 pub async fn qr_svg(_: Till, State(state): State<SharedState>, Path(id): Path<String>) -> Result<Response, AppError> {
     let product = shown_product(&state, id).await?;
     let link = qr::long_link(state.wechat.merchant(), &product.id, state.clock.now());
     Ok(([(header::CONTENT_TYPE, "image/svg+xml")], qr::svg(&link, QR_SIZE)?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LatestQuery {
     /// RFC 3339; only orders created after it count.
+    #[param(format = DateTime, example = "2026-11-29T10:00:00+08:00")]
     after: String,
 }
 
 /// `GET /till/api/products/{id}/latest-order?after=RFC3339`: the newest Native order of the
 /// product created after `after` (200 `{order_no, status, amount_fen, created_at, paid_at}`), or
 /// 204 when there is none yet.
+#[utoipa::path(
+    get,
+    path = "/till/api/products/{id}/latest-order",
+    operation_id = "till_latest_order",
+    tag = "till",
+    params(("id" = String, Path, description = "Product id"), LatestQuery),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The newest Native order of the product since `after`", body = TillOrderView),
+        (status = 204, description = "No such order yet"),
+        (status = 400, description = "`INVALID_INPUT`: a bad product id or `after`", body = ErrorBody),
+        (status = 404, description = "`PRODUCT_NOT_FOUND`", body = ErrorBody),
+        (status = 409, description = "`PRODUCT_RETIRED`", body = ErrorBody),
+    )
+)]
 pub async fn latest_order(
     _: Till,
     State(state): State<SharedState>,
@@ -101,13 +146,13 @@ pub async fn latest_order(
     let product = shown_product(&state, id).await?;
     Ok(match state.store.latest_native_order_for_product(&product.id, after).await? {
         None => StatusCode::NO_CONTENT.into_response(),
-        Some(order) => Json(json!({
-            "order_no": order.order_no.as_str(),
-            "status": name_of(&order.status),
-            "amount_fen": order.amount.get(),
-            "created_at": api_time(order.created_at),
-            "paid_at": order.paid_at.map(api_time),
-        }))
+        Some(order) => Json(TillOrderView {
+            order_no: order.order_no.as_str().to_owned(),
+            status: order.status,
+            amount_fen: order.amount.get(),
+            created_at: api_time(order.created_at),
+            paid_at: order.paid_at.map(api_time),
+        })
         .into_response(),
     })
 }

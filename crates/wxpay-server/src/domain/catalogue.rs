@@ -125,7 +125,7 @@ pub enum ProductChange {
 }
 
 /// What a change is called in the audit log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub enum AuditAction {
     #[serde(rename = "product.created")]
     ProductCreated,

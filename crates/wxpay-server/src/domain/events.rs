@@ -7,7 +7,7 @@ use wxpay_proto::TradeType;
 use super::{Order, OrderStatus, RefundStatus};
 
 /// The kind of one row of an order's event log. The serde names are what is stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum EventKind {
     #[serde(rename = "order.created")]
     OrderCreated,
@@ -28,7 +28,7 @@ pub enum EventKind {
 }
 
 /// The kind of an outbox event; also the `kind` field of the webhook body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum OutboxKind {
     #[serde(rename = "order.paid")]
     OrderPaid,

@@ -16,7 +16,7 @@ pub const MAX_LINES: usize = 20;
 
 /// The life of an order. `Paid` is only ever reached from a verified notification or an
 /// `orderquery` answer, never from the client's word.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OrderStatus {
     Created,
@@ -59,7 +59,7 @@ impl fmt::Display for OrderStatus {
 
 /// Whether the goods went out. Separate from [`OrderStatus`] because shipping does not change
 /// what happened to the money.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Fulfilment {
     /// Not paid yet: nothing to ship.

@@ -24,7 +24,7 @@ use wxpay_proto::bill::{BillRow, BillSummary};
 
 use super::{Order, OrderStatus, Refund, RefundStatus};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DifferenceKind {
     PaidNotRecorded,
@@ -47,7 +47,7 @@ impl DifferenceKind {
 }
 
 /// One difference between the bill and our records.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Difference {
     pub kind: DifferenceKind,
     pub order_no: Option<String>,

@@ -31,7 +31,7 @@ use super::machine::{merge_review_reason, LogEntry};
 use super::{EventKind, Order, OrderStatus};
 
 /// The life of a refund. The serde names are what is stored and shown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum RefundStatus {
     /// Recorded; WeChat has not accepted it yet (the call is in flight or will be retried).
     #[serde(rename = "REQUESTED")]
@@ -190,7 +190,7 @@ impl RefundEvent {
 }
 
 /// The kind of one row of a refund's event log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum RefundEventKind {
     #[serde(rename = "refund.requested")]
     Requested,
