@@ -142,7 +142,7 @@ fn add_error(op: &mut Operation, status: u16, description: &str, retry_after: bo
         let seconds = ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(1));
         response = response.header(
             "Retry-After",
-            HeaderBuilder::new().schema(seconds).description(Some("Seconds to wait before trying again")).build(),
+            HeaderBuilder::new().schema(Some(seconds)).description(Some("Seconds to wait before trying again")).build(),
         );
     }
     op.responses.responses.entry(status.to_string()).or_insert_with(|| response.build().into());
