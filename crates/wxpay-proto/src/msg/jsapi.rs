@@ -9,16 +9,19 @@ use crate::sign::{self, ApiKey, SignError, SignType};
 use crate::types::{AppId, FieldError, PrepayId};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JsapiPayParams {
     /// Signed, but not passed to `wx.requestPayment` by the mini-program.
     #[serde(rename = "appId")]
     pub app_id: String,
+    /// Unix seconds, as a string.
     #[serde(rename = "timeStamp")]
     pub time_stamp: String,
     #[serde(rename = "nonceStr")]
     pub nonce_str: String,
     /// `prepay_id=...`
     pub package: String,
+    /// `MD5` or `HMAC-SHA256`.
     #[serde(rename = "signType")]
     pub sign_type: String,
     #[serde(rename = "paySign")]

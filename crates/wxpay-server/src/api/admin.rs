@@ -15,7 +15,7 @@ use super::auth::Admin;
 use super::mp::ApiJson;
 use super::views::{
     api_time, AdminOrderView, AdminRefundView, AuditEventView, NotificationView, OrderDetailView, OrderEventView,
-    OrderWebhookView, ProductView, ResendView, WebhookEventView,
+    ProductView, ResendView, WebhookEventView,
 };
 use crate::api::error::ErrorBody;
 use crate::api::AppError;
@@ -49,7 +49,6 @@ pub struct ListQuery {
     path = "/admin/api/orders",
     tag = "orders",
     params(ListQuery),
-    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The orders, newest first", body = [AdminOrderView]),
         (status = 400, description = "`INVALID_INPUT`: a bad `status`, `openid` or `limit`", body = ErrorBody),
@@ -87,7 +86,6 @@ fn parse_order_no(s: &str) -> Result<OutTradeNo, AppError> {
     path = "/admin/api/orders/{order_no}",
     tag = "orders",
     params(("order_no" = String, Path, description = "Our order number (商户订单号, out_trade_no)")),
-    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The order and its history", body = OrderDetailView),
         (status = 404, description = "`ORDER_NOT_FOUND`", body = ErrorBody),
@@ -126,19 +124,7 @@ pub async fn order_detail(
                 raw_body: n.record.raw_body.clone(),
             })
             .collect(),
-        outbox: outbox
-            .iter()
-            .map(|o| OrderWebhookView {
-                id: o.id,
-                kind: o.message.kind(),
-                attempts: o.attempts,
-                created_at: api_time(o.created_at),
-                delivered_at: o.delivered_at.map(api_time),
-                dead_at: o.dead_at.map(api_time),
-                last_error: o.last_error.clone(),
-                payload: o.message.payload(),
-            })
-            .collect(),
+        outbox: outbox.iter().map(outbox_view).collect(),
     }))
 }
 
@@ -148,7 +134,6 @@ pub async fn order_detail(
     path = "/admin/api/orders/{order_no}/ship",
     tag = "orders",
     params(("order_no" = String, Path, description = "Our order number (商户订单号)")),
-    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The order, shipped (again: nothing changes)", body = AdminOrderView),
         (status = 404, description = "`ORDER_NOT_FOUND`", body = ErrorBody),
@@ -204,7 +189,6 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
          (nothing is sent twice); with another body 422 `IDEMPOTENCY_KEY_REUSED`."),
     ),
     request_body = RefundBody,
-    security(("admin_token" = [])),
     responses(
         (status = 201, description = "WeChat accepted it (`PROCESSING`), or it already settled", body = AdminRefundView),
         (status = 202, description = "Recorded (`REQUESTED`) but WeChat did not answer (timeout, network, \
@@ -293,7 +277,6 @@ pub struct QrQuery {
         ("file" = String, Path, description = "`qr.png`, `qr.svg`, `link` or `qr.txt`"),
         QrQuery,
     ),
-    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The code or the link", content(
             ("image/png"),
@@ -351,7 +334,6 @@ fn escape_html(s: &str) -> String {
     path = "/admin/products/qr-sheet",
     tag = "products",
     params(SheetQuery),
-    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The printable page", body = String, content_type = "text/html"),
         (status = 502, description = "`WECHAT_ERROR`: WeChat refused a short link (`short=true`)", body = ErrorBody),
@@ -438,7 +420,6 @@ pub struct ProductPatch {
     get,
     path = "/admin/api/products",
     tag = "products",
-    security(("admin_token" = [])),
     responses((status = 200, description = "The catalogue", body = [ProductView]))
 )]
 pub async fn list_products(_: Admin, State(state): State<SharedState>) -> Result<Json<Vec<ProductView>>, AppError> {
@@ -474,7 +455,6 @@ fn existing_id(id: String) -> Result<ProductId, AppError> {
     path = "/admin/api/products",
     tag = "products",
     request_body = NewProduct,
-    security(("admin_token" = [])),
     responses(
         (status = 201, description = "The new product", body = ProductView),
         (status = 400, description = "`INVALID_INPUT`: a bad id, name or price", body = ErrorBody),
@@ -498,7 +478,6 @@ pub async fn create_product(
     tag = "products",
     params(("id" = String, Path, description = "Product id")),
     request_body = ProductPatch,
-    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The product as changed", body = ProductView),
         (status = 400, description = "`INVALID_INPUT`", body = ErrorBody),
@@ -522,7 +501,6 @@ pub async fn update_product(
     path = "/admin/api/products/{id}",
     tag = "products",
     params(("id" = String, Path, description = "Product id")),
-    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The product, retired", body = ProductView),
         (status = 404, description = "`PRODUCT_NOT_FOUND`", body = ErrorBody),
@@ -570,7 +548,6 @@ pub struct AuditQuery {
     path = "/admin/api/audit",
     tag = "audit",
     params(AuditQuery),
-    security(("admin_token" = [])),
     responses(
         (status = 200, description = "Audit events, newest first", body = [AuditEventView]),
         (status = 400, description = "`INVALID_INPUT`: a bad `limit`", body = ErrorBody),
@@ -617,7 +594,6 @@ pub struct DeadQuery {
     path = "/admin/api/webhooks/dead",
     tag = "webhooks",
     params(DeadQuery),
-    security(("admin_token" = [])),
     responses(
         (status = 200, description = "Dead letters, oldest first", body = [WebhookEventView]),
         (status = 400, description = "`INVALID_INPUT`: a bad `limit`", body = ErrorBody),
@@ -642,7 +618,6 @@ pub async fn dead_letters(
     path = "/admin/api/webhooks/{id}/resend",
     tag = "webhooks",
     params(("id" = i64, Path, description = "The webhook event id")),
-    security(("admin_token" = [])),
     responses(
         (status = 200, description = "Resent", body = ResendView),
         (status = 404, description = "`WEBHOOK_NOT_DEAD`: no such event, or it is not a dead letter", body = ErrorBody),

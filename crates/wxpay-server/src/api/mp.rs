@@ -15,7 +15,7 @@ use wxpay_proto::{Openid, ProductId, TradeType};
 
 use super::auth::CurrentUser;
 use super::error::ErrorBody;
-use super::views::{JsapiPayParamsSchema, LoginView, OrderView, OrderWithRefundsView, ProductView, RefundView};
+use super::views::{LoginView, OrderView, OrderWithRefundsView, ProductView, RefundView};
 use crate::api::AppError;
 use crate::domain::CloseReason;
 use crate::payments;
@@ -245,7 +245,7 @@ fn client_ip(headers: &HeaderMap, fallback: &str) -> String {
     params(("order_no" = String, Path, description = "Our order number (商户订单号)")),
     security(("mp_session" = [])),
     responses(
-        (status = 200, description = "Pass these to `wx.requestPayment`", body = JsapiPayParamsSchema),
+        (status = 200, description = "Pass these to `wx.requestPayment`", body = JsapiPayParams),
         (status = 404, description = "`ORDER_NOT_FOUND`", body = ErrorBody),
         (status = 409, description = "`ORDER_PAID`, `ORDER_CLOSED`, `ORDER_EXPIRED`, `WRONG_TRADE_TYPE`", body = ErrorBody),
         (status = 502, description = "`WECHAT_ERROR`: WeChat Pay refused the request", body = ErrorBody),

@@ -18,9 +18,9 @@ use axum::body::Bytes;
 use axum::http::header;
 use axum::routing::{get, MethodRouter};
 use utoipa::openapi::path::Operation;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, HeaderBuilder, ObjectBuilder, OpenApi as Document, Ref, ResponseBuilder, Type};
-use utoipa::{Modify, OpenApi, PartialSchema};
+use utoipa::{IntoResponses, Modify, OpenApi, PartialSchema};
 
 use super::error::ErrorBody;
 use crate::state::SharedState;
@@ -164,12 +164,11 @@ fn add_common(doc: &mut Document) {
 }
 
 /// The admin document as served: the responses every admin and till operation shares.
+/// Every operation of it needs an admin token (the handlers do not repeat it).
 pub fn finish_admin(doc: &mut Document) {
     add_common(doc);
     for (path, op) in operations_mut(doc) {
-        if !uses_scheme(op, ADMIN_TOKEN) {
-            continue;
-        }
+        op.security.get_or_insert_with(|| vec![SecurityRequirement::new(ADMIN_TOKEN, Vec::<String>::new())]);
         add_error(op, 401, "`UNAUTHORIZED`: no admin token, or an unknown or revoked one", false);
         if !path.starts_with("/till/") {
             add_error(
@@ -213,4 +212,15 @@ pub fn serve(doc: &Document) -> MethodRouter<SharedState> {
         let body = body.clone();
         async move { ([(header::CONTENT_TYPE, "application/json")], body) }
     })
+}
+
+/// The refusals of a product looked up by its id for the till or its QR code.
+#[derive(IntoResponses)]
+pub enum ProductLookupErrors {
+    #[response(status = 400, description = "`INVALID_INPUT`: a bad product id (or query parameter)")]
+    BadInput(#[to_schema] ErrorBody<'static>),
+    #[response(status = 404, description = "`PRODUCT_NOT_FOUND`")]
+    NotFound(#[to_schema] ErrorBody<'static>),
+    #[response(status = 409, description = "`PRODUCT_RETIRED`")]
+    Retired(#[to_schema] ErrorBody<'static>),
 }

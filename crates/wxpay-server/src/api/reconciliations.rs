@@ -48,7 +48,6 @@ pub fn record_view(r: &ReconciliationRecord) -> Value {
     operation_id = "list_reconciliations",
     tag = "reconciliations",
     params(ListQuery),
-    security(("admin_token" = [])),
     responses(
         (status = 200, description = "Reconciled days, newest first", body = [super::views::ReconciliationDayView]),
         (status = 400, description = "`INVALID_INPUT`: a bad `limit`", body = super::error::ErrorBody),
@@ -73,7 +72,6 @@ pub async fn list(
     operation_id = "reconciliation_detail",
     tag = "reconciliations",
     params(("date" = String, Path, format = Date, description = "The Beijing day of the bill, YYYY-MM-DD")),
-    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The day and its differences", body = super::views::ReconciliationDetailView),
         (status = 400, description = "`INVALID_INPUT`: not a day as YYYY-MM-DD", body = super::error::ErrorBody),

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use wxpay_proto::ProductId;
 
 use super::auth::Till;
-use super::error::ErrorBody;
+use super::openapi::ProductLookupErrors;
 use super::views::{api_time, ProductView, TillOrderView};
 use crate::api::AppError;
 use crate::domain::Product;
@@ -67,12 +67,9 @@ pub(super) async fn shown_product(state: &SharedState, id: String) -> Result<Pro
     operation_id = "till_product",
     tag = "till",
     params(("id" = String, Path, description = "Product id")),
-    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The product", body = ProductView),
-        (status = 400, description = "`INVALID_INPUT`: a bad product id", body = ErrorBody),
-        (status = 404, description = "`PRODUCT_NOT_FOUND`", body = ErrorBody),
-        (status = 409, description = "`PRODUCT_RETIRED`", body = ErrorBody),
+        ProductLookupErrors,
     )
 )]
 pub async fn product(
@@ -91,12 +88,9 @@ pub async fn product(
     operation_id = "till_qr_svg",
     tag = "till",
     params(("id" = String, Path, description = "Product id")),
-    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The QR code", body = String, content_type = "image/svg+xml"),
-        (status = 400, description = "`INVALID_INPUT`: a bad product id", body = ErrorBody),
-        (status = 404, description = "`PRODUCT_NOT_FOUND`", body = ErrorBody),
-        (status = 409, description = "`PRODUCT_RETIRED`", body = ErrorBody),
+        ProductLookupErrors,
     )
 )]
 pub async fn qr_svg(_: Till, State(state): State<SharedState>, Path(id): Path<String>) -> Result<Response, AppError> {
@@ -123,13 +117,10 @@ pub struct LatestQuery {
     operation_id = "till_latest_order",
     tag = "till",
     params(("id" = String, Path, description = "Product id"), LatestQuery),
-    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The newest Native order of the product since `after`", body = TillOrderView),
         (status = 204, description = "No such order yet"),
-        (status = 400, description = "`INVALID_INPUT`: a bad product id or `after`", body = ErrorBody),
-        (status = 404, description = "`PRODUCT_NOT_FOUND`", body = ErrorBody),
-        (status = 409, description = "`PRODUCT_RETIRED`", body = ErrorBody),
+        ProductLookupErrors,
     )
 )]
 pub async fn latest_order(

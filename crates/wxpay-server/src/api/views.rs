@@ -251,26 +251,7 @@ pub struct NotificationView {
     pub raw_body: String,
 }
 
-/// A webhook event (fulfilment outbox) of an order.
-#[derive(Serialize, ToSchema)]
-pub struct OrderWebhookView {
-    pub id: i64,
-    pub kind: OutboxKind,
-    pub attempts: u32,
-    #[schema(format = DateTime)]
-    pub created_at: String,
-    #[schema(format = DateTime, required = true)]
-    pub delivered_at: Option<String>,
-    /// Set when it ran out of attempts or age (a dead letter).
-    #[schema(format = DateTime, required = true)]
-    pub dead_at: Option<String>,
-    #[schema(required = true)]
-    pub last_error: Option<String>,
-    /// The event's `data`.
-    pub payload: serde_json::Value,
-}
-
-/// A webhook event as the dead-letter list shows it.
+/// A webhook event (fulfilment outbox), in an order's detail and in the dead-letter list.
 #[derive(Serialize, ToSchema)]
 pub struct WebhookEventView {
     pub id: i64,
@@ -300,7 +281,7 @@ pub struct OrderDetailView {
     pub refunds: Vec<AdminRefundView>,
     pub events: Vec<OrderEventView>,
     pub notifications: Vec<NotificationView>,
-    pub outbox: Vec<OrderWebhookView>,
+    pub outbox: Vec<WebhookEventView>,
 }
 
 /// One catalogue change in the audit log.
@@ -389,26 +370,4 @@ pub struct LoginView {
     pub token: String,
     /// Seconds until the token expires (then log in again).
     pub expires_in: u64,
-}
-
-/// The parameters of `wx.requestPayment` (小程序调起支付), signed by the server with the API key.
-/// Schema of `wxpay_proto::msg::jsapi::JsapiPayParams`, which this answer serialises.
-#[derive(Serialize, ToSchema)]
-#[schema(as = JsapiPayParams)]
-pub struct JsapiPayParamsSchema {
-    /// Signed, but not passed to `wx.requestPayment` by the mini-program.
-    #[serde(rename = "appId")]
-    pub app_id: String,
-    /// Unix seconds, as a string.
-    #[serde(rename = "timeStamp")]
-    pub time_stamp: String,
-    #[serde(rename = "nonceStr")]
-    pub nonce_str: String,
-    /// `prepay_id=...`
-    pub package: String,
-    /// `MD5` or `HMAC-SHA256`.
-    #[serde(rename = "signType")]
-    pub sign_type: String,
-    #[serde(rename = "paySign")]
-    pub pay_sign: String,
 }
