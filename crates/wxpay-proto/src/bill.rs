@@ -836,6 +836,42 @@ pub enum RenderError {
     Io(#[from] io::Error),
 }
 
+/// A bill rendered from `rows` as it is read: neither the rows nor the text are ever all in memory
+/// (a bill of millions of rows, for a download or a test, in bounded memory).
+pub struct BillStream<I> {
+    rows: I,
+    writer: Option<BillWriter<Vec<u8>>>,
+    pending: Vec<u8>,
+    pos: usize,
+}
+
+impl<I: Iterator<Item = BillRow>> BillStream<I> {
+    pub fn new(bill_type: BillType, rows: I) -> Result<Self, RenderError> {
+        let writer = BillWriter::new(Vec::new(), bill_type)?;
+        Ok(BillStream { rows, writer: Some(writer), pending: Vec::new(), pos: 0 })
+    }
+}
+
+impl<I: Iterator<Item = BillRow>> Read for BillStream<I> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.pending.len() {
+            self.pending.clear();
+            self.pos = 0;
+            let Some(writer) = self.writer.as_mut() else { return Ok(0) };
+            if let Some(row) = self.rows.next() {
+                writer.write_row(&row).map_err(io::Error::other)?;
+                std::mem::swap(&mut self.pending, writer.get_mut());
+            } else if let Some(writer) = self.writer.take() {
+                self.pending = writer.finish().map_err(io::Error::other)?;
+            }
+        }
+        let n = buf.len().min(self.pending.len() - self.pos);
+        buf[..n].copy_from_slice(&self.pending[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 /// Writes a bill in the current layout of a `bill_type`: header, rows, then the summary computed
 /// from the rows (or a given one, to produce a bill whose totals differ).
 pub struct BillWriter<W: Write> {

@@ -3,7 +3,7 @@
 use std::io::{BufReader, Read, Write};
 
 use wxpay_proto::bill::{
-    parse_bill, render_bill, BillErrorKind, BillReader, BillRow, BillWriter, Column, MilliFen, RenderError,
+    parse_bill, render_bill, BillErrorKind, BillReader, BillRow, BillStream, Column, MilliFen, RenderError,
 };
 use wxpay_proto::msg::downloadbill::BillType;
 use wxpay_proto::Fen;
@@ -167,22 +167,6 @@ fn renderer_refuses_what_the_format_cannot_carry() {
     ));
 }
 
-/// A bill of `rows` payment rows generated on the fly, so the input is never in memory either.
-struct GeneratedBill {
-    rows: u64,
-    next: u64,
-    pending: Vec<u8>,
-    pos: usize,
-    writer: Option<BillWriter<Vec<u8>>>,
-}
-
-impl GeneratedBill {
-    fn new(rows: u64) -> Self {
-        let writer = BillWriter::new(Vec::new(), BillType::All).unwrap();
-        GeneratedBill { rows, next: 0, pending: Vec::new(), pos: 0, writer: Some(writer) }
-    }
-}
-
 fn row(i: u64) -> BillRow {
     BillRow {
         trade_time: wxpay_proto::BeijingTime::from_unix(1_795_000_000 + i as i64),
@@ -199,32 +183,14 @@ fn row(i: u64) -> BillRow {
     }
 }
 
-impl Read for GeneratedBill {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.pos == self.pending.len() {
-            self.pending.clear();
-            self.pos = 0;
-            let Some(w) = self.writer.as_mut() else { return Ok(0) };
-            if self.next < self.rows {
-                w.write_row(&row(self.next)).unwrap();
-                self.next += 1;
-                std::mem::swap(&mut self.pending, w.get_mut());
-            } else {
-                let mut tail = self.writer.take().unwrap().finish().unwrap();
-                std::mem::swap(&mut self.pending, &mut tail);
-            }
-        }
-        let n = buf.len().min(self.pending.len() - self.pos);
-        buf[..n].copy_from_slice(&self.pending[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
 #[test]
 fn a_large_bill_streams_in_bounded_memory() {
     let rows = 20_000;
-    let mut reader = BillReader::open(BufReader::with_capacity(8 * 1024, GeneratedBill::new(rows))).unwrap();
+    let mut reader = BillReader::open(BufReader::with_capacity(
+        8 * 1024,
+        BillStream::new(BillType::All, (0..rows).map(row)).unwrap(),
+    ))
+    .unwrap();
     let mut n = 0;
     for r in reader.by_ref() {
         let r = r.unwrap();

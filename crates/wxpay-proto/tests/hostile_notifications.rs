@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use proptest::prelude::*;
-use wxpay_proto::msg::notify::{parse_pay_notification, NotifyError};
+use wxpay_proto::msg::notify::{parse_pay_notification, NotifyError, DOC_EXAMPLE_NOTIFICATION};
 use wxpay_proto::sign::{self, ApiKey, SignType};
 use wxpay_proto::xml::{self, XmlError, XmlLimits};
 use wxpay_proto::Fields;
@@ -23,26 +23,11 @@ fn limits() -> XmlLimits {
     XmlLimits { max_body: 1 << 20, max_fields: 1024 }
 }
 
-/// A valid notification's fields (the doc's example values).
+/// A valid notification's fields (the doc's example values, with `cash_fee`).
 fn base() -> Vec<(&'static str, &'static str)> {
-    vec![
-        ("appid", "wx2421b1c4370ec43b"),
-        ("attach", "支付测试"),
-        ("bank_type", "CFT"),
-        ("cash_fee", "1"),
-        ("fee_type", "CNY"),
-        ("is_subscribe", "N"),
-        ("mch_id", "10000100"),
-        ("nonce_str", "5d2b6c2a8db53831f7eda20af46e531c"),
-        ("openid", "oUpF8uMEb4qRXf22hE3X68TekukE"),
-        ("out_trade_no", "1409811653"),
-        ("result_code", "SUCCESS"),
-        ("return_code", "SUCCESS"),
-        ("time_end", "20140903131540"),
-        ("total_fee", "1"),
-        ("trade_type", "JSAPI"),
-        ("transaction_id", "1004400740201409030005092168"),
-    ]
+    let mut fields = DOC_EXAMPLE_NOTIFICATION.to_vec();
+    fields.push(("cash_fee", "1"));
+    fields
 }
 
 /// Values that are wrong for some field or other.

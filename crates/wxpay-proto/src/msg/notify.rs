@@ -217,6 +217,27 @@ pub fn reply_is_success(body: &[u8]) -> bool {
     xml::parse(body).map(|f| f.get("return_code") == Some(SUCCESS)).unwrap_or(false)
 }
 
+/// The example payment notification of WeChat's documentation (支付结果通知, §8.2), without its
+/// coupon fields and its `sign`; its documented key is `192006250b4c09247ec02edce69f6a2d`. A
+/// fixture for tests and examples.
+pub const DOC_EXAMPLE_NOTIFICATION: [(&str, &str); 15] = [
+    ("appid", "wx2421b1c4370ec43b"),
+    ("attach", "支付测试"),
+    ("bank_type", "CFT"),
+    ("fee_type", "CNY"),
+    ("is_subscribe", "N"),
+    ("mch_id", "10000100"),
+    ("nonce_str", "5d2b6c2a8db53831f7eda20af46e531c"),
+    ("openid", "oUpF8uMEb4qRXf22hE3X68TekukE"),
+    ("out_trade_no", "1409811653"),
+    ("result_code", "SUCCESS"),
+    ("return_code", "SUCCESS"),
+    ("time_end", "20140903131540"),
+    ("total_fee", "1"),
+    ("trade_type", "JSAPI"),
+    ("transaction_id", "1004400740201409030005092168"),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,25 +246,7 @@ mod tests {
 
     /// The doc's example notification (§8.2) without the coupon fields.
     pub(crate) fn doc_example() -> Fields {
-        [
-            ("appid", "wx2421b1c4370ec43b"),
-            ("attach", "支付测试"),
-            ("bank_type", "CFT"),
-            ("fee_type", "CNY"),
-            ("is_subscribe", "N"),
-            ("mch_id", "10000100"),
-            ("nonce_str", "5d2b6c2a8db53831f7eda20af46e531c"),
-            ("openid", "oUpF8uMEb4qRXf22hE3X68TekukE"),
-            ("out_trade_no", "1409811653"),
-            ("result_code", "SUCCESS"),
-            ("return_code", "SUCCESS"),
-            ("time_end", "20140903131540"),
-            ("total_fee", "1"),
-            ("trade_type", "JSAPI"),
-            ("transaction_id", "1004400740201409030005092168"),
-        ]
-        .into_iter()
-        .collect()
+        DOC_EXAMPLE_NOTIFICATION.into_iter().collect()
     }
 
     #[test]

@@ -32,9 +32,14 @@ fn xml_response(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response()
 }
 
-/// Reads the body up to the configured cap; `None` when it is larger.
-async fn read_capped(state: &AppState, body: Body) -> Option<axum::body::Bytes> {
-    axum::body::to_bytes(body, state.config.server.body_limit_bytes).await.ok()
+/// Reads a callback's body up to the configured cap; a larger one is refused with 413 (and
+/// counted as a verification failure) before anything else is looked at.
+async fn read_capped(state: &AppState, kind: NotificationKind, body: Body) -> Result<axum::body::Bytes, Response> {
+    axum::body::to_bytes(body, state.config.server.body_limit_bytes).await.map_err(|_| {
+        state.metrics.verification_failure("too_large");
+        tracing::warn!(?kind, "callback over the body limit refused");
+        xml_response(StatusCode::PAYLOAD_TOO_LARGE, reply_fail("body too large"))
+    })
 }
 
 fn limits(state: &AppState) -> XmlLimits {
@@ -166,13 +171,11 @@ pub async fn pay_notify(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Body,
 ) -> Response {
-    let peer = peer.ip();
-    let Some(raw) = read_capped(&state, body).await else {
-        state.metrics.verification_failure("too_large");
-        tracing::warn!("payment notification over the body limit refused");
-        return xml_response(StatusCode::PAYLOAD_TOO_LARGE, reply_fail("body too large"));
+    let (peer, kind) = (peer.ip(), NotificationKind::Pay);
+    let raw = match read_capped(&state, kind, body).await {
+        Ok(raw) => raw,
+        Err(refused) => return refused,
     };
-    let kind = NotificationKind::Pay;
     let verified = match parse_pay_notification(&raw, limits(&state), &state.wechat.merchant().key) {
         Ok(v) => v,
         Err(e) => {
@@ -231,11 +234,10 @@ pub async fn native_scan(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Body,
 ) -> Response {
-    let peer = peer.ip();
-    let kind = NotificationKind::Scan;
-    let Some(raw) = read_capped(&state, body).await else {
-        state.metrics.verification_failure("too_large");
-        return xml_response(StatusCode::PAYLOAD_TOO_LARGE, reply_fail("body too large"));
+    let (peer, kind) = (peer.ip(), NotificationKind::Scan);
+    let raw = match read_capped(&state, kind, body).await {
+        Ok(raw) => raw,
+        Err(refused) => return refused,
     };
     let fields = match xml::parse_with(&raw, limits(&state)) {
         Ok(f) => f,
@@ -280,11 +282,10 @@ pub async fn refund_notify(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     body: Body,
 ) -> Response {
-    let peer = peer.ip();
-    let kind = NotificationKind::Refund;
-    let Some(raw) = read_capped(&state, body).await else {
-        state.metrics.verification_failure("too_large");
-        return xml_response(StatusCode::PAYLOAD_TOO_LARGE, reply_fail("body too large"));
+    let (peer, kind) = (peer.ip(), NotificationKind::Refund);
+    let raw = match read_capped(&state, kind, body).await {
+        Ok(raw) => raw,
+        Err(refused) => return refused,
     };
     let merchant = state.wechat.merchant();
     let n = match parse_refund_notification(&raw, limits(&state), &merchant.key) {
