@@ -101,17 +101,6 @@ async fn token(env: &TestEnv, name: &str, role: Role) -> String {
     token
 }
 
-async fn paid_order(env: &TestEnv, user: &str) -> String {
-    let (_token, order_no, params) = env.ordered_and_prepaid(user).await;
-    let paid = env.phone_pay(user, &params, "pay").await;
-    assert_eq!(paid["errMsg"], "requestPayment:ok", "{paid}");
-    wait_for("the order PAID", 10, || async {
-        (env.admin_detail(&order_no).await["order"]["status"] == "PAID").then_some(())
-    })
-    .await;
-    order_no
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_opens_a_session_cookie_and_sign_out_ends_it() {
     let env = TestEnv::start().await;
@@ -162,7 +151,7 @@ async fn sign_in_opens_a_session_cookie_and_sign_out_ends_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forms_without_the_csrf_value_are_refused() {
     let env = TestEnv::start().await;
-    let order_no = paid_order(&env, "u-csrf").await;
+    let order_no = env.paid_order("u-csrf").await;
     let mut b = Browser::new(&env);
     // The sign-in form: without its double-submit cookie, or with another value.
     let no_cookie = b.post("/admin/login", &[("token", ADMIN_TOKEN), ("csrf", "x")]).await;
@@ -214,7 +203,7 @@ async fn roles_limit_what_a_console_user_may_do() {
         s.refund_min_interval_secs = 0;
     })
     .await;
-    let order_no = paid_order(&env, "u-roles").await;
+    let order_no = env.paid_order("u-roles").await;
     let detail = format!("/admin/orders/{order_no}");
     let refund = format!("{detail}/refund");
 
@@ -274,7 +263,7 @@ async fn roles_limit_what_a_console_user_may_do() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn orders_search_totals_and_csv_export() {
     let env = TestEnv::start().await;
-    let paid = paid_order(&env, "u-csv-1").await;
+    let paid = env.paid_order("u-csv-1").await;
     let (_t, unpaid, _) = env.ordered_and_prepaid("u-csv-2").await;
     let amount = env.admin_detail(&paid).await["order"]["amount_fen"].as_u64().unwrap();
     let mut b = Browser::new(&env);
@@ -331,7 +320,7 @@ async fn orders_search_totals_and_csv_export() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_order_page_shows_a_timeline_with_duplicate_and_forged_notifications() {
     let env = TestEnv::start().await;
-    let order_no = paid_order(&env, "u-timeline").await;
+    let order_no = env.paid_order("u-timeline").await;
     let detail = env.admin_detail(&order_no).await;
     let amount = detail["order"]["amount_fen"].as_u64().unwrap();
     let openid = detail["order"]["openid"].as_str().unwrap().to_owned();
@@ -419,7 +408,7 @@ async fn the_dashboard_counts_today_and_the_webhooks_page_lists_dead_letters() {
         c.webhook.max_attempts = 1;
     })
     .await;
-    let order_no = paid_order(&env, "u-dash").await;
+    let order_no = env.paid_order("u-dash").await;
     let amount = env.admin_detail(&order_no).await["order"]["amount_fen"].as_u64().unwrap();
     let forged = signed_pay_notification(&order_no, "ox-someone", amount, "0123456789abcdef0123456789abcdef");
     env.post_raw("/wxpay/notify", "text/xml", forged).await;
@@ -446,7 +435,7 @@ async fn the_dashboard_counts_today_and_the_webhooks_page_lists_dead_letters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_inbox_filters_notifications_and_replays_a_verified_one_idempotently() {
     let env = TestEnv::start().await;
-    let order_no = paid_order(&env, "u-inbox").await;
+    let order_no = env.paid_order("u-inbox").await;
     let amount = env.admin_detail(&order_no).await["order"]["amount_fen"].as_u64().unwrap();
     let forged = signed_pay_notification(&order_no, "ox-someone", amount, "0123456789abcdef0123456789abcdef");
     env.post_raw("/wxpay/notify", "text/xml", forged).await;

@@ -16,19 +16,6 @@ use wxpay_server::reconciliation::{
 };
 use wxpay_sim::{FaultConfig, FaultSet};
 
-/// Logs `user` in, orders two colas (600 fen) and pays; returns the order number once PAID.
-async fn paid_order(env: &TestEnv, user: &str) -> String {
-    let (_token, order_no, params) = env.ordered_and_prepaid(user).await;
-    let paid = env.phone_pay(user, &params, "pay").await;
-    assert_eq!(paid["errMsg"], "requestPayment:ok", "{paid}");
-    wait_for("the order to be PAID", 10, || async {
-        let d = env.admin_detail(&order_no).await;
-        (d["order"]["status"] == "PAID").then_some(())
-    })
-    .await;
-    order_no
-}
-
 /// Moves both clocks to `hh:mm` Beijing time on the day after `day`.
 fn move_to_next_day(env: &TestEnv, day: NaiveDate, hour: i64, minute: i64) -> DateTime<Utc> {
     let at = day_bounds(day).1 + Duration::hours(hour) + Duration::minutes(minute);
@@ -73,8 +60,8 @@ fn record(outcome: ReconcileOutcome) -> wxpay_server::store::ReconciliationRecor
 async fn a_clean_day_is_recorded_clean_with_its_fees_after_a_too_early_attempt() {
     let (env, hooks) = env_with_hooks(8).await;
     let day = beijing_day(env.clock.now());
-    let a = paid_order(&env, "alice").await;
-    let b = paid_order(&env, "bob").await;
+    let a = env.paid_order("alice").await;
+    let b = env.paid_order("bob").await;
     let r = refund(&env, &b, "rk-clean", 100).await;
     let out_refund_no = r["out_refund_no"].as_str().unwrap().to_owned();
     wait_for("the refund to succeed", 10, || async {
@@ -152,10 +139,10 @@ async fn a_day_without_trades_is_clean() {
 async fn each_difference_injected_by_the_simulator_is_found_classified_and_the_lost_payment_settled_once() {
     let (env, hooks) = env_with_hooks(10).await;
     let day = beijing_day(env.clock.now());
-    let changed = paid_order(&env, "u-changed").await;
-    let omitted = paid_order(&env, "u-omitted").await;
-    let by_hand = paid_order(&env, "u-byhand").await;
-    let unheard = paid_order(&env, "u-unheard").await;
+    let changed = env.paid_order("u-changed").await;
+    let omitted = env.paid_order("u-omitted").await;
+    let by_hand = env.paid_order("u-byhand").await;
+    let unheard = env.paid_order("u-unheard").await;
     let (_token, lost, params) = env.ordered_and_prepaid("u-lost").await;
 
     let mut faults = FaultConfig::default();

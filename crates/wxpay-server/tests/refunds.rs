@@ -38,19 +38,6 @@ async fn env() -> (TestEnv, Hooks) {
     env_with(|_, _| {}).await
 }
 
-/// Logs `user` in, orders two colas (600 fen) and pays; returns the order number once PAID.
-async fn paid_order(env: &TestEnv, user: &str) -> String {
-    let (_token, order_no, params) = env.ordered_and_prepaid(user).await;
-    let paid = env.phone_pay(user, &params, "pay").await;
-    assert_eq!(paid["errMsg"], "requestPayment:ok", "{paid}");
-    wait_for("the order to be PAID", 10, || async {
-        let d = env.admin_detail(&order_no).await;
-        (d["order"]["status"] == "PAID").then_some(())
-    })
-    .await;
-    order_no
-}
-
 async fn refund(env: &TestEnv, order_no: &str, key: &str, body: Value) -> (u16, Value) {
     env.api.refund(order_no, key, &body).await.unwrap().into_pair()
 }
@@ -101,7 +88,7 @@ fn drop_notifications(env: &TestEnv, order_no: &str) {
 async fn a_full_refund_settles_by_notification_and_emits_one_event() {
     // WeChat takes 5 s (simulated) to settle: the answer comes first, then the notification.
     let (env, hooks) = env_with(|_, s| s.refund_settle_secs = 5).await;
-    let order_no = paid_order(&env, "alice").await;
+    let order_no = env.paid_order("alice").await;
     let (status, body) = refund_amount(&env, &order_no, "key-full", 600).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["status"], "PROCESSING", "{body}");
@@ -151,7 +138,7 @@ async fn a_full_refund_settles_by_notification_and_emits_one_event() {
 #[tokio::test]
 async fn two_partial_refunds_then_a_third_over_the_paid_amount_is_refused_before_wechat() {
     let (env, hooks) = env().await;
-    let order_no = paid_order(&env, "bob").await;
+    let order_no = env.paid_order("bob").await;
     let (status, first) = refund_amount(&env, &order_no, "p1", 200).await;
     assert_eq!(status, 201, "{first}");
     let (status, second) =
@@ -201,7 +188,7 @@ async fn two_partial_refunds_then_a_third_over_the_paid_amount_is_refused_before
 #[tokio::test]
 async fn concurrent_refund_requests_on_one_order_never_exceed_the_paid_amount() {
     let (env, _hooks) = env().await;
-    let order_no = paid_order(&env, "carol").await;
+    let order_no = env.paid_order("carol").await;
     let env = Arc::new(env);
     let mut tasks = Vec::new();
     for i in 0..15 {
@@ -231,7 +218,7 @@ async fn concurrent_refund_requests_on_one_order_never_exceed_the_paid_amount() 
 #[tokio::test]
 async fn the_same_request_again_is_the_same_refund_and_another_body_is_refused() {
     let (env, hooks) = env().await;
-    let order_no = paid_order(&env, "dave").await;
+    let order_no = env.paid_order("dave").await;
     let (status, first) = refund_amount(&env, &order_no, "same-key", 250).await;
     assert_eq!(status, 201, "{first}");
     let rno = first["out_refund_no"].as_str().unwrap().to_owned();
@@ -254,7 +241,7 @@ async fn the_same_request_again_is_the_same_refund_and_another_body_is_refused()
 #[tokio::test]
 async fn a_notification_lost_for_ever_is_settled_by_refundquery() {
     let (env, hooks) = env().await;
-    let order_no = paid_order(&env, "erin").await;
+    let order_no = env.paid_order("erin").await;
     drop_notifications(&env, &order_no);
     let (status, body) = refund_amount(&env, &order_no, "lost", 600).await;
     assert_eq!(status, 201, "{body}");
@@ -282,7 +269,7 @@ async fn a_notification_lost_for_ever_is_settled_by_refundquery() {
 #[tokio::test]
 async fn five_copies_of_a_notification_change_the_refund_once() {
     let (env, hooks) = env().await;
-    let order_no = paid_order(&env, "fay").await;
+    let order_no = env.paid_order("fay").await;
     env.set_faults_for(&order_no, FaultSet { notify_copies: Some(5), ..FaultSet::default() });
     let (status, body) = refund_amount(&env, &order_no, "dup", 600).await;
     assert_eq!(status, 201, "{body}");
@@ -311,7 +298,7 @@ async fn five_copies_of_a_notification_change_the_refund_once() {
 #[tokio::test]
 async fn forged_undecryptable_and_mismatching_notifications_change_nothing() {
     let (env, hooks) = env().await;
-    let order_no = paid_order(&env, "gus").await;
+    let order_no = env.paid_order("gus").await;
     drop_notifications(&env, &order_no);
     let (status, body) =
         refund(&env, &order_no, "forged", json!({"amount_fen": 600, "reason": "r", "out_refund_no": "RF-FORGE-1"}))
@@ -368,7 +355,7 @@ async fn forged_undecryptable_and_mismatching_notifications_change_nothing() {
 async fn change_and_refundclose_end_the_refund_as_failed() {
     let (env, hooks) = env().await;
     for (user, result) in [("hal", "CHANGE"), ("ida", "REFUNDCLOSE")] {
-        let order_no = paid_order(&env, user).await;
+        let order_no = env.paid_order(user).await;
         env.set_faults_for(&order_no, FaultSet { refund_result: Some(result.into()), ..FaultSet::default() });
         let (status, body) = refund_amount(&env, &order_no, &format!("fail-{user}"), 600).await;
         assert_eq!(status, 201, "{body}");
@@ -402,7 +389,7 @@ async fn change_and_refundclose_end_the_refund_as_failed() {
 #[tokio::test]
 async fn a_business_refusal_fails_the_refund_with_wechats_reason() {
     let (env, hooks) = env().await;
-    let order_no = paid_order(&env, "jay").await;
+    let order_no = env.paid_order("jay").await;
     env.set_faults_for(&order_no, FaultSet { refund_err_code: Some("NOTENOUGH".into()), ..FaultSet::default() });
     let (status, body) = refund_amount(&env, &order_no, "poor", 600).await;
     assert_eq!(status, 502, "{body}");
@@ -429,7 +416,7 @@ async fn a_business_refusal_fails_the_refund_with_wechats_reason() {
 #[tokio::test]
 async fn systemerror_then_success_with_the_same_out_refund_no() {
     let (env, hooks) = env().await;
-    let order_no = paid_order(&env, "kim").await;
+    let order_no = env.paid_order("kim").await;
     env.set_faults_for(&order_no, FaultSet { refund_err_code: Some("SYSTEMERROR".into()), ..FaultSet::default() });
     let (status, body) = refund_amount(&env, &order_no, "flaky", 600).await;
     assert_eq!(status, 202, "{body}");
@@ -462,7 +449,7 @@ async fn systemerror_then_success_with_the_same_out_refund_no() {
 #[tokio::test]
 async fn a_refund_whose_answer_never_came_is_finished_after_a_restart() {
     let (mut env, hooks) = env_with(|c, _| c.wechat.timeout_ms = 300).await;
-    let order_no = paid_order(&env, "lou").await;
+    let order_no = env.paid_order("lou").await;
     env.set_faults_for(
         &order_no,
         FaultSet {
@@ -498,7 +485,7 @@ async fn a_refund_whose_answer_never_came_is_finished_after_a_restart() {
 #[tokio::test]
 async fn a_refund_started_on_one_instance_is_notified_on_another() {
     let (env, hooks) = env().await;
-    let order_no = paid_order(&env, "max").await;
+    let order_no = env.paid_order("max").await;
     drop_notifications(&env, &order_no);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut other_config = env.config.clone();

@@ -41,17 +41,6 @@ async fn raw_receiver(answers: Vec<u16>) -> (String, Posts) {
     (url, got)
 }
 
-async fn paid_order(env: &TestEnv, user: &str) -> String {
-    let (_token, order_no, params) = env.ordered_and_prepaid(user).await;
-    let paid = env.phone_pay(user, &params, "pay").await;
-    assert_eq!(paid["errMsg"], "requestPayment:ok", "{paid}");
-    wait_for("the order PAID", 10, || async {
-        (env.admin_detail(&order_no).await["order"]["status"] == "PAID").then_some(())
-    })
-    .await;
-    order_no
-}
-
 fn metric(text: &str, name: &str) -> f64 {
     text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0.0)
 }
@@ -66,7 +55,7 @@ async fn a_delivery_verifies_with_the_standardwebhooks_crate_under_every_current
         c.webhook.previous_secrets = vec![Secret::new(OLD_SECRET)];
     })
     .await;
-    let order_no = paid_order(&env, "amy").await;
+    let order_no = env.paid_order("amy").await;
     let r = outbox::deliver_once(env.state()).await.unwrap();
     assert_eq!(r.delivered, 1, "{r:?}");
     let (headers, body) = got.lock().unwrap()[0].clone();
@@ -109,7 +98,7 @@ async fn a_delivery_out_of_attempts_is_a_dead_letter_until_an_admin_resends_it()
         .add_admin_token("carol", Role::Owner, &auth::token_sha256(&token), chrono::Utc::now())
         .await
         .unwrap();
-    let order_no = paid_order(&env, "ben").await;
+    let order_no = env.paid_order("ben").await;
 
     for attempt in 1..=3 {
         let r = outbox::deliver_once(env.state()).await.unwrap();
@@ -163,7 +152,7 @@ async fn a_delivery_past_its_maximum_age_is_a_dead_letter() {
         c.webhook.max_age_secs = 600;
     })
     .await;
-    paid_order(&env, "cat").await;
+    env.paid_order("cat").await;
     let r = outbox::deliver_once(env.state()).await.unwrap();
     assert_eq!(r.failed, 1, "{r:?}");
     assert!(env.admin_get("/admin/api/webhooks/dead").await.1.as_array().unwrap().is_empty(), "young: retried");
@@ -181,7 +170,7 @@ async fn a_delivery_past_its_maximum_age_is_a_dead_letter() {
 async fn without_a_webhook_url_no_delivery_is_counted() {
     let env = TestEnv::start().await;
     assert!(env.config.webhook.url.is_none());
-    let order_no = paid_order(&env, "dan").await;
+    let order_no = env.paid_order("dan").await;
     for _ in 0..3 {
         assert_eq!(outbox::deliver_once(env.state()).await.unwrap(), outbox::DeliveryReport::default());
     }

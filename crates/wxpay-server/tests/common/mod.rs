@@ -223,6 +223,18 @@ impl TestEnv {
     }
 
     /// The admin view of one order (order, events, notifications, outbox); asserts 200.
+    /// Logs `user` in, orders two colas (600 fen) and pays; returns the order number once PAID.
+    pub async fn paid_order(&self, user: &str) -> String {
+        let (_token, order_no, params) = self.ordered_and_prepaid(user).await;
+        let paid = self.phone_pay(user, &params, "pay").await;
+        assert_eq!(paid["errMsg"], "requestPayment:ok", "{paid}");
+        wait_for("the order to be PAID", 10, || async {
+            (self.admin_detail(&order_no).await["order"]["status"] == "PAID").then_some(())
+        })
+        .await;
+        order_no
+    }
+
     pub async fn admin_detail(&self, order_no: &str) -> Value {
         let (status, body) = self.api.admin_order(order_no).await.unwrap().into_pair();
         assert_eq!(status, 200, "admin detail of {order_no}: {body}");
