@@ -478,6 +478,49 @@ impl Store for RiggedStore {
         self.inner.list_reconciliations(limit).await
     }
 
+    async fn reconciliation_differences(
+        &self,
+        bill_date: chrono::NaiveDate,
+    ) -> StoreResult<Vec<wxpay_server::store::StoredDifference>> {
+        self.inner.reconciliation_differences(bill_date).await
+    }
+
+    async fn resolve_difference(
+        &self,
+        bill_date: chrono::NaiveDate,
+        id: i64,
+        actor: &str,
+        note: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<wxpay_server::store::ResolveOutcome> {
+        self.inner.resolve_difference(bill_date, id, actor, note, now).await
+    }
+
+    async fn apply_queried_event(
+        &self,
+        event: &OrderEvent,
+        answer: &wxpay_server::store::OrderQueryRecord,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ApplyOutcome> {
+        self.inner.apply_queried_event(event, answer, now).await
+    }
+
+    async fn record_order_query(&self, answer: &wxpay_server::store::OrderQueryRecord) -> StoreResult<()> {
+        self.inner.record_order_query(answer).await
+    }
+
+    async fn order_queries(&self, order_no: &OutTradeNo) -> StoreResult<Vec<wxpay_server::store::OrderQueryRecord>> {
+        self.inner.order_queries(order_no).await
+    }
+
+    async fn notification_lag(
+        &self,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<wxpay_server::store::NotificationLag> {
+        self.inner.notification_lag(since, limit).await
+    }
+
     async fn request_refund(
         &self,
         order_no: &OutTradeNo,

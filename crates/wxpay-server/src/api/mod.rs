@@ -49,6 +49,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/admin/api/webhooks/dead", get(admin::dead_letters))
         .route("/admin/api/reconciliations", get(reconciliations::list))
         .route("/admin/api/reconciliations/{date}", get(reconciliations::detail))
+        .route("/admin/api/reconciliations/{date}/differences/{id}/resolve", post(reconciliations::resolve))
         .route("/admin/api/webhooks/{id}/resend", post(admin::resend_webhook))
         .route("/admin/products/qr-sheet", get(admin::qr_sheet))
         .route("/till/api/products/{id}", get(till::product))
@@ -81,7 +82,10 @@ pub fn router(state: SharedState) -> Router {
         .route("/admin/dashboard", get(console::dashboard))
         .route("/admin/webhooks", get(console::webhooks))
         .route("/admin/notifications", get(console::notifications))
-        .route("/admin/notifications/{id}/replay", post(console::replay_notification));
+        .route("/admin/notifications/{id}/replay", post(console::replay_notification))
+        .route("/admin/reconciliations", get(console::reconciliations))
+        .route("/admin/reconciliations/{date}", get(console::reconciliation))
+        .route("/admin/reconciliations/{date}/differences/{id}/resolve", post(console::resolve_difference));
     Router::new()
         .merge(login)
         .merge(admin)

@@ -10,7 +10,9 @@ use super::auth::Admin;
 use super::error::AppError;
 use crate::domain::api_time;
 use crate::state::SharedState;
-use crate::store::ReconciliationRecord;
+use crate::domain::reconciliation::check_note;
+use crate::store::{ReconciliationRecord, ResolveOutcome, StoredDifference};
+use axum::http::StatusCode;
 
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
@@ -20,7 +22,6 @@ pub struct ListQuery {
 /// A day as the admin API shows it. `net_income_fen` is what the bill settles for the day:
 /// payments − refunds − 手续费 (fee rounded to the fen, half away from zero).
 pub fn record_view(r: &ReconciliationRecord) -> Value {
-    let fee_fen = (r.fee_millifen + r.fee_millifen.signum() * 500) / 1000;
     json!({
         "date": r.bill_date.format("%Y-%m-%d").to_string(),
         "status": r.status,
@@ -32,8 +33,8 @@ pub fn record_view(r: &ReconciliationRecord) -> Value {
         "settlement_fen": r.settlement_fen,
         "refund_fen": r.refund_fen,
         "fee_millifen": r.fee_millifen,
-        "fee_fen": fee_fen,
-        "net_income_fen": r.settlement_fen - r.refund_fen - fee_fen,
+        "fee_fen": r.fee_fen(),
+        "net_income_fen": r.net_income_fen(),
         "counts": r.counts,
     })
 }
@@ -57,15 +58,71 @@ pub async fn detail(
     State(state): State<SharedState>,
     Path(date): Path<String>,
 ) -> Result<Json<Value>, AppError> {
-    let day = chrono::NaiveDate::parse_from_str(&date, "%Y-%m-%d")
-        .map_err(|_| AppError::invalid_input(format!("date: {date:?} is not a day as YYYY-MM-DD")))?;
+    let day = parse_day(&date)?;
     let Some((record, differences)) = state.store.get_reconciliation(day).await? else {
         return Err(AppError::not_found(
             "RECONCILIATION_NOT_FOUND",
             format!("no reconciliation of {date} yet; run `wxpay reconcile --date {date}` or wait for the daily job"),
         ));
     };
+    let _ = differences;
     let mut v = record_view(&record);
-    v["differences"] = serde_json::to_value(differences).unwrap_or(Value::Null);
+    let stored = state.store.reconciliation_differences(day).await?;
+    v["differences"] = stored.iter().map(difference_view).collect();
     Ok(Json(v))
+}
+
+/// A difference with its id (to resolve it) and its resolution, when a person resolved it.
+pub fn difference_view(d: &StoredDifference) -> Value {
+    json!({
+        "id": d.id,
+        "kind": d.difference.kind,
+        "order_no": d.difference.order_no,
+        "out_refund_no": d.difference.out_refund_no,
+        "detail": d.difference.detail,
+        "resolved": d.resolved_at.is_some(),
+        "resolved_at": d.resolved_at.map(api_time),
+        "resolved_by": d.resolved_by,
+        "note": d.note,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ResolveBody {
+    #[serde(default)]
+    pub note: String,
+}
+
+/// `POST /admin/api/reconciliations/{date}/differences/{id}/resolve` with `{"note": "..."}`
+/// (owner, operator): marks the difference resolved by the calling token, with its audit event
+/// (`reconciliation.difference_resolved`). 409 when it was resolved before.
+pub async fn resolve(
+    admin: Admin,
+    State(state): State<SharedState>,
+    Path((date, id)): Path<(String, i64)>,
+    Json(body): Json<ResolveBody>,
+) -> Result<Json<Value>, AppError> {
+    let day = parse_day(&date)?;
+    let note = check_note(&body.note).map_err(|p| AppError::invalid_input(p.message(true)))?;
+    match state.store.resolve_difference(day, id, &admin.name, &note, state.clock.now()).await? {
+        ResolveOutcome::Resolved(d) => Ok(Json(difference_view(&d))),
+        ResolveOutcome::AlreadyResolved(d) => Err(AppError::new(
+            StatusCode::CONFLICT,
+            "ALREADY_RESOLVED",
+            format!(
+                "difference {id} of {date} was resolved by {} at {}; nothing changed",
+                d.resolved_by.unwrap_or_default(),
+                d.resolved_at.map(api_time).unwrap_or_default()
+            ),
+        )),
+        ResolveOutcome::NotFound => Err(AppError::not_found(
+            "DIFFERENCE_NOT_FOUND",
+            format!("no difference {id} on {date}; list them with GET /admin/api/reconciliations/{date}"),
+        )),
+    }
+}
+
+fn parse_day(date: &str) -> Result<chrono::NaiveDate, AppError> {
+    chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d")
+        .map_err(|_| AppError::invalid_input(format!("date: {date:?} is not a day as YYYY-MM-DD")))
 }
