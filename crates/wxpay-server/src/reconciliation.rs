@@ -21,7 +21,9 @@ use wxpay_proto::{OutRefundNo, OutTradeNo};
 use crate::domain::reconciliation::{compare, DifferenceKind, Ours};
 use crate::domain::PaymentSource;
 use crate::state::AppState;
-use crate::store::{CompletedDay, OrderQueryRecord, QuerySource, ReconciliationClaim, ReconciliationRecord, StoreError};
+use crate::store::{
+    CompletedDay, OrderQueryRecord, QuerySource, ReconciliationClaim, ReconciliationRecord, StoreError,
+};
 use crate::wechat::{BillOutcome, QueryOutcome};
 
 #[derive(Debug, thiserror::Error)]

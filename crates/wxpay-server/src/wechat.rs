@@ -59,7 +59,9 @@ pub enum PrepayOutcome {
 pub enum QueryOutcome {
     Paid(Payment),
     /// Known, not (yet) paid: its `trade_state` (NOTPAY, USERPAYING, CLOSED, ...).
-    NotPaid { trade_state: String },
+    NotPaid {
+        trade_state: String,
+    },
     /// `ORDERNOTEXIST`: WeChat never saw it (no prepay was ever issued).
     NotFound,
     Failed(WeChatFailure),

@@ -657,6 +657,17 @@ async fn order_page(user: &ConsoleUser, state: &SharedState, order_no: &str) -> 
     .map_err(fail)?;
     // One timeline, oldest first: (time, kind of entry, its view).
     let mut timeline: Vec<(DateTime<Utc>, Value)> = Vec::new();
+    // An orderquery answer first: at the same instant, it is what caused the change logged with it
+    // (the sort below is stable).
+    for q in &queries {
+        timeline.push((
+            q.at,
+            context! {
+                what => "query", at => shown_time(q.at), trade_state => q.trade_state, source => name_of(&q.source),
+                transaction_id => q.transaction_id,
+            },
+        ));
+    }
     for e in &events {
         timeline.push((e.at, context! { what => "event", at => shown_time(e.at), kind => name_of(&e.kind), detail => e.detail.to_string() }));
     }
@@ -678,15 +689,6 @@ async fn order_page(user: &ConsoleUser, state: &SharedState, order_no: &str) -> 
                 what => "refund", at => shown_time(r.created_at), out_refund_no => r.out_refund_no.as_str(),
                 amount_fen => r.amount.get(), status => name_of(&r.status), reason => r.reason,
                 requested_by => r.requested_by,
-            },
-        ));
-    }
-    for q in &queries {
-        timeline.push((
-            q.at,
-            context! {
-                what => "query", at => shown_time(q.at), trade_state => q.trade_state, source => name_of(&q.source),
-                transaction_id => q.transaction_id,
             },
         ));
     }
@@ -1204,7 +1206,13 @@ pub async fn reconciliations(user: ConsoleUser, State(state): State<SharedState>
         for r in &records {
             // Only a day with differences has any to count (few days).
             let open = if r.status == "differences" {
-                state.store.reconciliation_differences(r.bill_date).await?.iter().filter(|d| d.resolved_at.is_none()).count()
+                state
+                    .store
+                    .reconciliation_differences(r.bill_date)
+                    .await?
+                    .iter()
+                    .filter(|d| d.resolved_at.is_none())
+                    .count()
             } else {
                 0
             };

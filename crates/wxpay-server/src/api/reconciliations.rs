@@ -9,8 +9,8 @@ use serde_json::{json, Value};
 use super::auth::Admin;
 use super::error::AppError;
 use crate::domain::api_time;
-use crate::state::SharedState;
 use crate::domain::reconciliation::check_note;
+use crate::state::SharedState;
 use crate::store::{ReconciliationRecord, ResolveOutcome, StoredDifference};
 use axum::http::StatusCode;
 

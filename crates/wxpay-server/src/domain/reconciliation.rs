@@ -409,7 +409,10 @@ mod tests {
 
     #[test]
     fn a_resolution_note_is_required_bounded_and_printable() {
-        assert_eq!(check_note("  refunded by hand in the merchant platform "), Ok("refunded by hand in the merchant platform".into()));
+        assert_eq!(
+            check_note("  refunded by hand in the merchant platform "),
+            Ok("refunded by hand in the merchant platform".into())
+        );
         assert_eq!(check_note("   "), Err(NoteProblem::Empty));
         assert_eq!(check_note(&"长".repeat(MAX_NOTE_CHARS)).map(|n| n.chars().count()), Ok(MAX_NOTE_CHARS));
         assert_eq!(check_note(&"长".repeat(MAX_NOTE_CHARS + 1)), Err(NoteProblem::TooLong(MAX_NOTE_CHARS + 1)));

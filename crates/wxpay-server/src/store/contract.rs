@@ -334,7 +334,8 @@ pub async fn admin_list_filters_and_pages(h: &dyn StoreHarness) {
     let pear_totals =
         store.order_totals(&OrderFilter { product: Some("pear".into()), ..OrderFilter::default() }).await.unwrap();
     assert_eq!((pear_totals.count, pear_totals.amount_fen), (1, 399));
-    let paid_apples = OrderFilter { product: Some("apple".into()), status: Some(OrderStatus::Paid), ..OrderFilter::default() };
+    let paid_apples =
+        OrderFilter { product: Some("apple".into()), status: Some(OrderStatus::Paid), ..OrderFilter::default() };
     assert_eq!(nos(by(paid_apples).await), ["WXL3"]);
     let window = OrderFilter {
         created_from: Some(t0() + Duration::minutes(2)),
@@ -1284,7 +1285,10 @@ pub async fn differences_are_resolved_once_with_their_audit_event(h: &dyn StoreH
     assert_eq!(winner.resolved_at, Some(at));
     let who = winner.resolved_by.clone().unwrap();
     let note = winner.note.clone().unwrap();
-    assert!((who.as_str(), note.as_str()) == ("alice", "refunded by hand") || (who.as_str(), note.as_str()) == ("bob", "bob's note"));
+    assert!(
+        (who.as_str(), note.as_str()) == ("alice", "refunded by hand")
+            || (who.as_str(), note.as_str()) == ("bob", "bob's note")
+    );
     assert!(outcomes.iter().any(|o| matches!(o, ResolveOutcome::AlreadyResolved(d) if d == winner)));
     // A later attempt changes nothing.
     let again = store.resolve_difference(day, first, "carol", "late", at + Duration::hours(1)).await.unwrap();
@@ -1331,7 +1335,10 @@ pub async fn orderquery_answers_are_kept_with_what_they_changed(h: &dyn StoreHar
     assert!(matches!(store.apply_queried_event(&event, &again, again.at).await.unwrap(), ApplyOutcome::AlreadyDone(_)));
     assert_eq!(store.order_queries(&no).await.unwrap(), vec![not_yet, paid, again]);
     // An answer about an order we do not have is not kept (nothing to show it on).
-    let ghost = OrderQueryRecord { order_no: OutTradeNo::parse("WXGHOST9").unwrap(), ..answer(5, QuerySource::Poll, "SUCCESS", Some("TX-Q2")) };
+    let ghost = OrderQueryRecord {
+        order_no: OutTradeNo::parse("WXGHOST9").unwrap(),
+        ..answer(5, QuerySource::Poll, "SUCCESS", Some("TX-Q2"))
+    };
     let outcome = store.apply_queried_event(&payment("TX-Q2", Fen::new(1)), &ghost, ghost.at).await.unwrap();
     assert_eq!(outcome, ApplyOutcome::NotFound);
     assert!(store.order_queries(&ghost.order_no).await.unwrap().is_empty());

@@ -509,8 +509,13 @@ impl TryFrom<StoredDifferenceRow> for super::StoredDifference {
     fn try_from(r: StoredDifferenceRow) -> StoreResult<Self> {
         Ok(super::StoredDifference {
             id: r.id,
-            difference: DifferenceRow { kind: r.kind, order_no: r.order_no, out_refund_no: r.out_refund_no, detail: r.detail }
-                .try_into()?,
+            difference: DifferenceRow {
+                kind: r.kind,
+                order_no: r.order_no,
+                out_refund_no: r.out_refund_no,
+                detail: r.detail,
+            }
+            .try_into()?,
             resolved_at: opt_from_ms(r.resolved_at)?,
             resolved_by: r.resolved_by,
             note: r.resolution_note,

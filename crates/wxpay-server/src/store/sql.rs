@@ -1714,12 +1714,13 @@ macro_rules! sql_store {
                     let mut conn = self.read_conn().await?;
                     // From the inbox's time index: an order paid since `since` heard of nothing
                     // before it was paid.
-                    let mut lags: Vec<i64> = sqlx::query_scalar(
+                    let mut lags: Vec<i64> = sqlx::query_scalar(&format!(
                         "SELECT CAST(MIN(n.received_at) - o.paid_at AS BIGINT) FROM notification_inbox n \
-                         JOIN orders o ON o.order_no = n.out_trade_no \
+                         JOIN orders o ON {} \
                          WHERE n.received_at >= $1 AND n.kind = 'pay' AND n.verified AND o.paid_at >= $1 \
                          GROUP BY o.order_no, o.paid_at ORDER BY o.paid_at DESC LIMIT $2",
-                    )
+                        dialect::INBOX_OF_ORDER
+                    ))
                     .bind(ms(since))
                     .bind(i64::from(limit))
                     .fetch_all(&mut *conn)
