@@ -59,14 +59,14 @@ pub async fn detail(
     Path(date): Path<String>,
 ) -> Result<Json<Value>, AppError> {
     let day = parse_day(&date)?;
-    let Some((record, differences)) = state.store.get_reconciliation(day).await? else {
+    let Some((record, _)) = state.store.get_reconciliation(day).await? else {
         return Err(AppError::not_found(
             "RECONCILIATION_NOT_FOUND",
             format!("no reconciliation of {date} yet; run `wxpay reconcile --date {date}` or wait for the daily job"),
         ));
     };
-    let _ = differences;
     let mut v = record_view(&record);
+    // With their ids and resolution (the record's own list has neither).
     let stored = state.store.reconciliation_differences(day).await?;
     v["differences"] = stored.iter().map(difference_view).collect();
     Ok(Json(v))
