@@ -1372,6 +1372,12 @@ pub async fn notification_lag_is_measured_from_the_payment_time(h: &dyn StoreHar
     }
     let lag = store.notification_lag(t0(), 100).await.unwrap();
     assert_eq!((lag.orders, lag.p50_ms, lag.max_ms), (3, Some(5_000), Some(90_000)));
+    // Measured over the orders of the newest notifications (here the two of WXLAG3, then also
+    // WXLAG2's copy), each from its first notification however old.
+    let newest = store.notification_lag(t0(), 2).await.unwrap();
+    assert_eq!((newest.orders, newest.p50_ms, newest.max_ms), (1, Some(90_000), Some(90_000)));
+    let newest = store.notification_lag(t0(), 3).await.unwrap();
+    assert_eq!((newest.orders, newest.p50_ms, newest.max_ms), (2, Some(5_000), Some(90_000)));
     // Paid before `since`: not measured.
     let later = store.notification_lag(t0() + Duration::minutes(3), 100).await.unwrap();
     assert_eq!(later.orders, 0);

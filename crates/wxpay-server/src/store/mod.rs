@@ -705,8 +705,9 @@ pub trait Store: Send + Sync {
     async fn record_order_query(&self, answer: &OrderQueryRecord) -> StoreResult<()>;
     /// The `orderquery` answers about an order, oldest first.
     async fn order_queries(&self, order_no: &OutTradeNo) -> StoreResult<Vec<OrderQueryRecord>>;
-    /// The notification lag of the newest `limit` orders paid (by WeChat's payment time) since
-    /// `since` that have a payment notification: its median and maximum.
+    /// The notification lag (from WeChat's payment time to the first verified payment
+    /// notification) of the orders paid since `since` among those of the newest `limit` verified
+    /// payment notifications: its median and maximum.
     async fn notification_lag(&self, since: DateTime<Utc>, limit: u32) -> StoreResult<NotificationLag>;
 
     /// Every status with its count (statuses with no orders included as 0).

@@ -1712,13 +1712,18 @@ macro_rules! sql_store {
                     limit: u32,
                 ) -> StoreResult<$crate::store::NotificationLag> {
                     let mut conn = self.read_conn().await?;
-                    // From the inbox's time index: an order paid since `since` heard of nothing
-                    // before it was paid.
+                    // The orders of the newest `limit` verified payment notifications (from the
+                    // inbox's time index, newest first), each with its first such notification
+                    // (from the inbox's per-order index): a few thousand index lookups at most,
+                    // however many orders there are.
                     let mut lags: Vec<i64> = sqlx::query_scalar(&format!(
-                        "SELECT CAST(MIN(n.received_at) - o.paid_at AS BIGINT) FROM notification_inbox n \
-                         JOIN orders o ON {} \
-                         WHERE n.received_at >= $1 AND n.kind = 'pay' AND n.verified AND o.paid_at >= $1 \
-                         GROUP BY o.order_no, o.paid_at ORDER BY o.paid_at DESC LIMIT $2",
+                        "SELECT CAST((SELECT MIN(f.received_at) FROM notification_inbox f \
+                         WHERE f.out_trade_no = n.out_trade_no AND f.kind = 'pay' AND f.verified) - o.paid_at \
+                         AS BIGINT) \
+                         FROM (SELECT DISTINCT out_trade_no FROM (SELECT out_trade_no FROM notification_inbox \
+                         WHERE received_at >= $1 AND kind = 'pay' AND verified \
+                         ORDER BY received_at DESC LIMIT $2) newest) n \
+                         JOIN orders o ON {} WHERE o.paid_at >= $1",
                         dialect::INBOX_OF_ORDER
                     ))
                     .bind(ms(since))
