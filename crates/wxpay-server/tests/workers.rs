@@ -94,6 +94,11 @@ async fn reconciler_backs_off_while_the_order_is_still_unpaid() {
     }
     assert_eq!(wechat_calls(&env.metrics().await, "orderquery"), 3.0);
     assert_eq!(env.admin_detail(&order_no).await["order"]["status"], "PAYING");
+    // Each answer is kept for the order's timeline (NOTPAY: prepaid, never paid).
+    let no = wxpay_proto::OutTradeNo::parse(order_no.clone()).unwrap();
+    let answers = env.state().store.order_queries(&no).await.unwrap();
+    let seen: Vec<_> = answers.iter().map(|a| (a.source, a.trade_state.as_str())).collect();
+    assert_eq!(seen, vec![(wxpay_server::store::QuerySource::Reconciler, "NOTPAY"); 3]);
     env.shutdown().await;
 }
 
