@@ -15,13 +15,14 @@
 //!   the sign-in form a double-submit cookie (`wxc_pre`). A POST without it is refused (403).
 //! * **Roles**: `owner` everything; `operator` orders, shipping, webhook resends and refunds up
 //!   to `console.operator_refund_limit_fen`; `viewer` reads only; `till` may not sign in.
-//!   Sign-ins, shipping, refunds and resends are audit events naming the token (refunds also
-//!   keep it as `requested_by`).
+//!   Sign-ins, shipping, refunds, resends, replays and resolved reconciliation differences are
+//!   audit events naming the token (refunds also keep it as `requested_by`).
 //! * **Pages**: the orders list (search by order number or transaction id, openid, product,
 //!   status, date range in China time; totals for the filter; pages of 50; CSV export as UTF-8
 //!   with a BOM for Excel) and the order detail (a timeline of the order's events, raw
-//!   notifications with their verified flag and outcome, refunds and webhook deliveries, with
-//!   ship, refund and resend actions).
+//!   notifications with their verified flag and outcome, orderquery answers, refunds and webhook
+//!   deliveries, with ship, refund and resend actions); the dashboard (with net after fees and
+//!   the notification lag); the daily reconciliation's days and differences, resolved with a note.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -1164,7 +1165,8 @@ pub async fn dashboard(user: ConsoleUser, State(state): State<SharedState>) -> P
     )
 }
 
-/// Most paid orders the notification lag is measured over (the newest of the 14 days).
+/// The newest verified payment notifications (of the 14 days) whose orders the notification lag
+/// is measured over.
 const LAG_ORDERS: u32 = 2_000;
 
 /// A lag as the dashboard shows it: `1.2 s`, `3 min 5 s`.
@@ -1216,9 +1218,7 @@ pub async fn reconciliations(user: ConsoleUser, State(state): State<SharedState>
             } else {
                 0
             };
-            let mut row = reconciliation_row(r);
-            row = context! { open, ..row };
-            days.push(row);
+            days.push(context! { open, ..reconciliation_row(r) });
         }
         Ok::<_, crate::store::StoreError>(days)
     };
