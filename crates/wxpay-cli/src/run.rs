@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use wxpay_proto::clock::SystemClock;
+use wxpay_proto::clock::{Clock, SystemClock};
 use wxpay_server::config::{Config, ConfigError, EnvRule, LogFormat, Origin};
 
 /// Log lines on stderr: text for a person, or (`log.format = "json"`) one JSON object per line
@@ -84,6 +84,15 @@ pub async fn shutdown_signal() {
 }
 
 /// The simulator configuration matching a server config's merchant and callback URL.
+/// The embedded simulator's time (the wall clock moved by `POST /sim/clock`).
+struct SandboxClock(Arc<wxpay_sim::Simulator>);
+
+impl Clock for SandboxClock {
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0.now()
+    }
+}
+
 pub fn embedded_sim_config(config: &Config) -> wxpay_sim::SimConfig {
     let mut sim = wxpay_sim::SimConfig { time_scale: config.simulator.time_scale, ..wxpay_sim::SimConfig::default() };
     sim.sandbox_merchant = false;
@@ -159,7 +168,14 @@ pub async fn serve(config_path: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let state = wxpay_server::app::build_state(config.clone(), Arc::new(SystemClock)).await?;
+    // In sandbox mode the backend keeps the simulated WeChat's time, as a real server and WeChat
+    // share the wall clock: `POST /sim/clock` moves both (e.g. to the next morning after 10:00,
+    // when the daily reconciliation fetches the bill).
+    let clock: Arc<dyn Clock> = match &sim {
+        Some(sim) => Arc::new(SandboxClock(Arc::clone(sim.simulator()))),
+        None => Arc::new(SystemClock),
+    };
+    let state = wxpay_server::app::build_state(config.clone(), clock).await?;
     let admin_token = state.admin_token.clone();
     let server = wxpay_server::app::serve(state, listener).await?;
     println!("wxpay merchant backend listening on {}", server.base_url());

@@ -1,8 +1,8 @@
 //! The merchant console's page loads with 100,000 orders on SQLite.
 //!
 //! Seeds a fresh SQLite database (through the real migrations) with `CONSOLE_BENCH_ORDERS`
-//! orders (default 100,000; each with one line and three events, 90 % PAID, 5,000 buyers, over
-//! 60 days), starts the real server on 127.0.0.1:0, signs in to the console as a browser does and
+//! orders (default 100,000; each with one line and three events, 90 % PAID with a payment
+//! notification 1-7 s after the payment, 5,000 buyers, over 60 days), starts the real server on 127.0.0.1:0, signs in to the console as a browser does and
 //! loads each page `CONSOLE_BENCH_RUNS` times (default 30) over loopback, printing p50 / p95 / max
 //! per page in milliseconds. The time is the whole HTTP round trip on one machine, so it bounds
 //! the server time from above. Run: `cargo bench -p wxpay-server --bench console_pages`.
@@ -29,20 +29,20 @@ async fn seed(url: &str, orders: u64, now_ms: i64) -> anyhow::Result<()> {
     let series = format!("WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < {}) ", orders - 1);
     sqlx::query(&format!(
         "{series} INSERT INTO orders (order_no, openid, trade_type, amount_fen, status, fulfilment, created_at, \
-         expires_at, transaction_id, paid_at, updated_at) \
+         expires_at, transaction_id, paid_at, updated_at, product_id) \
          SELECT printf('BENCH%020d', i), printf('obench%022d', i % 5000), 'JSAPI', 300 * (1 + i % 3), \
          CASE WHEN i % 10 = 0 THEN 'CLOSED' ELSE 'PAID' END, CASE WHEN i % 10 = 0 THEN 'NONE' ELSE 'PENDING' END, \
          {start} + i * {step}, {start} + i * {step} + 1800000, \
          CASE WHEN i % 10 = 0 THEN NULL ELSE printf('4200%024d', i) END, \
-         CASE WHEN i % 10 = 0 THEN NULL ELSE {start} + i * {step} + 20000 END, {start} + i * {step} FROM n",
+         CASE WHEN i % 10 = 0 THEN NULL ELSE {start} + i * {step} + 20000 END, {start} + i * {step}, \
+         {PRODUCT} FROM n",
         start = now_ms - span_ms,
     ))
     .execute(&mut *tx)
     .await?;
     sqlx::query(&format!(
         "{series} INSERT INTO order_items (order_no, line_no, product_id, name, unit_price_fen, quantity) \
-         SELECT printf('BENCH%020d', i), 0, CASE i % 3 WHEN 0 THEN 'cola' WHEN 1 THEN 'chips' ELSE 'juice' END, \
-         'item', 300, 1 + i % 3 FROM n"
+         SELECT printf('BENCH%020d', i), 0, {PRODUCT}, 'item', 300, 1 + i % 3 FROM n"
     ))
     .execute(&mut *tx)
     .await?;
@@ -55,10 +55,23 @@ async fn seed(url: &str, orders: u64, now_ms: i64) -> anyhow::Result<()> {
         .execute(&mut *tx)
         .await?;
     }
+    // Every paid order's payment notification, 1 to 7 s after its payment (the dashboard's lag).
+    sqlx::query(&format!(
+        "{series} INSERT INTO notification_inbox (kind, out_trade_no, raw_body, verified, outcome, received_at) \
+         SELECT 'pay', printf('BENCH%020d', i), '<xml></xml>', 1, 'applied', {start} + i * {step} + 20000 + 1000 * (1 + i % 7) \
+         FROM n WHERE i % 10 <> 0",
+        start = now_ms - span_ms,
+    ))
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     sqlx::query("ANALYZE").execute(&mut conn).await?;
     Ok(())
 }
+
+/// The product of order `i`: each order has one line of one of three products (so one order in
+/// three has "chips"). `orders.product_id` is filled as `create_order` fills it.
+const PRODUCT: &str = "CASE i % 3 WHEN 0 THEN 'cola' WHEN 1 THEN 'chips' ELSE 'juice' END";
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -118,7 +131,14 @@ async fn main() -> anyhow::Result<()> {
         ("orders list, by openid".to_owned(), format!("/admin/orders?openid=obench{:022}", 42)),
         ("orders list, by product".to_owned(), "/admin/orders?product=chips".to_owned()),
         ("order detail".to_owned(), format!("/admin/orders/{middle}")),
+        ("dashboard".to_owned(), "/admin/dashboard".to_owned()),
+        ("reconciliation days".to_owned(), "/admin/reconciliations".to_owned()),
     ];
+    // The product filter must find what it measures: one order in three.
+    let chips = http.get(format!("{base}/admin/orders?product=chips")).header("cookie", &session).send().await?;
+    let body = chips.text().await?;
+    let expected = format!("id=\"total-count\">{}<", (orders + 1) / 3);
+    anyhow::ensure!(body.contains(&expected), "the product filter does not count {expected}");
     println!("{orders} orders on SQLite, {runs} loads each (ms, client round trip over 127.0.0.1)");
     println!("{:<28} {:>8} {:>8} {:>8}", "page", "p50", "p95", "max");
     for (name, path) in &pages {

@@ -15,7 +15,7 @@ use crate::domain::{
     Product, RejectReason,
 };
 use crate::state::AppState;
-use crate::store::{ApplyOutcome, InboxCause, StoreError};
+use crate::store::{ApplyOutcome, InboxCause, OrderQueryRecord, QuerySource, StoreError};
 use crate::wechat::{CloseOutcome, PrepayOutcome, QueryOutcome, WeChatFailure};
 
 /// WeChat's prepay ids live 2 hours; we stop handing one out a little before that.
@@ -191,7 +191,7 @@ pub async fn ensure_prepay(
             Ok(prepay_id)
         }
         PrepayOutcome::AlreadyPaid => {
-            sync_with_wechat(state, order).await?;
+            sync_with_wechat(state, order, QuerySource::Prepay).await?;
             Err(ALREADY_PAID)
         }
         PrepayOutcome::Closed => Err(PayError::Closed),
@@ -223,14 +223,56 @@ pub async fn pay_params(
 }
 
 /// Asks WeChat (`orderquery`) and records a payment it reports. Returns the order as it stands.
-pub async fn sync_with_wechat(state: &AppState, order: &Order) -> Result<Order, PayError> {
-    match state.wechat.order_query(&order.order_no).await {
+/// Every answer is kept for the order's timeline (`order_queries`): with the payment it records
+/// in the same transaction, or as one insert when it changes nothing.
+pub async fn sync_with_wechat(state: &AppState, order: &Order, source: QuerySource) -> Result<Order, PayError> {
+    let outcome = state.wechat.order_query(&order.order_no).await;
+    let answer = |trade_state: &str, transaction_id: Option<String>| OrderQueryRecord {
+        order_no: order.order_no.clone(),
+        at: state.clock.now(),
+        source,
+        trade_state: trade_state.to_owned(),
+        transaction_id,
+    };
+    match outcome {
         QueryOutcome::Paid(payment) => {
-            outcome_order(confirm_payment(state, &order.order_no, payment, PaymentSource::Query, None).await?)
+            let answer = answer("SUCCESS", Some(payment.transaction_id.as_str().to_owned()));
+            outcome_order(confirm_queried_payment(state, payment, PaymentSource::Query, &answer).await?)
         }
-        QueryOutcome::NotPaid | QueryOutcome::NotFound => Ok(order.clone()),
+        QueryOutcome::NotPaid { trade_state } => {
+            state.store.record_order_query(&answer(&trade_state, None)).await?;
+            Ok(order.clone())
+        }
+        QueryOutcome::NotFound => {
+            state.store.record_order_query(&answer("ORDERNOTEXIST", None)).await?;
+            Ok(order.clone())
+        }
         QueryOutcome::Failed(f) => Err(f.into()),
     }
+}
+
+/// [`confirm_payment`] of a payment an `orderquery` answered, the answer recorded with it.
+pub async fn confirm_queried_payment(
+    state: &AppState,
+    payment: Payment,
+    source: PaymentSource,
+    answer: &OrderQueryRecord,
+) -> Result<ApplyOutcome, PayError> {
+    let order_no = &answer.order_no;
+    let transaction_id = payment.transaction_id.clone();
+    let event = OrderEvent::paid(payment, source);
+    let outcome = state.store.apply_queried_event(&event, answer, state.clock.now()).await?;
+    match &outcome {
+        ApplyOutcome::Applied(order) => {
+            tracing::info!(%order_no, %transaction_id, source = ?source, review = order.needs_review, "order paid");
+            state.outbox_wake.notify_one();
+        }
+        ApplyOutcome::Rejected(order, reason) => {
+            tracing::warn!(order_no = %order.order_no, event = event.name(), reason = %reason, "event rejected");
+        }
+        _ => {}
+    }
+    Ok(outcome)
 }
 
 /// The user's order, asking WeChat first when a payment may have happened that we have not
@@ -244,7 +286,7 @@ pub async fn get_order(state: &AppState, openid: &Openid, order_no: &str) -> Res
     if !state.store.try_mark_queried(&order.order_no, state.clock.now(), interval).await? {
         return Ok(order);
     }
-    match sync_with_wechat(state, &order).await {
+    match sync_with_wechat(state, &order, QuerySource::Poll).await {
         Ok(order) => Ok(order),
         // The local state is still a correct answer; the reconciler keeps trying.
         Err(e) => {
@@ -267,7 +309,8 @@ pub async fn close(state: &AppState, order: &Order, reason: CloseReason) -> Resu
         match state.wechat.close_order(&order.order_no).await {
             CloseOutcome::Closed => {}
             CloseOutcome::AlreadyPaid => {
-                let order = sync_with_wechat(state, order).await?;
+                let source = if reason == CloseReason::Expired { QuerySource::Reconciler } else { QuerySource::Close };
+                let order = sync_with_wechat(state, order, source).await?;
                 return if order.status.is_paid() {
                     Err(PAID_BEFORE_CLOSE)
                 } else {

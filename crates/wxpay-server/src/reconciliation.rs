@@ -21,7 +21,9 @@ use wxpay_proto::{OutRefundNo, OutTradeNo};
 use crate::domain::reconciliation::{compare, DifferenceKind, Ours};
 use crate::domain::PaymentSource;
 use crate::state::AppState;
-use crate::store::{CompletedDay, ReconciliationClaim, ReconciliationRecord, StoreError};
+use crate::store::{
+    CompletedDay, OrderQueryRecord, QuerySource, ReconciliationClaim, ReconciliationRecord, StoreError,
+};
 use crate::wechat::{BillOutcome, QueryOutcome};
 
 #[derive(Debug, thiserror::Error)]
@@ -115,16 +117,18 @@ pub async fn reconcile_day(state: &AppState, day: NaiveDate) -> Result<Reconcile
     // 掉单: a payment WeChat took that we never recorded is settled the normal way.
     for d in comparison.differences.iter_mut().filter(|d| d.kind == DifferenceKind::PaidNotRecorded) {
         let Some(order) = d.order_no.as_deref().and_then(|n| orders.get(n)) else { continue };
+        let answer = |trade_state: &str, transaction_id: Option<String>| OrderQueryRecord {
+            order_no: order.order_no.clone(),
+            at: state.clock.now(),
+            source: QuerySource::Reconciliation,
+            trade_state: trade_state.to_owned(),
+            transaction_id,
+        };
         match state.wechat.order_query(&order.order_no).await {
             QueryOutcome::Paid(payment) => {
-                match crate::payments::confirm_payment(
-                    state,
-                    &order.order_no,
-                    payment,
-                    PaymentSource::Reconciliation,
-                    None,
-                )
-                .await
+                let answer = answer("SUCCESS", Some(payment.transaction_id.as_str().to_owned()));
+                match crate::payments::confirm_queried_payment(state, payment, PaymentSource::Reconciliation, &answer)
+                    .await
                 {
                     Ok(outcome) => {
                         d.detail.push_str(&format!("; settled through orderquery: {}", outcome_name(&outcome)))
@@ -132,7 +136,12 @@ pub async fn reconcile_day(state: &AppState, day: NaiveDate) -> Result<Reconcile
                     Err(e) => d.detail.push_str(&format!("; settling it failed: {e}")),
                 }
             }
-            QueryOutcome::NotPaid | QueryOutcome::NotFound => {
+            QueryOutcome::NotPaid { trade_state } => {
+                state.store.record_order_query(&answer(&trade_state, None)).await?;
+                d.detail.push_str("; orderquery does not confirm the payment: not settled, check by hand")
+            }
+            QueryOutcome::NotFound => {
+                state.store.record_order_query(&answer("ORDERNOTEXIST", None)).await?;
                 d.detail.push_str("; orderquery does not confirm the payment: not settled, check by hand")
             }
             QueryOutcome::Failed(f) => d.detail.push_str(&format!("; orderquery failed ({f}): not settled")),

@@ -58,8 +58,10 @@ pub enum PrepayOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueryOutcome {
     Paid(Payment),
-    /// Known, not (yet) paid.
-    NotPaid,
+    /// Known, not (yet) paid: its `trade_state` (NOTPAY, USERPAYING, CLOSED, ...).
+    NotPaid {
+        trade_state: String,
+    },
     /// `ORDERNOTEXIST`: WeChat never saw it (no prepay was ever issued).
     NotFound,
     Failed(WeChatFailure),
@@ -252,7 +254,7 @@ impl WeChat {
                         fee_type: answer.fee_type.clone(),
                     },
                 }),
-                Ok(None) => QueryOutcome::NotPaid,
+                Ok(None) => QueryOutcome::NotPaid { trade_state: answer.trade_state.as_str().to_owned() },
                 Err(e) => QueryOutcome::Failed(WeChatFailure::Refused(format!("orderquery: {e}"))),
             },
             Err(e) if business_code(&e) == Some(err_code::ORDERNOTEXIST) => QueryOutcome::NotFound,

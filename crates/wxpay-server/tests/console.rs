@@ -424,6 +424,8 @@ async fn the_dashboard_counts_today_and_the_webhooks_page_lists_dead_letters() {
     assert!(dash.body.contains("id=\"yesterday-paid\">¥0.00<"));
     assert!(dash.body.contains("id=\"unverified\">1<"), "{}", dash.body);
     assert!(dash.body.contains("id=\"webhook-dead\">1<"), "{}", dash.body);
+    assert!(dash.body.contains("id=\"net-yesterday\">尚未对账<"), "no bill reconciled yet: {}", dash.body);
+    assert!(dash.body.contains("id=\"lag-max\">0.0 s<"), "{}", dash.body);
     assert_eq!(dash.body.matches("<rect").count(), 28, "two 14-day charts");
 
     let hooks = b.get("/admin/webhooks").await;
@@ -475,5 +477,180 @@ async fn the_inbox_filters_notifications_and_replays_a_verified_one_idempotently
     assert!(!v.get("/admin/notifications").await.body.contains("class=\"replay\""));
     let csrf = v.csrf().await;
     assert_eq!(v.post(&format!("/admin/notifications/{good}/replay"), &[("csrf", &csrf)]).await.status, 403);
+    env.shutdown().await;
+}
+
+/// The notification is late: the client's poll asks WeChat (orderquery, 查询订单) and each answer
+/// shows on the order page's timeline with its trade_state, source and transaction id. An order
+/// paid by its notification, which nobody queried, shows none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_timeline_shows_the_orderquery_answers_of_a_poll() {
+    let env = TestEnv::start().await;
+    let (token, order_no, params) = env.ordered_and_prepaid("u-late").await;
+    env.set_faults_for(&order_no, wxpay_sim::FaultSet { notify_delay_secs: Some(3600), ..Default::default() });
+    // Not paid yet: the poll asks, WeChat answers NOTPAY.
+    let (status, body) = env.order(&token, &order_no).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("PAYING")), "{body}");
+    let paid = env.phone_pay("u-late", &params, "pay").await;
+    assert_eq!(paid["errMsg"], "requestPayment:ok", "{paid}");
+    // Within the poll throttle: no second query.
+    let (_, body) = env.order(&token, &order_no).await;
+    assert_eq!(body["status"], "PAYING", "{body}");
+    // Past it: the poll asks again; WeChat says SUCCESS and the order is PAID without the notification.
+    env.advance(5);
+    let (_, body) = env.order(&token, &order_no).await;
+    assert_eq!(body["status"], "PAID", "{body}");
+    let detail = env.admin_detail(&order_no).await;
+    let transaction_id = detail["order"]["transaction_id"].as_str().unwrap().to_owned();
+    assert!(detail["notifications"].as_array().unwrap().is_empty(), "the notification is still held back: {detail}");
+
+    let mut b = Browser::new(&env);
+    b.sign_in(ADMIN_TOKEN).await;
+    let page = b.get(&format!("/admin/orders/{order_no}")).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let entries: Vec<&str> = page.body.split("<li class=\"tl-").skip(1).collect();
+    let queries: Vec<&&str> = entries.iter().filter(|e| e.starts_with("query\"")).collect();
+    assert_eq!(queries.len(), 2, "two polls asked WeChat: {}", page.body);
+    assert!(queries[0].contains("class=\"trade-state\">NOTPAY<"), "{}", queries[0]);
+    assert!(queries[0].contains("class=\"query-source\">poll<"), "{}", queries[0]);
+    assert!(!queries[0].contains(&transaction_id));
+    assert!(queries[1].contains("class=\"trade-state\">SUCCESS<"), "{}", queries[1]);
+    assert!(
+        queries[1].contains("class=\"query-source\">poll<") && queries[1].contains(&transaction_id),
+        "{}",
+        queries[1]
+    );
+    // The SUCCESS answer comes before the payment it recorded (same time, written together).
+    let paid_event = entries.iter().position(|e| e.starts_with("event\"") && e.contains(">order.paid<")).unwrap();
+    let success = entries.iter().position(|e| e.contains("class=\"trade-state\">SUCCESS<")).unwrap();
+    assert!(success < paid_event, "{}", page.body);
+
+    // The held-back notification comes an hour later (a duplicate by then).
+    env.advance(3600);
+    env.wait_attempts(&order_no, 1).await;
+    // Paid by its notification at once, never queried: no orderquery entry. (The session of an
+    // hour ago has expired: sign in again.)
+    let other = env.paid_order("u-prompt").await;
+    let mut b = Browser::new(&env);
+    b.sign_in(ADMIN_TOKEN).await;
+    let page = b.get(&format!("/admin/orders/{other}")).await;
+    assert!(!page.body.contains("<li class=\"tl-query\""), "{}", page.body);
+
+    // The dashboard's notification lag: from WeChat's payment time to the first notification,
+    // 0 s for the prompt order and an hour and 5 s for the late one.
+    let dash = b.get("/admin/dashboard").await;
+    assert!(dash.body.contains("id=\"lag-p50\">0.0 s<"), "{}", dash.body);
+    assert!(dash.body.contains("id=\"lag-max\">60 min 5 s<"), "{}", dash.body);
+    assert!(dash.body.contains("(2 笔"), "{}", dash.body);
+    env.shutdown().await;
+}
+
+/// A day reconciled against the simulator's bill with a changed amount: the reconciliation pages
+/// list it, a viewer may look but not resolve, an operator resolves a difference with a note
+/// (required, bounded), once; the JSON admin API shows and resolves the same, and the audit log
+/// names who and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_differences_are_resolved_with_a_note_by_an_operator_not_a_viewer() {
+    use wxpay_proto::clock::Clock;
+    use wxpay_server::reconciliation::{beijing_day, day_bounds, reconcile_day, ReconcileOutcome};
+    let env = TestEnv::start().await;
+    let day = beijing_day(env.clock.now());
+    let changed = env.paid_order("u-changed").await;
+    env.set_faults_for(&changed, wxpay_sim::FaultSet { bill_amount_delta_fen: Some(-1), ..Default::default() });
+    env.clock.set(day_bounds(day).1 + chrono::Duration::hours(10) + chrono::Duration::minutes(5));
+    match reconcile_day(env.state(), day).await.unwrap() {
+        ReconcileOutcome::Completed(r) => assert_eq!(r.status, "differences", "{r:?}"),
+        other => panic!("{other:?}"),
+    }
+    let (_, detail) = env.admin_get(&format!("/admin/api/reconciliations/{day}")).await;
+    let diffs = detail["differences"].as_array().unwrap().clone();
+    let mismatch = diffs.iter().find(|d| d["kind"] == "amount_mismatch" && d["order_no"] == changed.as_str()).unwrap();
+    let totals = diffs.iter().find(|d| d["kind"] == "totals_differ").unwrap();
+    assert_eq!((mismatch["resolved"].as_bool(), &mismatch["note"]), (Some(false), &serde_json::Value::Null));
+    let id = mismatch["id"].as_i64().unwrap();
+    let resolve = format!("/admin/reconciliations/{day}/differences/{id}/resolve");
+
+    let viewer = token(&env, "vera", Role::Viewer).await;
+    let mut v = Browser::new(&env);
+    v.sign_in(&viewer).await;
+    let list = v.get("/admin/reconciliations").await;
+    assert_eq!(list.status, 200, "{}", list.body);
+    assert!(list.body.contains(&format!("data-date=\"{day}\"")), "{}", list.body);
+    assert!(list.body.contains("2 open") || list.body.contains("2 未处理"), "{}", list.body);
+    let page = v.get(&format!("/admin/reconciliations/{day}")).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains(&format!("href=\"/admin/orders/{changed}\"")), "{}", page.body);
+    assert!(!page.body.contains("class=\"resolve\""), "a viewer gets no resolve form");
+    let csrf = csrf_of(&page.body);
+    let refused = v.post(&resolve, &[("csrf", &csrf), ("note", "looks fine")]).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(refused.body.contains("vera"), "{}", refused.body);
+
+    let operator = token(&env, "olga", Role::Operator).await;
+    let mut o = Browser::new(&env);
+    o.sign_in(&operator).await;
+    let page = o.get(&format!("/admin/reconciliations/{day}")).await;
+    assert_eq!(page.body.matches("class=\"resolve\"").count(), 2, "{}", page.body);
+    let csrf = csrf_of(&page.body);
+    assert_eq!(o.post(&resolve, &[("note", "no csrf")]).await.status, 403);
+    let empty = o.post(&resolve, &[("csrf", &csrf), ("note", "   ")]).await;
+    assert_eq!(empty.status, 400);
+    assert!(empty.body.contains("处理说明（note）不能为空"), "{}", empty.body);
+    let long = "长".repeat(501);
+    let too_long = o.post(&resolve, &[("csrf", &csrf), ("note", &long)]).await;
+    assert_eq!(too_long.status, 400);
+    assert!(too_long.body.contains("500") && too_long.body.contains("501"), "{}", too_long.body);
+    let done = o.post(&resolve, &[("csrf", &csrf), ("note", "bill rounding; WeChat support ticket 42")]).await;
+    assert_eq!(done.status, 303, "{}", done.body);
+    assert_eq!(done.location.as_deref(), Some(format!("/admin/reconciliations/{day}#difference-{id}").as_str()));
+    let page = o.get(&format!("/admin/reconciliations/{day}")).await;
+    let section =
+        page.body.split(&format!("id=\"difference-{id}\"")).nth(1).unwrap().split("</section>").next().unwrap();
+    assert!(section.contains("class=\"resolved-by\">olga<"), "{section}");
+    assert!(section.contains("bill rounding; WeChat support ticket 42"), "{section}");
+    assert!(!section.contains("class=\"resolve\""), "{section}");
+    assert_eq!(page.body.matches("class=\"resolve\"").count(), 1, "the other difference is still open");
+    let again = o.post(&resolve, &[("csrf", &csrf), ("note", "twice")]).await;
+    assert_eq!(again.status, 409, "{}", again.body);
+    let missing = o
+        .post(&format!("/admin/reconciliations/{day}/differences/999999/resolve"), &[("csrf", &csrf), ("note", "x")])
+        .await;
+    assert_eq!(missing.status, 404);
+
+    // The JSON API shows the resolution and resolves the other one (owner, operator; not a viewer).
+    let (_, detail) = env.admin_get(&format!("/admin/api/reconciliations/{day}")).await;
+    let now = detail["differences"].as_array().unwrap().iter().find(|d| d["id"] == id).unwrap().clone();
+    assert_eq!((now["resolved"].as_bool(), now["resolved_by"].as_str()), (Some(true), Some("olga")), "{now}");
+    assert_eq!(now["note"], "bill rounding; WeChat support ticket 42");
+    let api = format!("/admin/api/reconciliations/{day}/differences/{}/resolve", totals["id"]);
+    let (status, body) = env.post_json(&api, Some(&viewer), serde_json::json!({"note": "x"})).await;
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = env.post_json(&api, Some(ADMIN_TOKEN), serde_json::json!({"note": ""})).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("note"), "{body}");
+    let (status, body) =
+        env.post_json(&api, Some(ADMIN_TOKEN), serde_json::json!({"note": "follows from the amount"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["resolved_by"].as_str(), body["resolved"].as_bool()), (Some("admin"), Some(true)), "{body}");
+    let (status, _) = env.post_json(&api, Some(ADMIN_TOKEN), serde_json::json!({"note": "again"})).await;
+    assert_eq!(status, 409);
+
+    let (_, audit) = env.admin_get(&format!("/admin/api/audit?subject=reconciliation:{day}")).await;
+    let events = audit.as_array().unwrap();
+    assert_eq!(events.len(), 2, "{audit}");
+    assert!(events.iter().all(|e| e["action"] == "reconciliation.difference_resolved"), "{audit}");
+    let olga = events.iter().find(|e| e["actor"] == "olga").expect("olga's event");
+    assert_eq!(olga["after"]["note"], "bill rounding; WeChat support ticket 42");
+    assert_eq!(olga["after"]["difference_id"], id);
+    let list = o.get("/admin/reconciliations").await;
+    assert!(!list.body.contains(" open<") && !list.body.contains("未处理<"), "{}", list.body);
+
+    // The dashboard (the next morning): yesterday's net after fees, from the bill.
+    let net = detail["net_income_fen"].as_i64().unwrap();
+    assert!(net > 0, "{detail}");
+    let dash = o.get("/admin/dashboard").await;
+    let shown = format!("id=\"net-yesterday\">¥{}.{:02}<", net / 100, net % 100);
+    assert!(dash.body.contains(&shown), "{shown} in {}", dash.body);
+    assert!(dash.body.contains(&format!("href=\"/admin/reconciliations/{day}\"")), "{}", dash.body);
     env.shutdown().await;
 }

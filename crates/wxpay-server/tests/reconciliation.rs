@@ -214,6 +214,13 @@ async fn each_difference_injected_by_the_simulator_is_found_classified_and_the_l
     assert_eq!(paid_hooks.len(), 1, "{paid_hooks:?}");
     assert_eq!(paid_hooks[0]["data"]["needs_review"], true);
 
+    // The orderquery that settled it is kept for its timeline: one SUCCESS answer, from the
+    // daily reconciliation, with the transaction id.
+    let lost_no = wxpay_proto::OutTradeNo::parse(lost.clone()).unwrap();
+    let queries = env.state().store.order_queries(&lost_no).await.unwrap();
+    assert_eq!(queries.len(), 1, "{queries:?}");
+    assert_eq!(queries[0].source, wxpay_server::store::QuerySource::Reconciliation);
+    assert_eq!((queries[0].trade_state.as_str(), queries[0].transaction_id.is_some()), ("SUCCESS", true));
     // The lost payment: PAID exactly once, flagged for review, one order.paid event.
     let d = env.admin_detail(&lost).await;
     assert_eq!(d["order"]["status"], "PAID", "{d}");

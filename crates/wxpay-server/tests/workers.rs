@@ -94,6 +94,11 @@ async fn reconciler_backs_off_while_the_order_is_still_unpaid() {
     }
     assert_eq!(wechat_calls(&env.metrics().await, "orderquery"), 3.0);
     assert_eq!(env.admin_detail(&order_no).await["order"]["status"], "PAYING");
+    // Each answer is kept for the order's timeline (NOTPAY: prepaid, never paid).
+    let no = wxpay_proto::OutTradeNo::parse(order_no.clone()).unwrap();
+    let answers = env.state().store.order_queries(&no).await.unwrap();
+    let seen: Vec<_> = answers.iter().map(|a| (a.source, a.trade_state.as_str())).collect();
+    assert_eq!(seen, vec![(wxpay_server::store::QuerySource::Reconciler, "NOTPAY"); 3]);
     env.shutdown().await;
 }
 
@@ -476,6 +481,49 @@ impl Store for RiggedStore {
 
     async fn list_reconciliations(&self, limit: u32) -> StoreResult<Vec<wxpay_server::store::ReconciliationRecord>> {
         self.inner.list_reconciliations(limit).await
+    }
+
+    async fn reconciliation_differences(
+        &self,
+        bill_date: chrono::NaiveDate,
+    ) -> StoreResult<Vec<wxpay_server::store::StoredDifference>> {
+        self.inner.reconciliation_differences(bill_date).await
+    }
+
+    async fn resolve_difference(
+        &self,
+        bill_date: chrono::NaiveDate,
+        id: i64,
+        actor: &str,
+        note: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<wxpay_server::store::ResolveOutcome> {
+        self.inner.resolve_difference(bill_date, id, actor, note, now).await
+    }
+
+    async fn apply_queried_event(
+        &self,
+        event: &OrderEvent,
+        answer: &wxpay_server::store::OrderQueryRecord,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ApplyOutcome> {
+        self.inner.apply_queried_event(event, answer, now).await
+    }
+
+    async fn record_order_query(&self, answer: &wxpay_server::store::OrderQueryRecord) -> StoreResult<()> {
+        self.inner.record_order_query(answer).await
+    }
+
+    async fn order_queries(&self, order_no: &OutTradeNo) -> StoreResult<Vec<wxpay_server::store::OrderQueryRecord>> {
+        self.inner.order_queries(order_no).await
+    }
+
+    async fn notification_lag(
+        &self,
+        since: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<wxpay_server::store::NotificationLag> {
+        self.inner.notification_lag(since, limit).await
     }
 
     async fn request_refund(

@@ -280,3 +280,97 @@ test('the English switch and a phone-width layout', async () => {
   await page.waitForSelector('h1:text("订单")')
   await page.context().close()
 })
+
+// Beijing's calendar day of an instant (yyyy-mm-dd).
+function beijingDay(at) {
+  return new Date(at.getTime() + 8 * 3600 * 1000).toISOString().slice(0, 10)
+}
+
+// Last: it moves the (simulated, shared) clock to the next morning, which signs everyone out.
+test('the daily reconciliation: a changed amount shows as a difference, an operator resolves it with a note, a viewer may not', async () => {
+  const auth = { Authorization: `Bearer ${owner}` }
+  const changed = await paidOrder(`recon-changed-${Date.now()}`)
+  await paidOrder(`recon-clean-${Date.now()}`)
+  // WeChat's bill settles one fen less for the first order.
+  const faults = { orders: { [changed.orderNo]: { bill_amount_delta_fen: -1 } } }
+  assert.equal((await call('POST', `${backend.sim}/sim/faults`, faults)).status, 200)
+  // To 10:05 the next morning (Beijing): the daily job fetches the bill of the day.
+  const now = new Date(JSON.parse((await call('GET', `${backend.sim}/sim/clock`)).text).now)
+  const day = beijingDay(now)
+  const nextMorning = Date.parse(`${day}T10:05:00+08:00`) + 24 * 3600 * 1000
+  const advance = Math.ceil((nextMorning - now.getTime()) / 1000)
+  assert.equal((await call('POST', `${backend.sim}/sim/clock`, { advance_secs: advance })).status, 200)
+  let detail
+  for (let i = 0; i < 150; i++) {
+    const r = await call('GET', `${backend.url}/admin/api/reconciliations/${day}`, undefined, auth)
+    if (r.status === 200 && JSON.parse(r.text).status !== 'pending') {
+      detail = JSON.parse(r.text)
+      break
+    }
+    await new Promise((r) => setTimeout(r, 200))
+  }
+  assert.ok(detail, `the daily job reconciled ${day}`)
+  assert.equal(detail.status, 'differences')
+  const mismatch = detail.differences.find((d) => d.kind === 'amount_mismatch' && d.order_no === changed.orderNo)
+  assert.ok(mismatch, JSON.stringify(detail.differences))
+  assert.equal(mismatch.resolved, false)
+
+  const viewer = await signIn(backend.token(`vic-${Date.now()}`, 'viewer'))
+  await viewer.click('text=对账')
+  await viewer.waitForURL(/\/admin\/reconciliations$/)
+  const row = viewer.locator(`tr.day-row[data-date="${day}"]`)
+  assert.equal(await row.locator('.status').textContent(), 'differences')
+  assert.match(await row.locator('.diff-count').textContent(), /未处理/)
+  await row.locator('a').click()
+  await viewer.waitForURL(new RegExp(`/admin/reconciliations/${day}$`))
+  assert.equal(await viewer.locator('form.resolve').count(), 0, 'a viewer gets no resolve form')
+  const csrf = await viewer.getAttribute('form[action="/admin/logout"] input[name=csrf]', 'value')
+  const refused = await viewer.request.post(`${backend.url}/admin/reconciliations/${day}/differences/${mismatch.id}/resolve`, {
+    form: { csrf, note: 'viewer tries' },
+    maxRedirects: 0,
+  })
+  assert.equal(refused.status(), 403)
+  await viewer.context().close()
+
+  const operatorName = `ola-${Date.now()}`
+  const operator = await signIn(backend.token(operatorName, 'operator'))
+  await operator.goto(`${backend.url}/admin/reconciliations/${day}`)
+  const card = operator.locator(`#difference-${mismatch.id}`)
+  assert.equal(await card.locator('code.kind').textContent(), 'amount_mismatch')
+  assert.equal(await card.locator(`a[href="/admin/orders/${changed.orderNo}"]`).count(), 1)
+  // The note is required (the browser's own check, then the server's, naming the field).
+  const opCsrf = await card.locator('input[name=csrf]').getAttribute('value')
+  const empty = await operator.request.post(`${backend.url}/admin/reconciliations/${day}/differences/${mismatch.id}/resolve`, {
+    form: { csrf: opCsrf, note: ' ' },
+    maxRedirects: 0,
+  })
+  assert.equal(empty.status(), 400)
+  assert.match(await empty.text(), /处理说明（note）不能为空/)
+  await card.locator('.resolve-note').fill('账单少 1 分：已联系微信支付客服')
+  await card.locator('.resolve-button').click()
+  await operator.waitForURL(new RegExp(`/admin/reconciliations/${day}#difference-${mismatch.id}$`))
+  const resolved = operator.locator(`#difference-${mismatch.id}`)
+  assert.equal(await resolved.locator('.resolved-by').textContent(), operatorName)
+  assert.equal(await resolved.locator('.note').textContent(), '账单少 1 分：已联系微信支付客服')
+  assert.equal(await resolved.locator('form.resolve').count(), 0)
+  await shot(operator, 'reconciliation')
+  const after = JSON.parse((await call('GET', `${backend.url}/admin/api/reconciliations/${day}`, undefined, auth)).text)
+  const now2 = after.differences.find((d) => d.id === mismatch.id)
+  assert.equal(now2.resolved, true)
+  assert.equal(now2.resolved_by, operatorName)
+  const audit = JSON.parse((await call('GET', `${backend.url}/admin/api/audit?subject=reconciliation:${day}`, undefined, auth)).text)
+  assert.equal(audit.length, 1)
+  assert.equal(audit[0].action, 'reconciliation.difference_resolved')
+  assert.equal(audit[0].actor, operatorName)
+
+  await operator.goto(`${backend.url}/admin/reconciliations`)
+  await shot(operator, 'reconciliations')
+  // The dashboard the next morning: yesterday's net after fees, as the bill settles it.
+  await operator.goto(`${backend.url}/admin/dashboard`)
+  const net = after.net_income_fen
+  assert.equal(await operator.textContent('#net-yesterday'), `¥${(net / 100).toFixed(2)}`)
+  assert.match(await operator.textContent('#lag-max'), /s$/)
+  await shot(operator, 'dashboard')
+  assert.deepEqual(operator.errors, [])
+  await operator.context().close()
+})

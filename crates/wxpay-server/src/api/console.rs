@@ -15,13 +15,14 @@
 //!   the sign-in form a double-submit cookie (`wxc_pre`). A POST without it is refused (403).
 //! * **Roles**: `owner` everything; `operator` orders, shipping, webhook resends and refunds up
 //!   to `console.operator_refund_limit_fen`; `viewer` reads only; `till` may not sign in.
-//!   Sign-ins, shipping, refunds and resends are audit events naming the token (refunds also
-//!   keep it as `requested_by`).
+//!   Sign-ins, shipping, refunds, resends, replays and resolved reconciliation differences are
+//!   audit events naming the token (refunds also keep it as `requested_by`).
 //! * **Pages**: the orders list (search by order number or transaction id, openid, product,
 //!   status, date range in China time; totals for the filter; pages of 50; CSV export as UTF-8
 //!   with a BOM for Excel) and the order detail (a timeline of the order's events, raw
-//!   notifications with their verified flag and outcome, refunds and webhook deliveries, with
-//!   ship, refund and resend actions).
+//!   notifications with their verified flag and outcome, orderquery answers, refunds and webhook
+//!   deliveries, with ship, refund and resend actions); the dashboard (with net after fees and
+//!   the notification lag); the daily reconciliation's days and differences, resolved with a note.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -276,6 +277,8 @@ fn environment() -> &'static Environment<'static> {
             ("webhooks.html", include_str!("console/webhooks.html")),
             ("notifications.html", include_str!("console/notifications.html")),
             ("sheet.html", include_str!("console/sheet.html")),
+            ("reconciliations.html", include_str!("console/reconciliations.html")),
+            ("reconciliation.html", include_str!("console/reconciliation.html")),
         ] {
             env.add_template(name, text).expect("console templates parse");
         }
@@ -286,7 +289,11 @@ fn environment() -> &'static Environment<'static> {
                 zh
             }
         });
-        env.add_filter("yuan", |fen: i64| format!("¥{}.{:02}", fen / 100, fen % 100));
+        env.add_filter("yuan", |fen: i64| {
+            let sign = if fen < 0 { "-" } else { "" };
+            let fen = fen.unsigned_abs();
+            format!("{sign}¥{}.{:02}", fen / 100, fen % 100)
+        });
         env
     })
 }
@@ -640,16 +647,28 @@ async fn order_page(user: &ConsoleUser, state: &SharedState, order_no: &str) -> 
     let fail = |e: crate::store::StoreError| app_error(en, e.into());
     let order =
         store.get_order(&order_no).await.map_err(fail)?.ok_or_else(|| app_error(en, AppError::order_not_found()))?;
-    let (events, notifications, outbox, refunds, refund_events) = tokio::try_join!(
+    let (events, notifications, outbox, refunds, refund_events, queries) = tokio::try_join!(
         store.order_events(&order_no),
         store.notifications_for_order(&order_no),
         store.outbox_for_order(&order_no),
         store.refunds_for_order(&order_no),
         store.refund_events_for_order(&order_no),
+        store.order_queries(&order_no),
     )
     .map_err(fail)?;
     // One timeline, oldest first: (time, kind of entry, its view).
     let mut timeline: Vec<(DateTime<Utc>, Value)> = Vec::new();
+    // An orderquery answer first: at the same instant, it is what caused the change logged with it
+    // (the sort below is stable).
+    for q in &queries {
+        timeline.push((
+            q.at,
+            context! {
+                what => "query", at => shown_time(q.at), trade_state => q.trade_state, source => name_of(&q.source),
+                transaction_id => q.transaction_id,
+            },
+        ));
+    }
     for e in &events {
         timeline.push((e.at, context! { what => "event", at => shown_time(e.at), kind => name_of(&e.kind), detail => e.detail.to_string() }));
     }
@@ -1093,11 +1112,23 @@ pub async fn dashboard(user: ConsoleUser, State(state): State<SharedState>) -> P
         .single()
         .map_or(now, |t| t.with_timezone(&Utc));
     let overdue_cutoff = now - chrono::Duration::minutes(5);
-    let (stats, ops) = match tokio::try_join!(state.store.console_stats(since), state.store.ops_counts(overdue_cutoff))
-    {
+    let (stats, ops, days, lag) = match tokio::try_join!(
+        state.store.console_stats(since),
+        state.store.ops_counts(overdue_cutoff),
+        state.store.list_reconciliations(DASHBOARD_DAYS as u32),
+        state.store.notification_lag(since, LAG_ORDERS),
+    ) {
         Ok(found) => found,
         Err(e) => return app_error(en, e.into()),
     };
+    // Net after fees needs the day's bill: yesterday's once reconciled (today's bill only comes
+    // tomorrow), and the last reconciled day whatever it is.
+    let reconciled = |r: &&crate::store::ReconciliationRecord| r.status != "pending";
+    let yesterday = today - chrono::Duration::days(1);
+    let net_yesterday = days.iter().filter(reconciled).find(|r| r.bill_date == yesterday).map(|r| r.net_income_fen());
+    let last_reconciled = days.iter().find(reconciled).map(|r| {
+        context! { date => r.bill_date.format("%Y-%m-%d").to_string(), net_fen => r.net_income_fen(), fee_fen => r.fee_fen() }
+    });
     let series = |rows: &[(i64, i64, i64)]| -> Vec<(i64, i64)> {
         (0..DASHBOARD_DAYS).map(|d| rows.iter().find(|r| r.0 == d).map_or((0, 0), |r| (r.1, r.2))).collect()
     };
@@ -1128,8 +1159,195 @@ pub async fn dashboard(user: ConsoleUser, State(state): State<SharedState>) -> P
             paid_bars => bars(&paid), refund_bars => bars(&refunded),
             unverified => stats.unverified_notifications, needs_review => stats.needs_review,
             webhook_pending => ops.webhook_pending, webhook_dead => ops.webhook_dead, orders_overdue => ops.orders_overdue,
+            net_yesterday, last_reconciled,
+            lag_orders => lag.orders, lag_p50 => lag.p50_ms.map(lag_text), lag_max => lag.max_ms.map(lag_text),
         },
     )
+}
+
+/// The newest verified payment notifications (of the 14 days) whose orders the notification lag
+/// is measured over.
+const LAG_ORDERS: u32 = 2_000;
+
+/// A lag as the dashboard shows it: `1.2 s`, `3 min 5 s`.
+fn lag_text(ms: i64) -> String {
+    let ms = ms.max(0);
+    if ms < 60_000 {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    } else {
+        format!("{} min {} s", ms / 60_000, ms % 60_000 / 1000)
+    }
+}
+
+// ---- reconciliation ----
+
+fn reconciliation_row(r: &crate::store::ReconciliationRecord) -> Value {
+    let kinds: Vec<(String, i64)> = r
+        .counts
+        .as_object()
+        .map(|o| o.iter().filter_map(|(k, n)| n.as_i64().filter(|n| *n > 0).map(|n| (k.clone(), n))).collect())
+        .unwrap_or_default();
+    context! {
+        date => r.bill_date.format("%Y-%m-%d").to_string(), status => r.status, bill_rows => r.bill_rows,
+        settlement_fen => r.settlement_fen, refund_fen => r.refund_fen, fee_fen => r.fee_fen(), net_fen => r.net_income_fen(),
+        completed_at => r.completed_at.map(shown_time), last_error => r.last_error,
+        differences => kinds.iter().map(|k| k.1).sum::<i64>(), kinds,
+    }
+}
+
+/// Days on the reconciliation page.
+const RECONCILIATION_DAYS: u32 = 90;
+
+/// `GET /admin/reconciliations`: the reconciled days, newest first, with the bill's totals, fees,
+/// net and differences (how many are still open).
+pub async fn reconciliations(user: ConsoleUser, State(state): State<SharedState>) -> Page {
+    let en = user.en;
+    let run = async {
+        let records = state.store.list_reconciliations(RECONCILIATION_DAYS).await?;
+        let mut days = Vec::with_capacity(records.len());
+        for r in &records {
+            // Only a day with differences has any to count (few days).
+            let open = if r.status == "differences" {
+                state
+                    .store
+                    .reconciliation_differences(r.bill_date)
+                    .await?
+                    .iter()
+                    .filter(|d| d.resolved_at.is_none())
+                    .count()
+            } else {
+                0
+            };
+            days.push(context! { open, ..reconciliation_row(r) });
+        }
+        Ok::<_, crate::store::StoreError>(days)
+    };
+    match run.await {
+        Ok(days) => page(en, "reconciliations.html", context! { en, user => user_ctx(&user), days }),
+        Err(e) => app_error(en, e.into()),
+    }
+}
+
+fn bill_day(date: &str, en: bool) -> Result<NaiveDate, Page> {
+    NaiveDate::parse_from_str(date, "%Y-%m-%d").map_err(|_| {
+        Page::error(
+            en,
+            StatusCode::NOT_FOUND,
+            if en {
+                format!("{date:?} is not a day; the address takes YYYY-MM-DD (e.g. 2026-11-28)")
+            } else {
+                format!("{date:?} 不是日期；地址中请用 YYYY-MM-DD（例如 2026-11-28）")
+            },
+        )
+    })
+}
+
+/// `GET /admin/reconciliations/{date}`: a day and its differences, each with a resolve form.
+pub async fn reconciliation(user: ConsoleUser, State(state): State<SharedState>, Path(date): Path<String>) -> Page {
+    let en = user.en;
+    let run = async {
+        let day = bill_day(&date, en)?;
+        let fail = |e: crate::store::StoreError| app_error(en, e.into());
+        let (found, differences) =
+            tokio::try_join!(state.store.get_reconciliation(day), state.store.reconciliation_differences(day))
+                .map_err(fail)?;
+        let Some((record, _)) = found else {
+            return Err(Page::error(
+                en,
+                StatusCode::NOT_FOUND,
+                if en {
+                    format!("No reconciliation of {date} yet: run `wxpay reconcile --date {date}` or wait for the daily job.")
+                } else {
+                    format!("{date} 还没有对账：请运行 `wxpay reconcile --date {date}`，或等待每日任务。")
+                },
+            ));
+        };
+        let open = differences.iter().filter(|d| d.resolved_at.is_none()).count();
+        let differences: Vec<Value> = differences
+            .iter()
+            .map(|d| {
+                context! {
+                    id => d.id, kind => name_of(&d.difference.kind), order_no => d.difference.order_no,
+                    out_refund_no => d.difference.out_refund_no, detail => d.difference.detail,
+                    resolved_at => d.resolved_at.map(shown_time), resolved_by => d.resolved_by, note => d.note,
+                }
+            })
+            .collect();
+        Ok(page(
+            en,
+            "reconciliation.html",
+            context! {
+                en, user => user_ctx(&user), day => reconciliation_row(&record), differences, open,
+                note_max => crate::domain::reconciliation::MAX_NOTE_CHARS,
+            },
+        ))
+    };
+    match run.await {
+        Ok(p) | Err(p) => p,
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ResolveForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    note: String,
+}
+
+/// `POST /admin/reconciliations/{date}/differences/{id}/resolve` (owner, operator): marks a
+/// difference resolved with a note; the store writes its audit event in the same transaction.
+pub async fn resolve_difference(
+    user: ConsoleUser,
+    State(state): State<SharedState>,
+    Path((date, id)): Path<(String, i64)>,
+    Form(form): Form<ResolveForm>,
+) -> Response {
+    let en = user.en;
+    let run = async {
+        user.may_write_with(&form.csrf)?;
+        let day = bill_day(&date, en)?;
+        let note = crate::domain::reconciliation::check_note(&form.note)
+            .map_err(|p| Page::error(en, StatusCode::BAD_REQUEST, p.message(en)))?;
+        let outcome = state
+            .store
+            .resolve_difference(day, id, &user.name, &note, state.clock.now())
+            .await
+            .map_err(|e| app_error(en, e.into()))?;
+        match outcome {
+            crate::store::ResolveOutcome::Resolved(_) => {
+                tracing::info!(admin = %user.name, %day, difference = id, "reconciliation difference resolved");
+                Ok(Redirect::to(&format!("/admin/reconciliations/{date}#difference-{id}")).into_response())
+            }
+            crate::store::ResolveOutcome::AlreadyResolved(d) => Err(Page::error(
+                en,
+                StatusCode::CONFLICT,
+                if en {
+                    format!(
+                        "Difference {id} was already resolved by {} at {}; nothing changed.",
+                        d.resolved_by.unwrap_or_default(),
+                        d.resolved_at.map(shown_time).unwrap_or_default()
+                    )
+                } else {
+                    format!(
+                        "差异 {id} 已由 {} 于 {} 标记为已处理，未作改动。",
+                        d.resolved_by.unwrap_or_default(),
+                        d.resolved_at.map(shown_time).unwrap_or_default()
+                    )
+                },
+            )),
+            crate::store::ResolveOutcome::NotFound => Err(Page::error(
+                en,
+                StatusCode::NOT_FOUND,
+                if en {
+                    format!("There is no difference {id} on {date}; go back to the day's page and reload it.")
+                } else {
+                    format!("{date} 没有编号为 {id} 的差异；请返回当日对账页面刷新后重试。")
+                },
+            )),
+        }
+    };
+    run.await.unwrap_or_else(IntoResponse::into_response)
 }
 
 /// `GET /admin/webhooks`: dead letters (with resend) and the backlog.

@@ -76,7 +76,10 @@ pub fn router(state: SharedState) -> Router {
         .route("/admin/dashboard", get(console::dashboard))
         .route("/admin/webhooks", get(console::webhooks))
         .route("/admin/notifications", get(console::notifications))
-        .route("/admin/notifications/{id}/replay", post(console::replay_notification));
+        .route("/admin/notifications/{id}/replay", post(console::replay_notification))
+        .route("/admin/reconciliations", get(console::reconciliations))
+        .route("/admin/reconciliations/{date}", get(console::reconciliation))
+        .route("/admin/reconciliations/{date}/differences/{id}/resolve", post(console::resolve_difference));
     Router::new()
         .merge(mp_api)
         .merge(admin)
@@ -134,6 +137,7 @@ pub fn admin_api() -> (Router<SharedState>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::resend_webhook))
         .routes(routes!(reconciliations::list))
         .routes(routes!(reconciliations::detail))
+        .routes(routes!(reconciliations::resolve))
         .routes(routes!(admin::qr_sheet))
         .routes(routes!(till::product))
         .routes(routes!(till::qr_svg))

@@ -4,7 +4,6 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::domain::catalogue::AuditAction;
-use crate::domain::reconciliation::Difference;
 use crate::domain::{
     EventKind, Fulfilment, Order, OrderStatus, OutboxKind, Product, Refund, RefundEventKind, RefundStatus,
 };
@@ -347,7 +346,29 @@ pub struct ReconciliationDayView {
 pub struct ReconciliationDetailView {
     #[serde(flatten)]
     pub day: ReconciliationDayView,
-    pub differences: Vec<Difference>,
+    pub differences: Vec<DifferenceView>,
+}
+
+/// A difference with its id (to resolve it) and its resolution, once a person resolved it.
+#[derive(Serialize, ToSchema)]
+pub struct DifferenceView {
+    pub id: i64,
+    pub kind: crate::domain::reconciliation::DifferenceKind,
+    #[schema(required = true)]
+    pub order_no: Option<String>,
+    #[schema(required = true)]
+    pub out_refund_no: Option<String>,
+    /// What differs, in words (amounts in fen).
+    pub detail: String,
+    pub resolved: bool,
+    #[schema(format = DateTime, required = true)]
+    pub resolved_at: Option<String>,
+    /// The admin token's name of who resolved it.
+    #[schema(required = true)]
+    pub resolved_by: Option<String>,
+    /// The note given when resolving it.
+    #[schema(required = true)]
+    pub note: Option<String>,
 }
 
 /// The newest Native order of a product, as a till sees it.

@@ -144,6 +144,9 @@ pub enum AuditAction {
     WebhookResent,
     #[serde(rename = "notification.replayed")]
     NotificationReplayed,
+    /// A difference of the daily reconciliation marked resolved, with a note.
+    #[serde(rename = "reconciliation.difference_resolved")]
+    DifferenceResolved,
 }
 
 impl ProductChange {

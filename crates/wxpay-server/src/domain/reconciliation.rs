@@ -215,6 +215,53 @@ pub fn compare(rows: &[BillRow], summary: &BillSummary, ours: &Ours<'_>) -> Comp
     c
 }
 
+/// Most characters in the note of a resolved difference.
+pub const MAX_NOTE_CHARS: usize = 500;
+
+/// Why a resolution note was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoteProblem {
+    Empty,
+    /// Its length in characters.
+    TooLong(usize),
+    /// A control character other than a line break.
+    Control,
+}
+
+/// The note a person gives when marking a difference resolved: trimmed, not empty, at most
+/// [`MAX_NOTE_CHARS`] characters, no control characters but line breaks.
+pub fn check_note(note: &str) -> Result<String, NoteProblem> {
+    let note = note.trim();
+    let chars = note.chars().count();
+    if chars == 0 {
+        Err(NoteProblem::Empty)
+    } else if chars > MAX_NOTE_CHARS {
+        Err(NoteProblem::TooLong(chars))
+    } else if note.chars().any(|c| c.is_control() && c != '\n' && c != '\r') {
+        Err(NoteProblem::Control)
+    } else {
+        Ok(note.to_owned())
+    }
+}
+
+impl NoteProblem {
+    /// What is wrong and what to do, in Chinese then English.
+    pub fn message(self, en: bool) -> String {
+        match (self, en) {
+            (NoteProblem::Empty, false) => "处理说明（note）不能为空：请写明如何处理了这条差异。".into(),
+            (NoteProblem::Empty, true) => "note: required; say how the difference was dealt with.".into(),
+            (NoteProblem::TooLong(n), false) => {
+                format!("处理说明（note）最多 {MAX_NOTE_CHARS} 个字符，现为 {n} 个：请缩短后再提交。")
+            }
+            (NoteProblem::TooLong(n), true) => {
+                format!("note: at most {MAX_NOTE_CHARS} characters, got {n}; shorten it and submit again.")
+            }
+            (NoteProblem::Control, false) => "处理说明（note）含有控制字符：请删除后再提交。".into(),
+            (NoteProblem::Control, true) => "note: contains control characters; remove them and submit again.".into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,5 +405,20 @@ mod tests {
         let mut s = summary(&rows);
         s.settlement_total_fee = Fen::new(1001);
         assert_eq!(kinds(&compare(&rows, &s, &ours)), vec![DifferenceKind::TotalsDiffer]);
+    }
+
+    #[test]
+    fn a_resolution_note_is_required_bounded_and_printable() {
+        assert_eq!(
+            check_note("  refunded by hand in the merchant platform "),
+            Ok("refunded by hand in the merchant platform".into())
+        );
+        assert_eq!(check_note("   "), Err(NoteProblem::Empty));
+        assert_eq!(check_note(&"长".repeat(MAX_NOTE_CHARS)).map(|n| n.chars().count()), Ok(MAX_NOTE_CHARS));
+        assert_eq!(check_note(&"长".repeat(MAX_NOTE_CHARS + 1)), Err(NoteProblem::TooLong(MAX_NOTE_CHARS + 1)));
+        assert_eq!(check_note("a\u{7}b"), Err(NoteProblem::Control));
+        assert_eq!(check_note("line one\nline two"), Ok("line one\nline two".into()));
+        assert!(NoteProblem::Empty.message(false).contains("note"));
+        assert!(NoteProblem::TooLong(501).message(true).contains("500"));
     }
 }

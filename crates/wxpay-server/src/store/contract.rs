@@ -66,7 +66,10 @@ macro_rules! store_contract_tests {
             concurrent_refunds_never_exceed_the_paid_amount,
             refund_results_apply_once_with_their_inbox_row,
             refund_worker_claims_due_refunds_with_leases,
-            reconciliation_days_are_leased_and_completed_once
+            reconciliation_days_are_leased_and_completed_once,
+            differences_are_resolved_once_with_their_audit_event,
+            orderquery_answers_are_kept_with_what_they_changed,
+            notification_lag_is_measured_from_the_payment_time
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {
@@ -323,6 +326,17 @@ pub async fn admin_list_filters_and_pages(h: &dyn StoreHarness) {
     assert!(with_apple >= 4 && with_apple < all.len() + 1);
     assert_eq!(by(OrderFilter { product: Some("apple".into()), ..OrderFilter::default() }).await.len(), with_apple);
     assert!(by(OrderFilter { product: Some("durian".into()), ..OrderFilter::default() }).await.is_empty());
+    // An order of several products (the seed: apples and a pear) is found by each of them.
+    assert_eq!(nos(by(OrderFilter { product: Some("pear".into()), ..OrderFilter::default() }).await), ["WXSEED1"]);
+    let apple_totals =
+        store.order_totals(&OrderFilter { product: Some("apple".into()), ..OrderFilter::default() }).await.unwrap();
+    assert_eq!(apple_totals.count, with_apple as i64);
+    let pear_totals =
+        store.order_totals(&OrderFilter { product: Some("pear".into()), ..OrderFilter::default() }).await.unwrap();
+    assert_eq!((pear_totals.count, pear_totals.amount_fen), (1, 399));
+    let paid_apples =
+        OrderFilter { product: Some("apple".into()), status: Some(OrderStatus::Paid), ..OrderFilter::default() };
+    assert_eq!(nos(by(paid_apples).await), ["WXL3"]);
     let window = OrderFilter {
         created_from: Some(t0() + Duration::minutes(2)),
         created_until: Some(t0() + Duration::minutes(4)),
@@ -1227,6 +1241,146 @@ pub async fn reconciliation_days_are_leased_and_completed_once(h: &dyn StoreHarn
     let recon: Vec<_> = events.iter().filter(|e| e.order_no.is_none()).collect();
     assert_eq!(recon.len(), 1);
     assert_eq!(recon[0].message.kind(), crate::domain::OutboxKind::ReconciliationCompleted);
+}
+
+pub async fn differences_are_resolved_once_with_their_audit_event(h: &dyn StoreHarness) {
+    use crate::domain::reconciliation::{Comparison, Difference, DifferenceKind};
+    use crate::store::{CompletedDay, ResolveOutcome};
+    let store = h.open().await;
+    let order = paid_seed(&*store).await;
+    let day = chrono::NaiveDate::from_ymd_opt(2024, 5, 1).unwrap();
+    store.claim_reconciliation(day, "a", t0() + Duration::seconds(60), t0()).await.unwrap();
+    let difference = |kind, detail: &str| Difference {
+        kind,
+        order_no: Some(order.order_no.to_string()),
+        out_refund_no: None,
+        detail: detail.into(),
+    };
+    let comparison = Comparison {
+        differences: vec![
+            difference(DifferenceKind::AmountMismatch, "the bill says 1 fen"),
+            difference(DifferenceKind::TotalsDiffer, "net 1 vs 399"),
+        ],
+        ..Comparison::default()
+    };
+    let done = CompletedDay { bill_date: day, bill_rows: 1, comparison, now: t0() };
+    assert!(store.complete_reconciliation(&done, "a").await.unwrap());
+    let stored = store.reconciliation_differences(day).await.unwrap();
+    assert_eq!(stored.iter().map(|d| d.difference.clone()).collect::<Vec<_>>(), done.comparison.differences);
+    assert!(stored.iter().all(|d| d.resolved_at.is_none() && d.resolved_by.is_none() && d.note.is_none()));
+    let (first, second) = (stored[0].id, stored[1].id);
+    assert_ne!(first, second);
+
+    // Two people resolve the same difference at once: exactly one resolution (and audit event).
+    let at = t0() + Duration::hours(3);
+    let s: &dyn Store = &*store;
+    let (a, b) = tokio::join!(
+        s.resolve_difference(day, first, "alice", "refunded by hand", at),
+        s.resolve_difference(day, first, "bob", "bob's note", at),
+    );
+    let outcomes = [a.unwrap(), b.unwrap()];
+    let resolved: Vec<_> = outcomes.iter().filter(|o| matches!(o, ResolveOutcome::Resolved(_))).collect();
+    assert_eq!(resolved.len(), 1, "{outcomes:?}");
+    let ResolveOutcome::Resolved(winner) = resolved[0] else { unreachable!() };
+    assert_eq!(winner.resolved_at, Some(at));
+    let who = winner.resolved_by.clone().unwrap();
+    let note = winner.note.clone().unwrap();
+    assert!(
+        (who.as_str(), note.as_str()) == ("alice", "refunded by hand")
+            || (who.as_str(), note.as_str()) == ("bob", "bob's note")
+    );
+    assert!(outcomes.iter().any(|o| matches!(o, ResolveOutcome::AlreadyResolved(d) if d == winner)));
+    // A later attempt changes nothing.
+    let again = store.resolve_difference(day, first, "carol", "late", at + Duration::hours(1)).await.unwrap();
+    assert_eq!(again, ResolveOutcome::AlreadyResolved(winner.clone()));
+    // Another day's id, or no such id: not found.
+    let other_day = day.succ_opt().unwrap();
+    assert_eq!(store.resolve_difference(other_day, second, "alice", "x", at).await.unwrap(), ResolveOutcome::NotFound);
+    assert_eq!(store.resolve_difference(day, second + 1000, "alice", "x", at).await.unwrap(), ResolveOutcome::NotFound);
+
+    let now = store.reconciliation_differences(day).await.unwrap();
+    assert_eq!(&now[0], winner);
+    assert!(now[1].resolved_at.is_none(), "the other difference is still open");
+    let audit = store.audit_events(Some("reconciliation:2024-05-01"), 10).await.unwrap();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0].action, crate::domain::catalogue::AuditAction::DifferenceResolved);
+    assert_eq!((audit[0].actor.as_str(), audit[0].at), (who.as_str(), at));
+    let detail = audit[0].after.clone().unwrap();
+    assert_eq!(detail["difference_id"], first);
+    assert_eq!(detail["note"], note.as_str());
+    assert_eq!(detail["kind"], "amount_mismatch");
+}
+
+pub async fn orderquery_answers_are_kept_with_what_they_changed(h: &dyn StoreHarness) {
+    use crate::store::{OrderQueryRecord, QuerySource};
+    let store = h.open().await;
+    let order = seed_order(&*store).await;
+    let no = order.order_no.clone();
+    assert!(store.order_queries(&no).await.unwrap().is_empty());
+    let answer = |minutes: i64, source, state: &str, tx: Option<&str>| OrderQueryRecord {
+        order_no: no.clone(),
+        at: t0() + Duration::minutes(minutes),
+        source,
+        trade_state: state.into(),
+        transaction_id: tx.map(str::to_owned),
+    };
+    let not_yet = answer(1, QuerySource::Poll, "USERPAYING", None);
+    store.record_order_query(&not_yet).await.unwrap();
+    let paid = answer(3, QuerySource::Reconciler, "SUCCESS", Some("TX-Q1"));
+    let event = payment("TX-Q1", order.amount);
+    let outcome = store.apply_queried_event(&event, &paid, paid.at).await.unwrap();
+    assert_eq!(applied(outcome).status, OrderStatus::Paid);
+    // The same answer again: a duplicate, still kept (it was asked and answered).
+    let again = answer(4, QuerySource::Reconciliation, "SUCCESS", Some("TX-Q1"));
+    assert!(matches!(store.apply_queried_event(&event, &again, again.at).await.unwrap(), ApplyOutcome::AlreadyDone(_)));
+    assert_eq!(store.order_queries(&no).await.unwrap(), vec![not_yet, paid, again]);
+    // An answer about an order we do not have is not kept (nothing to show it on).
+    let ghost = OrderQueryRecord {
+        order_no: OutTradeNo::parse("WXGHOST9").unwrap(),
+        ..answer(5, QuerySource::Poll, "SUCCESS", Some("TX-Q2"))
+    };
+    let outcome = store.apply_queried_event(&payment("TX-Q2", Fen::new(1)), &ghost, ghost.at).await.unwrap();
+    assert_eq!(outcome, ApplyOutcome::NotFound);
+    assert!(store.order_queries(&ghost.order_no).await.unwrap().is_empty());
+    assert_eq!(store.order_queries(&no).await.unwrap().len(), 3);
+}
+
+pub async fn notification_lag_is_measured_from_the_payment_time(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    seed_order(&*store).await;
+    assert_eq!(store.notification_lag(t0(), 100).await.unwrap(), crate::store::NotificationLag::default());
+    // Three orders paid at t0 + 2 min (WeChat's time_end); their first verified payment
+    // notification came 1 s, 5 s and 90 s later. A forged one earlier and a second, later copy
+    // do not count; an order paid before `since` does not either.
+    for (i, lag_ms) in [(1, 1_000), (2, 5_000), (3, 90_000)] {
+        let o = make_order(&format!("WXLAG{i}"), "user-lag", TradeType::Jsapi, &[("apple", 1)], t0());
+        store.create_order(&o).await.unwrap();
+        applied(store.apply_event(&o.order_no, &payment(&format!("TX-LAG{i}"), o.amount), t0()).await.unwrap());
+        let paid_at = t0() + Duration::minutes(2);
+        for (verified, after_ms) in [(false, 0), (true, lag_ms), (true, lag_ms + 60_000)] {
+            let record = InboxRecord {
+                kind: NotificationKind::Pay,
+                out_trade_no: Some(o.order_no.to_string()),
+                raw_body: format!("<xml>{i}</xml>"),
+                verified,
+                outcome: if verified { InboxOutcome::Applied } else { InboxOutcome::Rejected },
+                reason: None,
+                received_at: paid_at + Duration::milliseconds(after_ms),
+            };
+            store.record_notification(&record).await.unwrap();
+        }
+    }
+    let lag = store.notification_lag(t0(), 100).await.unwrap();
+    assert_eq!((lag.orders, lag.p50_ms, lag.max_ms), (3, Some(5_000), Some(90_000)));
+    // Measured over the orders of the newest notifications (here the two of WXLAG3, then also
+    // WXLAG2's copy), each from its first notification however old.
+    let newest = store.notification_lag(t0(), 2).await.unwrap();
+    assert_eq!((newest.orders, newest.p50_ms, newest.max_ms), (1, Some(90_000), Some(90_000)));
+    let newest = store.notification_lag(t0(), 3).await.unwrap();
+    assert_eq!((newest.orders, newest.p50_ms, newest.max_ms), (2, Some(5_000), Some(90_000)));
+    // Paid before `since`: not measured.
+    let later = store.notification_lag(t0() + Duration::minutes(3), 100).await.unwrap();
+    assert_eq!(later.orders, 0);
 }
 
 fn far_future() -> DateTime<Utc> {

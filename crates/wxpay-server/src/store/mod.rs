@@ -334,6 +334,18 @@ pub struct ReconciliationRecord {
     pub counts: serde_json::Value,
 }
 
+impl ReconciliationRecord {
+    /// The bill's 手续费 in fen, rounded half away from zero.
+    pub fn fee_fen(&self) -> i64 {
+        (self.fee_millifen + self.fee_millifen.signum() * 500) / 1000
+    }
+
+    /// What the bill settles for the day: payments − refunds − 手续费.
+    pub fn net_income_fen(&self) -> i64 {
+        self.settlement_fen - self.refund_fen - self.fee_fen()
+    }
+}
+
 /// What [`Store::claim_reconciliation`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReconciliationClaim {
@@ -352,6 +364,66 @@ pub struct CompletedDay {
     pub bill_rows: i64,
     pub comparison: crate::domain::reconciliation::Comparison,
     pub now: DateTime<Utc>,
+}
+
+/// Where an active `orderquery` (查询订单) was made from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuerySource {
+    /// A client's poll (`GET /api/orders/{no}`) while the notification is late.
+    Poll,
+    /// The background reconciler of pending orders.
+    Reconciler,
+    /// The daily bill reconciliation settling a payment missing here (掉单).
+    Reconciliation,
+    /// Closing an order WeChat says is paid already.
+    Close,
+    /// A prepay refused because the order is paid already.
+    Prepay,
+}
+
+/// One answer of an active `orderquery`, as the order page's timeline shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderQueryRecord {
+    pub order_no: OutTradeNo,
+    pub at: DateTime<Utc>,
+    pub source: QuerySource,
+    /// WeChat's `trade_state` (`SUCCESS`, `NOTPAY`, `USERPAYING`, `CLOSED`, ...), or
+    /// `ORDERNOTEXIST` when WeChat never saw the order.
+    pub trade_state: String,
+    pub transaction_id: Option<String>,
+}
+
+/// A difference of a reconciled day as stored, with whether a person resolved it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDifference {
+    pub id: i64,
+    pub difference: crate::domain::reconciliation::Difference,
+    pub resolved_at: Option<DateTime<Utc>>,
+    /// The admin token's name of who resolved it.
+    pub resolved_by: Option<String>,
+    pub note: Option<String>,
+}
+
+/// What [`Store::resolve_difference`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolveOutcome {
+    /// Marked resolved now (with its audit event); the difference as committed.
+    Resolved(StoredDifference),
+    /// Resolved before (nothing changed); as it stands.
+    AlreadyResolved(StoredDifference),
+    /// No difference with this id on this day.
+    NotFound,
+}
+
+/// How late payment notifications come: from the payment time WeChat reports (`time_end`) to
+/// the first notification received for the order (see [`Store::notification_lag`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NotificationLag {
+    /// Paid orders measured (those with a notification).
+    pub orders: i64,
+    pub p50_ms: Option<i64>,
+    pub max_ms: Option<i64>,
 }
 
 #[async_trait]
@@ -607,6 +679,36 @@ pub trait Store: Send + Sync {
     ) -> StoreResult<Option<(ReconciliationRecord, Vec<crate::domain::reconciliation::Difference>)>>;
     /// Newest day first.
     async fn list_reconciliations(&self, limit: u32) -> StoreResult<Vec<ReconciliationRecord>>;
+    /// The differences of a day with their ids and resolution, in the order found.
+    async fn reconciliation_differences(&self, bill_date: chrono::NaiveDate) -> StoreResult<Vec<StoredDifference>>;
+    /// Marks difference `id` of `bill_date` resolved by `actor` with `note`, and appends its
+    /// `reconciliation.difference_resolved` audit event, in one transaction. A difference
+    /// resolved before is left as it is.
+    async fn resolve_difference(
+        &self,
+        bill_date: chrono::NaiveDate,
+        id: i64,
+        actor: &str,
+        note: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ResolveOutcome>;
+
+    /// [`Store::apply_event`] of what an `orderquery` answered, with the answer's row written in
+    /// the same transaction.
+    async fn apply_queried_event(
+        &self,
+        event: &OrderEvent,
+        answer: &OrderQueryRecord,
+        now: DateTime<Utc>,
+    ) -> StoreResult<ApplyOutcome>;
+    /// Records an `orderquery` answer that changes nothing (one insert).
+    async fn record_order_query(&self, answer: &OrderQueryRecord) -> StoreResult<()>;
+    /// The `orderquery` answers about an order, oldest first.
+    async fn order_queries(&self, order_no: &OutTradeNo) -> StoreResult<Vec<OrderQueryRecord>>;
+    /// The notification lag (from WeChat's payment time to the first verified payment
+    /// notification) of the orders paid since `since` among those of the newest `limit` verified
+    /// payment notifications: its median and maximum.
+    async fn notification_lag(&self, since: DateTime<Utc>, limit: u32) -> StoreResult<NotificationLag>;
 
     /// Every status with its count (statuses with no orders included as 0).
     async fn count_orders_by_status(&self) -> StoreResult<Vec<(OrderStatus, i64)>>;

@@ -166,6 +166,9 @@ mod dialect {
     /// at all on rollback); several in one transaction are delivered once.
     pub(super) const OUTBOX_NOTIFY: Option<&str> = Some("NOTIFY wxpay_outbox");
 
+    /// An inbox row (`n`, its order number kept as BYTEA) of an order (`o`).
+    pub(super) const INBOX_OF_ORDER: &str = "n.out_trade_no = convert_to(o.order_no, 'UTF8')";
+
     /// What a caller sent is kept as BYTEA (see the migration): a TEXT cannot hold NUL.
     pub(super) fn caller_text(text: &str) -> &[u8] {
         text.as_bytes()

@@ -488,3 +488,60 @@ impl TryFrom<DifferenceRow> for crate::domain::reconciliation::Difference {
         })
     }
 }
+
+pub(crate) const STORED_DIFFERENCE_COLS: &str =
+    "id, kind, order_no, out_refund_no, detail, resolved_at, resolved_by, resolution_note";
+
+#[derive(FromRow)]
+pub(crate) struct StoredDifferenceRow {
+    id: i64,
+    kind: String,
+    order_no: Option<String>,
+    out_refund_no: Option<String>,
+    detail: String,
+    resolved_at: Option<i64>,
+    resolved_by: Option<String>,
+    resolution_note: Option<String>,
+}
+
+impl TryFrom<StoredDifferenceRow> for super::StoredDifference {
+    type Error = StoreError;
+    fn try_from(r: StoredDifferenceRow) -> StoreResult<Self> {
+        Ok(super::StoredDifference {
+            id: r.id,
+            difference: DifferenceRow {
+                kind: r.kind,
+                order_no: r.order_no,
+                out_refund_no: r.out_refund_no,
+                detail: r.detail,
+            }
+            .try_into()?,
+            resolved_at: opt_from_ms(r.resolved_at)?,
+            resolved_by: r.resolved_by,
+            note: r.resolution_note,
+        })
+    }
+}
+
+#[derive(FromRow)]
+pub(crate) struct OrderQueryRow {
+    order_no: String,
+    at: i64,
+    source: String,
+    trade_state: String,
+    transaction_id: Option<String>,
+}
+
+impl TryFrom<OrderQueryRow> for super::OrderQueryRecord {
+    type Error = StoreError;
+    fn try_from(r: OrderQueryRow) -> StoreResult<Self> {
+        Ok(super::OrderQueryRecord {
+            order_no: wxpay_proto::OutTradeNo::parse(r.order_no)
+                .map_err(|e| StoreError::Corrupt(format!("order_queries.order_no: {e}")))?,
+            at: from_ms(r.at)?,
+            source: name("order_queries.source", &r.source)?,
+            trade_state: r.trade_state,
+            transaction_id: r.transaction_id,
+        })
+    }
+}

@@ -52,7 +52,15 @@ pub(crate) fn order_filter(filter: &super::OrderFilter) -> (String, Vec<Bind>) {
         );
     }
     if let Some(product) = &filter.product {
-        add("order_no IN (SELECT order_no FROM order_items WHERE product_id = $?)", Bind::Text(product.clone()));
+        // `orders.product_id` (migration 0009) is the product of an order of one product and '*'
+        // for an order of several: the covering index `orders_by_product` answers the first kind,
+        // and only the few '*' orders are looked up in their lines. (`<> '*'` rather than
+        // `= $?` keeps the planner on that one index range instead of a union of two.)
+        add(
+            "product_id IN ($?, '*') AND (product_id <> '*' \
+             OR order_no IN (SELECT order_no FROM order_items WHERE product_id = $?))",
+            Bind::Text(product.clone()),
+        );
     }
     if let Some(from) = filter.created_from {
         add("created_at >= $?", Bind::Int(from.timestamp_millis()));
@@ -64,6 +72,17 @@ pub(crate) fn order_filter(filter: &super::OrderFilter) -> (String, Vec<Bind>) {
         ("1 = 1".to_owned(), binds)
     } else {
         (conditions.join(" AND "), binds)
+    }
+}
+
+/// `orders.product_id` of a new order: its product when all its lines are of one product, `*`
+/// when they are of several (the product filter then reads its lines), none without lines.
+pub(crate) fn order_product(order: &Order) -> Option<String> {
+    let first = order.items.first()?.product_id.as_str();
+    if order.items.iter().all(|i| i.product_id.as_str() == first) {
+        Some(first.to_owned())
+    } else {
+        Some("*".to_owned())
     }
 }
 
@@ -190,6 +209,24 @@ macro_rules! sql_store {
                 .bind(product.active)
                 .bind(product.retired)
                 .bind(updated_at.map(ms))
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            }
+
+            async fn insert_order_query(
+                conn: &mut $conn,
+                answer: &$crate::store::OrderQueryRecord,
+            ) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO order_queries (order_no, at, source, trade_state, transaction_id) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(answer.order_no.as_str())
+                .bind(ms(answer.at))
+                .bind(name_of(&answer.source))
+                .bind(storable(&answer.trade_state))
+                .bind(answer.transaction_id.as_deref().map(storable))
                 .execute(&mut *conn)
                 .await?;
                 Ok(())
@@ -595,9 +632,9 @@ macro_rules! sql_store {
                             let inserted = sqlx::query(
                                 "INSERT INTO orders (order_no, openid, trade_type, amount_fen, status, fulfilment, \
                                  created_at, expires_at, prepay_id, prepay_expires_at, transaction_id, paid_at, \
-                                 closed_at, needs_review, review_reason, version, updated_at) \
-                                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $7) \
-                                 ON CONFLICT (order_no) DO NOTHING",
+                                 closed_at, needs_review, review_reason, version, updated_at, product_id) \
+                                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $7, \
+                                 $17) ON CONFLICT (order_no) DO NOTHING",
                             )
                             .bind(order.order_no.as_str())
                             .bind(order.openid.as_str())
@@ -615,6 +652,7 @@ macro_rules! sql_store {
                             .bind(order.needs_review)
                             .bind(order.review_reason.as_deref())
                             .bind(order.version)
+                            .bind($crate::store::sql::order_product(&order))
                             .execute(&mut *conn)
                             .await?;
                             if inserted.rows_affected() == 0 {
@@ -1550,6 +1588,154 @@ macro_rules! sql_store {
                     .fetch_all(&mut *conn)
                     .await?;
                     convert(rows)
+                }
+
+                async fn reconciliation_differences(
+                    &self,
+                    bill_date: chrono::NaiveDate,
+                ) -> StoreResult<Vec<$crate::store::StoredDifference>> {
+                    let mut conn = self.read_conn().await?;
+                    let rows: Vec<$crate::store::rows::StoredDifferenceRow> = sqlx::query_as(&format!(
+                        "SELECT {} FROM reconciliation_differences WHERE bill_date = $1 ORDER BY id",
+                        $crate::store::rows::STORED_DIFFERENCE_COLS
+                    ))
+                    .bind(bill_date.format("%Y-%m-%d").to_string())
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    convert(rows)
+                }
+
+                async fn resolve_difference(
+                    &self,
+                    bill_date: chrono::NaiveDate,
+                    id: i64,
+                    actor: &str,
+                    note: &str,
+                    now: chrono::DateTime<chrono::Utc>,
+                ) -> StoreResult<$crate::store::ResolveOutcome> {
+                    use $crate::store::rows::{StoredDifferenceRow, STORED_DIFFERENCE_COLS};
+                    use $crate::store::{ResolveOutcome, StoredDifference};
+                    let day = bill_date.format("%Y-%m-%d").to_string();
+                    let (actor, note) = (storable(actor), storable(note));
+                    self.write_tx(move |conn| {
+                        Box::pin(async move {
+                            let select = format!(
+                                "SELECT {STORED_DIFFERENCE_COLS} FROM reconciliation_differences \
+                                 WHERE id = $1 AND bill_date = $2{}",
+                                dialect::LOCK_ROW
+                            );
+                            let row: Option<StoredDifferenceRow> =
+                                sqlx::query_as(&select).bind(id).bind(&day).fetch_optional(&mut *conn).await?;
+                            let Some(row) = row else { return Ok(ResolveOutcome::NotFound) };
+                            let before = StoredDifference::try_from(row)?;
+                            if before.resolved_at.is_some() {
+                                return Ok(ResolveOutcome::AlreadyResolved(before));
+                            }
+                            sqlx::query(
+                                "UPDATE reconciliation_differences SET resolved_at = $2, resolved_by = $3, \
+                                 resolution_note = $4 WHERE id = $1 AND resolved_at IS NULL",
+                            )
+                            .bind(id)
+                            .bind(ms(now))
+                            .bind(&actor)
+                            .bind(&note)
+                            .execute(&mut *conn)
+                            .await?;
+                            let d = &before.difference;
+                            let detail = serde_json::json!({
+                                "difference_id": id, "kind": name_of(&d.kind), "order_no": d.order_no,
+                                "out_refund_no": d.out_refund_no, "note": note,
+                            });
+                            sqlx::query(
+                                "INSERT INTO audit_events (actor, at, action, subject, before, after) \
+                                 VALUES ($1, $2, $3, $4, NULL, $5)",
+                            )
+                            .bind(&actor)
+                            .bind(ms(now))
+                            .bind(name_of(&$crate::domain::catalogue::AuditAction::DifferenceResolved))
+                            .bind(format!("reconciliation:{day}"))
+                            .bind(detail.to_string())
+                            .execute(&mut *conn)
+                            .await?;
+                            let row: StoredDifferenceRow =
+                                sqlx::query_as(&select).bind(id).bind(&day).fetch_one(&mut *conn).await?;
+                            Ok(ResolveOutcome::Resolved(row.try_into()?))
+                        })
+                    })
+                    .await
+                }
+
+                async fn apply_queried_event(
+                    &self,
+                    event: &OrderEvent,
+                    answer: &$crate::store::OrderQueryRecord,
+                    now: chrono::DateTime<chrono::Utc>,
+                ) -> StoreResult<ApplyOutcome> {
+                    let (event, answer) = (event.clone(), answer.clone());
+                    self.write_tx(move |conn| {
+                        Box::pin(async move {
+                            let outcome =
+                                $crate::store::apply::apply(conn, &answer.order_no, &event, None, now).await?;
+                            if !matches!(outcome, ApplyOutcome::NotFound) {
+                                insert_order_query(conn, &answer).await?;
+                            }
+                            Ok(outcome)
+                        })
+                    })
+                    .await
+                }
+
+                async fn record_order_query(&self, answer: &$crate::store::OrderQueryRecord) -> StoreResult<()> {
+                    let answer = answer.clone();
+                    self.write_one(move |conn| Box::pin(async move { insert_order_query(conn, &answer).await }))
+                        .await
+                }
+
+                async fn order_queries(
+                    &self,
+                    order_no: &wxpay_proto::OutTradeNo,
+                ) -> StoreResult<Vec<$crate::store::OrderQueryRecord>> {
+                    let mut conn = self.read_conn().await?;
+                    let rows: Vec<$crate::store::rows::OrderQueryRow> = sqlx::query_as(
+                        "SELECT order_no, at, source, trade_state, transaction_id FROM order_queries \
+                         WHERE order_no = $1 ORDER BY id",
+                    )
+                    .bind(order_no.as_str())
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    convert(rows)
+                }
+
+                async fn notification_lag(
+                    &self,
+                    since: chrono::DateTime<chrono::Utc>,
+                    limit: u32,
+                ) -> StoreResult<$crate::store::NotificationLag> {
+                    let mut conn = self.read_conn().await?;
+                    // The orders of the newest `limit` verified payment notifications (from the
+                    // inbox's time index, newest first), each with its first such notification
+                    // (from the inbox's per-order index): a few thousand index lookups at most,
+                    // however many orders there are.
+                    let mut lags: Vec<i64> = sqlx::query_scalar(&format!(
+                        "SELECT CAST((SELECT MIN(f.received_at) FROM notification_inbox f \
+                         WHERE f.out_trade_no = n.out_trade_no AND f.kind = 'pay' AND f.verified) - o.paid_at \
+                         AS BIGINT) \
+                         FROM (SELECT DISTINCT out_trade_no FROM (SELECT out_trade_no FROM notification_inbox \
+                         WHERE received_at >= $1 AND kind = 'pay' AND verified \
+                         ORDER BY received_at DESC LIMIT $2) newest) n \
+                         JOIN orders o ON {} WHERE o.paid_at >= $1",
+                        dialect::INBOX_OF_ORDER
+                    ))
+                    .bind(ms(since))
+                    .bind(i64::from(limit))
+                    .fetch_all(&mut *conn)
+                    .await?;
+                    lags.sort_unstable();
+                    Ok($crate::store::NotificationLag {
+                        orders: lags.len() as i64,
+                        p50_ms: lags.get(lags.len().saturating_sub(1) / 2).copied(),
+                        max_ms: lags.last().copied(),
+                    })
                 }
 
                 async fn count_orders_by_status(&self) -> StoreResult<Vec<(OrderStatus, i64)>> {

@@ -121,6 +121,9 @@ mod dialect {
     /// One process writes the file: the in-process signal wakes its outbox worker.
     pub(super) const OUTBOX_NOTIFY: Option<&str> = None;
 
+    /// An inbox row (`n`) of an order (`o`).
+    pub(super) const INBOX_OF_ORDER: &str = "n.out_trade_no = o.order_no";
+
     pub(super) fn caller_text(text: &str) -> &str {
         text
     }

@@ -54,7 +54,7 @@ pub async fn reconcile_once(state: &AppState) -> Result<ReconcileReport, StoreEr
                 Err(e) => Err(e),
             }
         } else {
-            payments::sync_with_wechat(state, &order).await.map(|o| o.status)
+            payments::sync_with_wechat(state, &order, crate::store::QuerySource::Reconciler).await.map(|o| o.status)
         };
         match result {
             Ok(status) if status.is_paid() => {
