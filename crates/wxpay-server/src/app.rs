@@ -166,7 +166,6 @@ pub async fn build_state(config: Config, clock: Arc<dyn Clock>) -> Result<Shared
         outbox_wake: tokio::sync::Notify::new(),
         refused_limiter,
         auth_limiters,
-        console_sessions: Default::default(),
     }))
 }
 

@@ -33,8 +33,6 @@ pub struct AppState {
     pub refused_limiter: RefusedLimiter,
     /// Login and admin requests per client address (`server.auth_per_minute`).
     pub auth_limiters: AuthLimiters,
-    /// The merchant console's signed-in browsers (this process only).
-    pub console_sessions: crate::api::console::Sessions,
 }
 
 /// Rate limits on the credential-taking endpoints, per client address: one for the

@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use rand::RngCore;
 use wxpay_proto::Openid;
-use wxpay_server::cache::{token_digest, CacheError, CacheResult, RedisCache, SessionCache, SessionKey, SessionToken};
+use wxpay_server::cache::{
+    token_digest, CacheError, CacheResult, ConsoleSession, RedisCache, SessionCache, SessionKey, SessionToken,
+};
 
 /// `REDIS_URL`, or `None` after a note (a failure when the run requires its services: see
 /// `wxpay_server::testing`).
@@ -100,6 +102,15 @@ impl SessionCache for ScopedRedisCache {
     }
     async fn revoke_token(&self, token: &str) -> CacheResult<bool> {
         self.cache.revoke_token(token).await
+    }
+    async fn put_console_session(&self, id: &str, session: &ConsoleSession, ttl: Duration) -> CacheResult<()> {
+        self.cache.put_console_session(id, session, ttl).await
+    }
+    async fn get_console_session(&self, id: &str) -> CacheResult<Option<ConsoleSession>> {
+        self.cache.get_console_session(id).await
+    }
+    async fn delete_console_session(&self, id: &str) -> CacheResult<()> {
+        self.cache.delete_console_session(id).await
     }
     async fn try_lock(&self, name: &str, owner_token: &str, ttl: Duration) -> CacheResult<bool> {
         self.cache.try_lock(name, owner_token, ttl).await

@@ -9,6 +9,7 @@ use common::*;
 use reqwest::redirect::Policy;
 use reqwest::StatusCode;
 use wxpay_server::api::auth;
+use wxpay_server::api::console::SESSION_COOKIE;
 use wxpay_server::domain::Role;
 
 /// A browser without JavaScript: keeps the console's cookies, follows no redirect.
@@ -34,6 +35,10 @@ impl Browser {
             cookies: Vec::new(),
             set_cookies: Vec::new(),
         }
+    }
+
+    fn cookie(&self, name: &str) -> Option<String> {
+        self.cookies.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
     }
 
     fn cookie_header(&self) -> String {
@@ -193,6 +198,28 @@ async fn a_session_expires_when_idle_and_when_its_token_is_revoked() {
     assert_eq!(b.get("/admin/orders").await.status, 200);
     env.state().store.revoke_admin_token("bob").await.unwrap();
     assert_eq!(b.get("/admin/orders").await.location.as_deref(), Some("/admin/login"), "revoked token");
+    env.shutdown().await;
+}
+
+/// Sessions live in the session cache: with Redis (CI's second pass) every instance knows them and
+/// a restart keeps them; the in-memory cache of a single instance forgets them at a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_lives_in_the_session_cache() {
+    let mut env = TestEnv::start().await;
+    let alice = token(&env, "alice", Role::Operator).await;
+    let mut b = Browser::new(&env);
+    assert_eq!(b.sign_in(&alice).await.status, StatusCode::SEE_OTHER);
+    let id = b.cookie(SESSION_COOKIE).expect("a session cookie");
+    let stored = env.state().cache.get_console_session(&id).await.unwrap().expect("the session is in the cache");
+    assert_eq!(stored.name, "alice");
+    assert_eq!(b.get("/admin/orders").await.status, 200);
+    env.restart().await;
+    let after = b.get("/admin/orders").await;
+    if env.config.cache.url.starts_with("redis") {
+        assert_eq!(after.status, 200, "a shared cache keeps the session across a restart");
+    } else {
+        assert_eq!(after.location.as_deref(), Some("/admin/login"), "a memory cache is gone with the process");
+    }
     env.shutdown().await;
 }
 

@@ -610,7 +610,6 @@ fn instance(env: &TestEnv, store: Arc<dyn Store>, id: &str) -> Arc<AppState> {
         outbox_wake: tokio::sync::Notify::new(),
         refused_limiter: wxpay_server::state::refused_limiter(&shared.config),
         auth_limiters: wxpay_server::state::AuthLimiters::new(&shared.config),
-        console_sessions: Default::default(),
     })
 }
 

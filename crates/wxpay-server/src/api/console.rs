@@ -8,9 +8,10 @@
 //! * **Sign-in** with a named admin token (`wxpay admin token add NAME --role ROLE`) or the legacy
 //!   `server.admin_token`, posted in a form (never in a URL), rate-limited by the admin limiter.
 //!   It opens a session: a random id in the `wxc_session` cookie (HttpOnly, SameSite=Strict,
-//!   Path=/admin, Secure when `server.public_url` is https) kept in this process's memory; it
-//!   ends after `console.session_idle_minutes` without a request, at logout, or when its token is
-//!   revoked (the token is looked up again on every request). A restart signs everyone out.
+//!   Path=/admin, Secure when `server.public_url` is https) naming a session kept in the session
+//!   cache (memory, or Redis shared by every instance; only the id's digest is a key); it ends
+//!   after `console.session_idle_minutes` without a request, at logout, or when its token is
+//!   revoked (the token is looked up again on every request).
 //! * **CSRF**: every form carries the session's random `csrf` value, compared in constant time;
 //!   the sign-in form a double-submit cookie (`wxc_pre`). A POST without it is refused (403).
 //! * **Roles**: `owner` everything; `operator` orders, shipping, webhook resends and refunds up
@@ -24,8 +25,7 @@
 //!   deliveries, with ship, refund and resend actions); the dashboard (with net after fees and
 //!   the notification lag); the daily reconciliation's days and differences, resolved with a note.
 
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::sync::OnceLock;
 
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
@@ -41,6 +41,7 @@ use wxpay_proto::{Fen, Openid, OutTradeNo};
 
 use super::auth::{token_sha256, LEGACY_ADMIN};
 use crate::api::AppError;
+use crate::cache::ConsoleSession;
 use crate::domain::catalogue::AuditAction;
 use crate::domain::{name_of, parse_name, OrderStatus, Role};
 use crate::refunds::{self, StartRefund, MAX_REASON_CHARS};
@@ -63,25 +64,9 @@ const CSP: HeaderValue = HeaderValue::from_static(
      frame-ancestors 'none'; base-uri 'none'",
 );
 
-/// One signed-in browser.
-pub struct Session {
-    /// SHA-256 of the named token, `None` for the legacy `server.admin_token`.
-    token_sha256: Option<String>,
-    name: String,
-    csrf: String,
-    last_seen: Mutex<DateTime<Utc>>,
-}
-
-/// The console's sessions, in this process's memory.
-pub struct Sessions(moka::future::Cache<String, Arc<Session>>);
-
-impl Default for Sessions {
-    fn default() -> Self {
-        // A bound on memory; idle expiry itself is checked against the state's clock.
-        Sessions(
-            moka::future::Cache::builder().max_capacity(10_000).time_to_idle(Duration::from_secs(24 * 3600)).build(),
-        )
-    }
+/// How long a session lasts without a request (`console.session_idle_minutes`).
+fn session_idle(state: &crate::state::AppState) -> chrono::Duration {
+    chrono::Duration::minutes(i64::try_from(state.config.console.session_idle_minutes).unwrap_or(30))
 }
 
 fn random_hex() -> String {
@@ -201,20 +186,22 @@ impl FromRequestParts<SharedState> for ConsoleUser {
     async fn from_request_parts(parts: &mut Parts, state: &SharedState) -> Result<Self, Response> {
         let to_login = || Redirect::to("/admin/login").into_response();
         let Some(id) = cookie(&parts.headers, SESSION_COOKIE) else { return Err(to_login()) };
-        let Some(session) = state.console_sessions.0.get(id).await else { return Err(to_login()) };
-        let now = state.clock.now();
-        let idle = chrono::Duration::minutes(i64::try_from(state.config.console.session_idle_minutes).unwrap_or(30));
-        let expired = {
-            let mut last = session.last_seen.lock().expect("session lock");
-            let expired = now - *last > idle;
-            if !expired {
-                *last = now;
-            }
-            expired
+        let session = match state.cache.get_console_session(id).await {
+            Ok(Some(session)) => session,
+            Ok(None) => return Err(to_login()),
+            Err(e) => return Err(AppError::from(e).into_response()),
         };
-        if expired {
-            state.console_sessions.0.invalidate(id).await;
+        let now = state.clock.now();
+        let idle = session_idle(state);
+        if now - session.last_seen > idle {
+            let _ = state.cache.delete_console_session(id).await;
             return Err(to_login());
+        }
+        // Seen again: written back (with a fresh expiry) at most once a minute, not per request.
+        if now - session.last_seen >= chrono::Duration::minutes(1) {
+            let seen = ConsoleSession { last_seen: now, ..session.clone() };
+            let ttl = idle.to_std().unwrap_or_default();
+            state.cache.put_console_session(id, &seen, ttl).await.map_err(|e| AppError::from(e).into_response())?;
         }
         let role = match &session.token_sha256 {
             None if !state.admin_token.is_empty() => Role::Owner,
@@ -222,7 +209,7 @@ impl FromRequestParts<SharedState> for ConsoleUser {
             Some(sha) => match state.store.admin_credential(sha).await {
                 Ok(Some((_, role))) => role,
                 Ok(None) => {
-                    state.console_sessions.0.invalidate(id).await;
+                    let _ = state.cache.delete_console_session(id).await;
                     return Err(to_login());
                 }
                 Err(e) => return Err(AppError::from(e).into_response()),
@@ -408,14 +395,11 @@ pub async fn login(State(state): State<SharedState>, headers: HeaderMap, Form(fo
     }
     let now = state.clock.now();
     let id = random_hex();
-    state
-        .console_sessions
-        .0
-        .insert(
-            id.clone(),
-            Arc::new(Session { token_sha256, name: name.clone(), csrf: random_hex(), last_seen: Mutex::new(now) }),
-        )
-        .await;
+    let session = ConsoleSession { token_sha256, name: name.clone(), csrf: random_hex(), last_seen: now };
+    let ttl = session_idle(&state).to_std().unwrap_or_default();
+    if let Err(e) = state.cache.put_console_session(&id, &session, ttl).await {
+        return app_error(en, e.into()).into_response();
+    }
     if let Err(e) = state.store.record_audit(&name, AuditAction::SignedIn, &format!("admin:{name}"), None, now).await {
         return app_error(en, e.into()).into_response();
     }
@@ -450,7 +434,9 @@ pub async fn logout(
         return p.into_response();
     }
     if let Some(id) = cookie(&headers, SESSION_COOKIE) {
-        state.console_sessions.0.invalidate(id).await;
+        if let Err(e) = state.cache.delete_console_session(id).await {
+            return app_error(user.en, e.into()).into_response();
+        }
     }
     let mut resp = Redirect::to("/admin/login").into_response();
     resp.headers_mut().insert(header::SET_COOKIE, set_cookie(&state, SESSION_COOKIE, "", Some(0)));

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use wxpay_proto::Openid;
 
-use super::{SessionCache, SessionKey};
+use super::{ConsoleSession, SessionCache, SessionKey};
 
 /// Expands to one `#[tokio::test]` per cache contract case. `$make` is an expression evaluating
 /// to a future of `Arc<dyn SessionCache>` (a fresh, empty cache), evaluated afresh per test.
@@ -19,6 +19,7 @@ macro_rules! session_cache_contract_tests {
             session_keys_round_trip_and_expire,
             tokens_resolve_revoke_and_expire,
             tokens_are_unique_and_opaque,
+            console_sessions_round_trip_delete_and_expire,
             locks_are_exclusive_and_compare_and_delete,
             locks_expire
         );
@@ -158,4 +159,34 @@ pub async fn locks_expire(cache: Arc<dyn SessionCache>) {
     // The old holder lost it and cannot delete the new holder's lock.
     assert!(!cache.unlock("leader", "owner-a").await.unwrap());
     assert!(!cache.try_lock("leader", "owner-a", LONG).await.unwrap());
+}
+
+pub async fn console_sessions_round_trip_delete_and_expire(cache: Arc<dyn SessionCache>) {
+    let session = |name: &str| ConsoleSession {
+        token_sha256: Some(format!("sha-of-{name}")),
+        name: name.to_owned(),
+        csrf: format!("csrf-of-{name}"),
+        last_seen: chrono::DateTime::from_timestamp(1_795_000_000, 0).unwrap(),
+    };
+    assert_eq!(cache.get_console_session("id-a").await.unwrap(), None);
+    cache.put_console_session("id-a", &session("alice"), LONG).await.unwrap();
+    cache.put_console_session("id-b", &session("bob"), LONG).await.unwrap();
+    assert_eq!(cache.get_console_session("id-a").await.unwrap(), Some(session("alice")));
+    // A write replaces the session (the console refreshes last_seen).
+    let mut later = session("alice");
+    later.last_seen += chrono::Duration::minutes(5);
+    cache.put_console_session("id-a", &later, LONG).await.unwrap();
+    assert_eq!(cache.get_console_session("id-a").await.unwrap(), Some(later));
+    cache.delete_console_session("id-a").await.unwrap();
+    assert_eq!(cache.get_console_session("id-a").await.unwrap(), None);
+    assert_eq!(cache.get_console_session("id-b").await.unwrap(), Some(session("bob")), "only the one deleted");
+    assert_eq!(cache.get_console_session("").await.unwrap(), None);
+
+    cache.put_console_session("id-short", &session("carol"), SHORT).await.unwrap();
+    let gone = eventually(Duration::from_secs(2), || {
+        let cache = Arc::clone(&cache);
+        async move { cache.get_console_session("id-short").await.unwrap().is_none() }
+    })
+    .await;
+    assert!(gone, "console session outlived its ttl");
 }

@@ -11,7 +11,7 @@ use moka::future::Cache;
 use moka::Expiry;
 use wxpay_proto::Openid;
 
-use super::{token_digest, CacheResult, SessionCache, SessionKey, SessionToken};
+use super::{token_digest, CacheResult, ConsoleSession, SessionCache, SessionKey, SessionToken};
 
 /// A cached value with the ttl it was stored with.
 #[derive(Clone)]
@@ -46,6 +46,8 @@ pub struct MemoryCache {
     session_keys: Cache<String, Expiring<SessionKey>>,
     /// Keyed by [`token_digest`], like the Redis backend: the tokens themselves are not kept.
     tokens: Cache<String, Expiring<Openid>>,
+    /// Console sessions, keyed by the [`token_digest`] of their id.
+    console_sessions: Cache<String, Expiring<ConsoleSession>>,
     /// name -> (owner token, held until).
     locks: Mutex<HashMap<String, (String, Instant)>>,
 }
@@ -59,6 +61,7 @@ impl MemoryCache {
         MemoryCache {
             session_keys: Cache::builder().max_capacity(max_entries).expire_after(PerEntryTtl).build(),
             tokens: Cache::builder().max_capacity(max_entries).expire_after(PerEntryTtl).build(),
+            console_sessions: Cache::builder().max_capacity(max_entries).expire_after(PerEntryTtl).build(),
             locks: Mutex::new(HashMap::new()),
         }
     }
@@ -108,6 +111,20 @@ impl SessionCache for MemoryCache {
 
     async fn revoke_token(&self, token: &str) -> CacheResult<bool> {
         Ok(self.tokens.remove(&token_digest(token)).await.is_some())
+    }
+
+    async fn put_console_session(&self, id: &str, session: &ConsoleSession, ttl: Duration) -> CacheResult<()> {
+        self.console_sessions.insert(token_digest(id), Expiring { value: session.clone(), ttl }).await;
+        Ok(())
+    }
+
+    async fn get_console_session(&self, id: &str) -> CacheResult<Option<ConsoleSession>> {
+        Ok(self.console_sessions.get(&token_digest(id)).await.map(|e| e.value))
+    }
+
+    async fn delete_console_session(&self, id: &str) -> CacheResult<()> {
+        self.console_sessions.invalidate(&token_digest(id)).await;
+        Ok(())
     }
 
     async fn try_lock(&self, name: &str, owner_token: &str, ttl: Duration) -> CacheResult<bool> {

@@ -1,4 +1,5 @@
-//! The session cache: WeChat session keys, our login tokens, and short named locks.
+//! The session cache: WeChat session keys, our login tokens, the merchant console's sessions,
+//! and short named locks.
 //!
 //! Memory is the single-instance default; [`RedisCache`] is the shared one for several server
 //! instances. Both pass the same [`contract`] cases.
@@ -7,7 +8,9 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use rand::RngCore;
+use serde::{Deserialize, Serialize};
 use wxpay_proto::Openid;
 
 #[cfg(any(test, feature = "testing"))]
@@ -58,6 +61,26 @@ impl fmt::Debug for SessionToken {
     }
 }
 
+/// A browser signed in to the merchant console. It lives in the cache, so that every instance
+/// behind a load balancer knows it and a restart does not sign anyone out.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleSession {
+    /// SHA-256 of the named admin token it signed in with; `None` for `server.admin_token`.
+    pub token_sha256: Option<String>,
+    /// The admin token's name (who acts, in the audit log).
+    pub name: String,
+    /// The session's CSRF value, carried by every form.
+    pub csrf: String,
+    /// Its last request, by the server's clock: idle expiry is measured from it.
+    pub last_seen: DateTime<Utc>,
+}
+
+impl fmt::Debug for ConsoleSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsoleSession").field("name", &self.name).field("last_seen", &self.last_seen).finish()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     /// The cache service could not be reached or answered an error.
@@ -79,6 +102,14 @@ pub trait SessionCache: Send + Sync {
     async fn resolve_token(&self, token: &str) -> CacheResult<Option<Openid>>;
     /// Forgets a token (logout). True if it existed.
     async fn revoke_token(&self, token: &str) -> CacheResult<bool>;
+
+    /// Stores (replacing) the console session `id` (its cookie value; kept only as its
+    /// [`token_digest`]) for `ttl`, counted again from this write.
+    async fn put_console_session(&self, id: &str, session: &ConsoleSession, ttl: Duration) -> CacheResult<()>;
+    /// The console session `id`, if it exists and has not expired.
+    async fn get_console_session(&self, id: &str) -> CacheResult<Option<ConsoleSession>>;
+    /// Forgets a console session (sign-out, idle expiry, a revoked token).
+    async fn delete_console_session(&self, id: &str) -> CacheResult<()>;
 
     /// Takes the lock `name` for `owner_token` for `ttl`. True when `owner_token` now holds it:
     /// freshly taken, taken over after the previous holder's ttl ran out, or renewed (the same

@@ -7,6 +7,8 @@
 //! * `<prefix>tok:<sha256(token)>` → the openid, `SET ... NX PX ttl`, so `resolve_token` is one
 //!   `GET`. The key is the token's [`token_digest`], never the token itself: reading Redis does
 //!   not hand out sessions;
+//! * `<prefix>console:<sha256(id)>` → a console session as JSON, `SET ... PX ttl` (rewritten,
+//!   with a fresh ttl, as the browser keeps using it);
 //! * `<prefix>lock:<name>` → the owner token, taken with `SET NX PX` and renewed or released by
 //!   Lua scripts that compare the owner first (a lock is never removed with a plain `DEL`).
 //!
@@ -27,7 +29,7 @@ use ::redis::{Client, RedisResult, Script};
 use async_trait::async_trait;
 use wxpay_proto::Openid;
 
-use super::{token_digest, CacheError, CacheResult, SessionCache, SessionKey, SessionToken};
+use super::{token_digest, CacheError, CacheResult, ConsoleSession, SessionCache, SessionKey, SessionToken};
 
 /// Key prefix used when the configuration does not name one.
 pub const DEFAULT_PREFIX: &str = "wxpay:";
@@ -214,6 +216,35 @@ impl SessionCache for RedisCache {
         cmd.arg(self.key("tok", &token_digest(token)));
         let removed = self.run("redis DEL token", cmd.query_async::<u64>(&mut conn)).await?;
         Ok(removed > 0)
+    }
+
+    async fn put_console_session(&self, id: &str, session: &ConsoleSession, ttl: Duration) -> CacheResult<()> {
+        let json = serde_json::to_string(session).expect("a console session serialises");
+        let mut conn = self.conn();
+        let mut cmd = ::redis::cmd("SET");
+        cmd.arg(self.key("console", &token_digest(id))).arg(json).arg("PX").arg(ttl_millis(ttl));
+        self.run("redis SET console session", cmd.query_async::<()>(&mut conn)).await
+    }
+
+    async fn get_console_session(&self, id: &str) -> CacheResult<Option<ConsoleSession>> {
+        if id.is_empty() || id.len() > MAX_TOKEN_LEN {
+            return Ok(None);
+        }
+        let mut conn = self.conn();
+        let mut cmd = ::redis::cmd("GET");
+        cmd.arg(self.key("console", &token_digest(id)));
+        let value = self.run("redis GET console session", cmd.query_async::<Option<String>>(&mut conn)).await?;
+        value
+            .map(|json| serde_json::from_str(&json))
+            .transpose()
+            .map_err(|_| CacheError::Unavailable("redis GET console session: stored session is malformed".to_owned()))
+    }
+
+    async fn delete_console_session(&self, id: &str) -> CacheResult<()> {
+        let mut conn = self.conn();
+        let mut cmd = ::redis::cmd("DEL");
+        cmd.arg(self.key("console", &token_digest(id)));
+        self.run("redis DEL console session", cmd.query_async::<u64>(&mut conn)).await.map(drop)
     }
 
     async fn try_lock(&self, name: &str, owner_token: &str, ttl: Duration) -> CacheResult<bool> {
