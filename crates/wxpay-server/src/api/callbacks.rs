@@ -5,10 +5,10 @@
 //! it changes anything; whatever its fate, the raw body goes into the inbox. SUCCESS is answered
 //! only after the state change is committed.
 
-use axum::body::Body;
 use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::{ConnectInfo, State};
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
@@ -32,14 +32,36 @@ fn xml_response(status: StatusCode, body: String) -> Response {
     (status, [(header::CONTENT_TYPE, "text/xml; charset=utf-8")], body).into_response()
 }
 
-/// Reads a callback's body up to the configured cap; a larger one is refused with 413 (and
-/// counted as a verification failure) before anything else is looked at.
-async fn read_capped(state: &AppState, kind: NotificationKind, body: Body) -> Result<axum::body::Bytes, Response> {
-    axum::body::to_bytes(body, state.config.server.body_limit_bytes).await.map_err(|_| {
-        state.metrics.verification_failure("too_large");
-        tracing::warn!(?kind, "callback over the body limit refused");
-        xml_response(StatusCode::PAYLOAD_TOO_LARGE, reply_fail("body too large"))
-    })
+/// A WeChat callback as received: the caller's address and the body, read up to
+/// `server.body_limit_bytes`. A larger body is refused with 413 (and counted as a verification
+/// failure) before anything else is looked at.
+pub struct Received {
+    peer: IpAddr,
+    raw: Bytes,
+}
+
+impl Received {
+    /// A body stored earlier, received again from this host (the console's replay).
+    pub fn replayed(raw: impl Into<Bytes>) -> Received {
+        Received { peer: IpAddr::from([127, 0, 0, 1]), raw: raw.into() }
+    }
+}
+
+impl FromRequest<SharedState> for Received {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &SharedState) -> Result<Self, Response> {
+        let (mut parts, body) = req.into_parts();
+        let ConnectInfo(peer) = ConnectInfo::<SocketAddr>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let raw = axum::body::to_bytes(body, state.config.server.body_limit_bytes).await.map_err(|_| {
+            state.metrics.verification_failure("too_large");
+            tracing::warn!(path = %parts.uri.path(), "callback over the body limit refused");
+            xml_response(StatusCode::PAYLOAD_TOO_LARGE, reply_fail("body too large"))
+        })?;
+        Ok(Received { peer: peer.ip(), raw })
+    }
 }
 
 fn limits(state: &AppState) -> XmlLimits {
@@ -166,16 +188,8 @@ fn refused_after_apply(state: &AppState, kind: NotificationKind, reason: &str, d
     xml_response(StatusCode::OK, reply_fail(reason))
 }
 
-pub async fn pay_notify(
-    State(state): State<SharedState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Body,
-) -> Response {
-    let (peer, kind) = (peer.ip(), NotificationKind::Pay);
-    let raw = match read_capped(&state, kind, body).await {
-        Ok(raw) => raw,
-        Err(refused) => return refused,
-    };
+pub async fn pay_notify(State(state): State<SharedState>, Received { peer, raw }: Received) -> Response {
+    let kind = NotificationKind::Pay;
     let verified = match parse_pay_notification(&raw, limits(&state), &state.wechat.merchant().key) {
         Ok(v) => v,
         Err(e) => {
@@ -229,16 +243,8 @@ pub async fn pay_notify(
     }
 }
 
-pub async fn native_scan(
-    State(state): State<SharedState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Body,
-) -> Response {
-    let (peer, kind) = (peer.ip(), NotificationKind::Scan);
-    let raw = match read_capped(&state, kind, body).await {
-        Ok(raw) => raw,
-        Err(refused) => return refused,
-    };
+pub async fn native_scan(State(state): State<SharedState>, Received { peer, raw }: Received) -> Response {
+    let kind = NotificationKind::Scan;
     let fields = match xml::parse_with(&raw, limits(&state)) {
         Ok(f) => f,
         Err(e) => return refuse(&state, peer, kind, None, &raw, "bad_xml", e.to_string()).await,
@@ -277,16 +283,8 @@ pub async fn native_scan(
 /// applied to its refund through the one write path, with the inbox row in the same transaction
 /// ([`refunds::apply`]). SUCCESS only after the commit; a duplicate is answered SUCCESS and changes
 /// nothing; an unknown refund or a report that does not match it (order, amounts) is refused.
-pub async fn refund_notify(
-    State(state): State<SharedState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Body,
-) -> Response {
-    let (peer, kind) = (peer.ip(), NotificationKind::Refund);
-    let raw = match read_capped(&state, kind, body).await {
-        Ok(raw) => raw,
-        Err(refused) => return refused,
-    };
+pub async fn refund_notify(State(state): State<SharedState>, Received { peer, raw }: Received) -> Response {
+    let kind = NotificationKind::Refund;
     let merchant = state.wechat.merchant();
     let n = match parse_refund_notification(&raw, limits(&state), &merchant.key) {
         Ok(n) => n,

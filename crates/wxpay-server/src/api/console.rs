@@ -1464,12 +1464,11 @@ pub async fn replay_notification(
                 },
             ));
         }
-        let peer = axum::extract::ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
-        let body = axum::body::Body::from(n.record.raw_body.clone());
+        let received = super::callbacks::Received::replayed(n.record.raw_body.clone());
         let answer = match n.record.kind {
-            crate::store::NotificationKind::Pay => super::callbacks::pay_notify(State(state.clone()), peer, body).await,
+            crate::store::NotificationKind::Pay => super::callbacks::pay_notify(State(state.clone()), received).await,
             crate::store::NotificationKind::Refund => {
-                super::callbacks::refund_notify(State(state.clone()), peer, body).await
+                super::callbacks::refund_notify(State(state.clone()), received).await
             }
             crate::store::NotificationKind::Scan => {
                 return Err(Page::error(en, StatusCode::CONFLICT, "a Native scan callback cannot be replayed".into()))
