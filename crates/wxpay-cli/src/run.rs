@@ -83,7 +83,6 @@ pub async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-/// The simulator configuration matching a server config's merchant and callback URL.
 /// The embedded simulator's time (the wall clock moved by `POST /sim/clock`).
 struct SandboxClock(Arc<wxpay_sim::Simulator>);
 
@@ -93,6 +92,7 @@ impl Clock for SandboxClock {
     }
 }
 
+/// The simulator configuration matching a server config's merchant and callback URL.
 pub fn embedded_sim_config(config: &Config) -> wxpay_sim::SimConfig {
     let mut sim = wxpay_sim::SimConfig { time_scale: config.simulator.time_scale, ..wxpay_sim::SimConfig::default() };
     sim.sandbox_merchant = false;
