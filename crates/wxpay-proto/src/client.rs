@@ -244,6 +244,29 @@ impl PayClient {
         self.config.sign_type
     }
 
+    /// POSTs `fields`, signed with the merchant key and nonce (`seal_request`), to `path`; the
+    /// response once its status is 2xx.
+    async fn post_sealed(
+        &self,
+        http: &reqwest::Client,
+        path: &str,
+        fields: Fields,
+    ) -> Result<reqwest::Response, ClientError> {
+        let body = xml::to_xml(&self.config.merchant.seal_request(fields, self.config.sign_type));
+        let url = format!("{}{path}", self.config.base_url.trim_end_matches('/'));
+        let response = http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "text/xml; charset=utf-8")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| map_reqwest(e, self.config.timeout))?;
+        if !response.status().is_success() {
+            return Err(ClientError::HttpStatus(response.status().as_u16()));
+        }
+        Ok(response)
+    }
+
     /// Sends a request and returns its typed response, or the one error that explains why not.
     pub async fn call<R: ApiRequest>(&self, request: &R) -> Result<R::Response, ClientError> {
         request.validate().map_err(ClientError::InvalidRequest)?;
@@ -263,20 +286,8 @@ impl PayClient {
             &self.http
         };
         let sign_type = self.config.sign_type;
-        let body = xml::to_xml(&self.config.merchant.seal_request(request.to_fields(), sign_type));
-        let url = format!("{}{}", self.config.base_url.trim_end_matches('/'), R::PATH);
-        let timeout = self.config.timeout;
-        let response = http
-            .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "text/xml; charset=utf-8")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| map_reqwest(e, timeout))?;
-        if !response.status().is_success() {
-            return Err(ClientError::HttpStatus(response.status().as_u16()));
-        }
-        let bytes = read_capped(response, self.config.max_response_bytes, timeout).await?;
+        let response = self.post_sealed(http, R::PATH, request.to_fields()).await?;
+        let bytes = read_capped(response, self.config.max_response_bytes, self.config.timeout).await?;
         let fields = self.check_response(&bytes, sign_type)?;
         R::Response::from_fields(&fields).map_err(ClientError::BadResponse)
     }
@@ -291,21 +302,8 @@ impl PayClient {
         sink: &mut W,
         max_bill_bytes: u64,
     ) -> Result<DownloadedBill, ClientError> {
-        let sign_type = self.config.sign_type;
-        let body = xml::to_xml(&self.config.merchant.seal_request(request.to_fields(), sign_type));
-        let url = format!("{}{}", self.config.base_url.trim_end_matches('/'), DownloadBillRequest::PATH);
         let timeout = self.config.timeout;
-        let mut response = self
-            .http
-            .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "text/xml; charset=utf-8")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| map_reqwest(e, timeout))?;
-        if !response.status().is_success() {
-            return Err(ClientError::HttpStatus(response.status().as_u16()));
-        }
+        let mut response = self.post_sealed(&self.http, DownloadBillRequest::PATH, request.to_fields()).await?;
         // Hold the start until it tells XML (a failure) from a bill: 64 bytes or the whole body.
         let mut head = Vec::new();
         let mut written = 0u64;
