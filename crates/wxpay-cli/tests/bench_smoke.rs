@@ -151,3 +151,22 @@ fn several_instances_need_postgres_and_redis() {
         assert!(stderr.contains("--instances") && stderr.contains("redis://"), "{extra:?}: {stderr}");
     }
 }
+
+/// The CPU per flow of an in-process run: the whole process's, per completed flow, with its
+/// live threads by class. Plausible, not fast: more than zero and less than 10 CPU seconds a flow.
+#[test]
+fn the_report_carries_cpu_per_flow() {
+    let r = bench("miniprogram", 40, 4);
+    let cpu = &r["cpu"];
+    assert_eq!(cpu["mode"], "in-process", "{r}");
+    assert_eq!(cpu["flows"], 40, "{r}");
+    let total = cpu["us_per_flow"]["total"].as_f64().unwrap_or_else(|| panic!("no us_per_flow.total: {r}"));
+    assert!(total > 0.0 && total < 10e6, "{r}");
+    assert_eq!(cpu["us_per_flow"]["in_process_total"], cpu["us_per_flow"]["total"], "{r}");
+    assert!(cpu["seconds"]["total"].as_f64().is_some_and(|s| s > 0.0), "{r}");
+    let threads = cpu["threads_us_per_flow"].as_object().unwrap_or_else(|| panic!("no threads: {r}"));
+    assert!(threads.get("tokio_workers").and_then(Value::as_f64).is_some_and(|us| us > 0.0), "{r}");
+    assert!(threads.values().filter_map(Value::as_f64).sum::<f64>() <= total * 1.05 + 100.0, "{r}");
+    let r = bench("ref-axum", 200, 4);
+    assert!(r["cpu"]["us_per_flow"]["total"].as_f64().is_some_and(|us| us > 0.0), "{r}");
+}
