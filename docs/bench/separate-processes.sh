@@ -72,5 +72,7 @@ fi
 "$B" bench --scenario "$SCENARIO" --server $SRV --sim $SIM --admin-token $TOKEN \
   --concurrency "$C" --duration "$D" --count "${COUNT:-100000000}" "$@" || status=$?
 if [ -n "${PERF:-}" ]; then kill -INT "$PERF_PID"; wait "$PERF_PID" || true; fi
-echo "server VmHWM: $(grep VmHWM /proc/$SERVER_PID/status | tr -s ' '), load average: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+# Context switches of the server's live threads since start (thread hand-offs; dead threads not counted).
+CS=$(cat /proc/$SERVER_PID/task/*/status 2>/dev/null | awk '/ctxt_switches/ {n += $2} END {print n}')
+echo "server VmHWM: $(grep VmHWM /proc/$SERVER_PID/status | tr -s ' '), context switches: $CS, load average: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 exit ${status:-0}
