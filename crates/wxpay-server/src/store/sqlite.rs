@@ -24,12 +24,25 @@ pub struct SqliteOptions {
     pub synchronous_full: bool,
     /// How long a writer waits for the database lock before giving up.
     pub busy_timeout: StdDuration,
+    /// Read connections (the group-commit writer has its own).
     pub max_connections: u32,
+}
+
+/// Read connections by default: one per CPU, between 2 and 8. sqlx runs each connection on its
+/// own thread, and readers beyond the cores only add thread hand-offs (WAL readers do not wait
+/// for each other or for the writer).
+fn default_read_connections() -> u32 {
+    let cpus = std::thread::available_parallelism().map_or(8, std::num::NonZeroUsize::get);
+    u32::try_from(cpus).unwrap_or(8).clamp(2, 8)
 }
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        SqliteOptions { synchronous_full: true, busy_timeout: StdDuration::from_secs(10), max_connections: 8 }
+        SqliteOptions {
+            synchronous_full: true,
+            busy_timeout: StdDuration::from_secs(10),
+            max_connections: default_read_connections(),
+        }
     }
 }
 
