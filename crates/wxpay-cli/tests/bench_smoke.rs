@@ -151,3 +151,113 @@ fn several_instances_need_postgres_and_redis() {
         assert!(stderr.contains("--instances") && stderr.contains("redis://"), "{extra:?}: {stderr}");
     }
 }
+
+/// The CPU per flow of an in-process run: the whole process's, per completed flow, with its
+/// live threads by class. Plausible, not fast: more than zero and less than 10 CPU seconds a flow.
+#[test]
+fn the_report_carries_cpu_per_flow() {
+    let r = bench("miniprogram", 40, 4);
+    let cpu = &r["cpu"];
+    assert_eq!(cpu["mode"], "in-process", "{r}");
+    assert_eq!(cpu["flows"], 40, "{r}");
+    let total = cpu["us_per_flow"]["total"].as_f64().unwrap_or_else(|| panic!("no us_per_flow.total: {r}"));
+    assert!(total > 0.0 && total < 10e6, "{r}");
+    assert_eq!(cpu["us_per_flow"]["in_process_total"], cpu["us_per_flow"]["total"], "{r}");
+    assert!(cpu["seconds"]["total"].as_f64().is_some_and(|s| s > 0.0), "{r}");
+    let threads = cpu["threads_us_per_flow"].as_object().unwrap_or_else(|| panic!("no threads: {r}"));
+    assert!(threads.get("tokio_workers").and_then(Value::as_f64).is_some_and(|us| us > 0.0), "{r}");
+    assert!(threads.values().filter_map(Value::as_f64).sum::<f64>() <= total * 1.05 + 100.0, "{r}");
+    let r = bench("ref-axum", 200, 4);
+    assert!(r["cpu"]["us_per_flow"]["total"].as_f64().is_some_and(|us| us > 0.0), "{r}");
+}
+
+/// A child `wxpay` process, killed when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn spawn_wxpay(args: &[&str], env: &[(&str, String)], log: &std::path::Path) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wxpay"));
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("WXPAY_") {
+            cmd.env_remove(key);
+        }
+    }
+    let out = std::fs::File::create(log).unwrap();
+    let err = out.try_clone().unwrap();
+    cmd.args(args).envs(env.iter().map(|(k, v)| (k, v))).env("RUST_LOG", "warn");
+    Child(cmd.stdin(std::process::Stdio::null()).stdout(out).stderr(err).spawn().expect("the wxpay binary runs"))
+}
+
+/// Against separate `wxpay sim` and `wxpay serve` processes, the report has each one's CPU per
+/// flow (from their /sim/metrics and /metrics) and the load generator's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn separate_processes_report_server_simulator_and_load_generator_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    // The fulfilment webhook: every event is accepted (the check wants them delivered).
+    let hook = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}/hook", hook.local_addr().unwrap());
+    let app = axum::Router::new().route("/hook", axum::routing::post(|| async { "ok" }));
+    tokio::spawn(async move { axum::serve(hook, app).await });
+    let (sim_port, server_port) = (free_port(), free_port());
+    let sim_url = format!("http://127.0.0.1:{sim_port}");
+    let server_url = format!("http://127.0.0.1:{server_port}");
+    let _sim = spawn_wxpay(&["sim", "--listen", &format!("127.0.0.1:{sim_port}")], &[], &dir.path().join("sim.log"));
+    let env = [
+        ("WXPAY_SIMULATOR__ENABLED", "false".to_owned()),
+        ("WXPAY_WECHAT__PAY_BASE_URL", sim_url.clone()),
+        ("WXPAY_WECHAT__SNS_BASE_URL", sim_url.clone()),
+        ("WXPAY_SERVER__LISTEN", format!("127.0.0.1:{server_port}")),
+        ("WXPAY_SERVER__PUBLIC_URL", server_url.clone()),
+        ("WXPAY_SERVER__ADMIN_TOKEN", "bench-smoke-token".to_owned()),
+        ("WXPAY_SERVER__AUTH_PER_MINUTE", "1000000".to_owned()),
+        ("WXPAY_SERVER__AUTH_BURST", "1000000".to_owned()),
+        ("WXPAY_DATABASE__URL", format!("sqlite://{}", dir.path().join("bench.db").display())),
+        ("WXPAY_ORDERS__SEED_DEMO_CATALOGUE", "true".to_owned()),
+        ("WXPAY_WORKERS__ENABLED", "true".to_owned()),
+        ("WXPAY_WORKERS__TICK_MS", "50".to_owned()),
+        ("WXPAY_WEBHOOK__URL", hook_url),
+    ];
+    let serve_log = dir.path().join("serve.log");
+    let _server = spawn_wxpay(&["serve"], &env, &serve_log);
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut up = false;
+    for _ in 0..300 {
+        let server = http.get(format!("{server_url}/healthz")).send().await.is_ok_and(|r| r.status().is_success());
+        let sim = http.get(format!("{sim_url}/sim/healthz")).send().await.is_ok_and(|r| r.status().is_success());
+        if server && sim {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(up, "the server and the simulator did not start:\n{}", std::fs::read_to_string(&serve_log).unwrap());
+    let metrics = http.get(format!("{sim_url}/sim/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("process_cpu_seconds_total ") && metrics.ends_with("# EOF\n"), "{metrics}");
+    let extra = ["--server", &server_url, "--sim", &sim_url, "--admin-token", "bench-smoke-token"];
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    let r = tokio::task::spawn_blocking(move || {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        bench_with("miniprogram", 60, 4, &extra)
+    })
+    .await
+    .unwrap();
+    assert_correct(&r, 60);
+    let cpu = &r["cpu"];
+    assert_eq!(cpu["mode"], "separate processes", "{r}");
+    let us = |k: &str| cpu["us_per_flow"][k].as_f64().unwrap_or_else(|| panic!("no us_per_flow.{k}: {r}"));
+    // 60 flows of a few ms of server CPU each: well above the 10 ms clock tick.
+    assert!(us("server") > 0.0, "{r}");
+    assert!(us("load_generator") >= 0.0 && us("simulator") >= 0.0, "{r}");
+    assert!((us("total") - us("server") - us("simulator") - us("load_generator")).abs() <= 2.0, "{r}");
+    assert!(cpu["server_peak_rss_mib"].as_f64().is_some_and(|m| m > 1.0), "{r}");
+}

@@ -13,6 +13,7 @@ pub mod client;
 pub mod clock;
 pub mod fields;
 pub mod msg;
+pub mod process;
 pub mod sign;
 pub mod types;
 pub mod xml;

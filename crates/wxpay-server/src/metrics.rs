@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -197,11 +197,35 @@ impl Metrics {
         self.orders.get_or_create(&StatusLabels { status: status.into() }).set(count);
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition, with this process's `process_*` metrics (CPU seconds,
+    /// resident memory) before the final `# EOF`.
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.registry);
+        out.push_str(&wxpay_proto::process::openmetrics());
+        let _ = encode_eof(&mut out);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_carries_the_process_cpu_time_before_its_end() {
+        let m = Metrics::default();
+        m.notification("pay", "applied");
+        let text = m.render();
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        assert!(text.contains("wxpay_notifications_total{kind=\"pay\",outcome=\"applied\"} 1"), "{text}");
+        if std::path::Path::new("/proc/self/stat").exists() {
+            let cpu = wxpay_proto::process::sample(&text, "process_cpu_seconds_total");
+            assert!(cpu.is_some_and(|s| s >= 0.0), "{text}");
+            assert!(text.contains("# TYPE process_cpu_seconds counter"), "{text}");
+            assert!(wxpay_proto::process::sample(&text, "process_resident_memory_bytes").is_some_and(|b| b > 0.0));
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! Inspection and control under `/sim/...` (JSON): orders, notification attempts, users, faults,
-//! and a merchant's scan callback URL.
+//! and a merchant's scan callback URL; and `/sim/metrics`, the simulator process's own CPU time
+//! and memory in OpenMetrics text (what `wxpay bench` reads for the simulator's CPU per flow).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use crate::Simulator;
 pub(crate) fn routes() -> Router<Arc<Simulator>> {
     Router::new()
         .route("/sim/healthz", get(|| async { "ok" }))
+        .route("/sim/metrics", get(metrics))
         .route("/sim/orders/{mch_id}/{out_trade_no}", get(order))
         .route("/sim/notifications", get(notifications))
         .route("/sim/users/{user}", get(user).post(set_user))
@@ -26,6 +28,13 @@ pub(crate) fn routes() -> Router<Arc<Simulator>> {
         .route("/sim/merchants/{mch_id}/scan_callback_url", post(set_scan_callback))
         .route("/sim/clock", get(get_clock).post(advance_clock))
         .route("/sim/orders/{mch_id}/{out_trade_no}/platform_refund", post(platform_refund))
+}
+
+/// The `process_*` metrics of the process the simulator runs in (the server's when embedded).
+async fn metrics() -> Response {
+    let body = format!("{}# EOF\n", wxpay_proto::process::openmetrics());
+    ([(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+        .into_response()
 }
 
 fn bad_request(msg: String) -> Response {

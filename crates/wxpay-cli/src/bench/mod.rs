@@ -34,6 +34,7 @@ use wxpay_server::config::{redacted_url, sandbox, Config, Secret};
 use wxpay_server::store::postgres::testing::{is_postgres_url, FreshDatabase};
 
 mod check;
+pub mod cpu;
 mod miniprogram;
 mod native;
 mod notify_storm;
@@ -125,6 +126,10 @@ pub struct Target {
     /// The first in-process server's state, when there is one (to drain the outbox at the end;
     /// the store is shared, so one is enough).
     pub state: Option<wxpay_server::state::SharedState>,
+    /// Where to read the CPU time of the processes under test.
+    pub probe: cpu::Probe,
+    /// The CPU used during the latest [`drive`].
+    pub cpu: std::sync::Mutex<Option<cpu::Window>>,
 }
 
 /// A failed flow: `"step: kind"`, counted by kind in the report.
@@ -157,6 +162,11 @@ fn ok_json(step: &str, status: u16, body: Option<Value>) -> Result<Value, FlowEr
 }
 
 impl Target {
+    /// The CPU used during the latest [`drive`].
+    pub fn cpu_window(&self) -> Option<cpu::Window> {
+        self.cpu.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// The base URL of instance `i % N`: flows pick instances by number so that one flow's steps
     /// cross instances.
     pub fn server(&self, i: usize) -> &str {
@@ -278,6 +288,7 @@ pub async fn drive<F: Flow>(
     plan: Plan,
 ) -> anyhow::Result<(Recorder, Duration)> {
     let counter = Arc::new(AtomicU64::new(0));
+    let cpu_before = target.probe.snapshot().await;
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for vu in 0..concurrency.max(1) {
@@ -304,7 +315,10 @@ pub async fn drive<F: Flow>(
     while let Some(rec) = tasks.join_next().await {
         all.merge(rec.context("a virtual user panicked")?);
     }
-    Ok((all, start.elapsed()))
+    let elapsed = start.elapsed();
+    let after = target.probe.snapshot().await;
+    *target.cpu.lock().unwrap_or_else(|p| p.into_inner()) = Some(cpu::Window { before: cpu_before, after });
+    Ok((all, elapsed))
 }
 
 /// Prints a progress line on stderr every second until aborted.
@@ -480,6 +494,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             if let Some(t) = ticker {
                 t.abort();
             }
+            // `extra` carries the reference's `cpu` object.
             let (rec, elapsed, extra) = out?;
             let report = report(&args, count, rec, elapsed, extra, None);
             print(&args, &report);
@@ -503,8 +518,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let live = Arc::new(Live::default());
+    let probe = cpu::Probe {
+        remote: args
+            .server
+            .as_ref()
+            .map(|s| (format!("{}/metrics", s.trim_end_matches('/')), format!("{sim}/sim/metrics"))),
+        http: Some(http.clone()),
+    };
     let apis = servers.into_iter().map(|s| MerchantApi::new(http.clone(), s, Some(admin_token.clone()))).collect();
     let target = Arc::new(Target {
+        probe,
+        cpu: Default::default(),
         http,
         apis,
         sim,
@@ -553,8 +577,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let rss_after_load = stats::rss_mib();
+    let cpu_window = target.cpu_window();
     let verdict = check::run(&target, expectations).await;
     let mut report = report(&args, count, rec, elapsed, extra, Some(&verdict));
+    if let Some(w) = cpu_window {
+        report["cpu"] = cpu_report(&w, &report, embedded.is_some());
+    }
     if let Some((now, peak)) = rss_after_load {
         report["rss_mib"] = json!({
             "process": match target.apis.len() {
@@ -584,6 +612,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     let ok = verdict.ok && report["completed"].as_u64().unwrap_or(0) > 0;
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// The report's `cpu` object: per completed flow, and for notify-storm also per acknowledged
+/// notification.
+fn cpu_report(w: &cpu::Window, report: &Value, in_process: bool) -> Value {
+    let mut out = w.to_json(report["completed"].as_u64().unwrap_or(0), in_process);
+    if let Some(acked) = report["notifications_acked"].as_u64().filter(|&n| n > 0) {
+        let per = |v: &Value| v.as_f64().map_or(Value::Null, |s| json!((s * 1e6 / acked as f64).round()));
+        if let Some(seconds) = out["seconds"].as_object() {
+            let per_notification: serde_json::Map<_, _> = seconds.iter().map(|(k, v)| (k.clone(), per(v))).collect();
+            out["us_per_notification"] = Value::Object(per_notification);
+        }
+    }
+    out
 }
 
 /// One instance's work from its Prometheus text: logins (jscode2session calls), prepays
@@ -706,6 +748,24 @@ fn print(args: &BenchArgs, report: &Value) {
             }
         }
         _ => println!("errors: none"),
+    }
+    if let Some(cpu) = report.get("cpu") {
+        let parts = cpu["us_per_flow"]
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default();
+        println!("CPU µs per flow ({}): {parts}", cpu["mode"].as_str().unwrap_or("?"));
+        if let Some(t) = cpu.get("threads_us_per_flow").and_then(Value::as_object) {
+            let parts: Vec<String> = t.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            println!("  of which live threads: {}", parts.join(", "));
+        }
+        if let Some(n) = cpu.get("us_per_notification").and_then(Value::as_object) {
+            let parts: Vec<String> = n.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            println!("CPU µs per notification: {}", parts.join(", "));
+        }
+        if let Some(peak) = cpu.get("server_peak_rss_mib") {
+            println!("server peak RSS: {peak} MiB");
+        }
     }
     if let Some(rss) = report.get("rss_mib") {
         println!(

@@ -62,7 +62,15 @@ fn target(live: Arc<Live>, http: reqwest::Client, base: String) -> Arc<Target> {
         poll: Duration::from_millis(50),
         live,
         state: None,
+        probe: Default::default(),
+        cpu: Default::default(),
     })
+}
+
+/// The CPU of this process (client and handler together) per completed flow.
+fn cpu_of(t: &Target, rec: &Recorder) -> Value {
+    let flows = rec.steps.get("flow").map_or(0, Vec::len) as u64;
+    t.cpu_window().map_or(Value::Null, |w| w.to_json(flows, true))
 }
 
 pub async fn run(args: &BenchArgs, live: Arc<Live>, plan: Plan) -> anyhow::Result<(Recorder, Duration, Value)> {
@@ -78,7 +86,8 @@ pub async fn run(args: &BenchArgs, live: Arc<Live>, plan: Plan) -> anyhow::Resul
             let out = drive(&t, &Arc::new(Get { url }), args.concurrency, plan).await;
             server.abort();
             let (rec, elapsed) = out?;
-            Ok((rec, elapsed, json!({"reference": "trivial axum handler, GET / -> ok"})))
+            let cpu = cpu_of(&t, &rec);
+            Ok((rec, elapsed, json!({"reference": "trivial axum handler, GET / -> ok", "cpu": cpu})))
         }
         Scenario::RefSqlite => {
             let dir = tempfile::tempdir()?;
@@ -98,10 +107,14 @@ pub async fn run(args: &BenchArgs, live: Arc<Live>, plan: Plan) -> anyhow::Resul
             let out = drive(&t, &flow, args.concurrency, plan).await;
             pool.close().await;
             let (rec, elapsed) = out?;
+            let cpu = cpu_of(&t, &rec);
             Ok((
                 rec,
                 elapsed,
-                json!({"reference": "SQLite BEGIN IMMEDIATE; INSERT 200 B; COMMIT (WAL, synchronous=FULL, 8 connections)"}),
+                json!({
+                    "reference": "SQLite BEGIN IMMEDIATE; INSERT 200 B; COMMIT (WAL, synchronous=FULL, 8 connections)",
+                    "cpu": cpu,
+                }),
             ))
         }
         _ => anyhow::bail!("not a reference scenario"),
