@@ -5,6 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
 /// The line `wxpay serve` prints once it listens; the rest of the line is its URL.
@@ -47,15 +48,33 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// `wxpay ARGS` (see [`wxpay_command`]), started as [`Proc::start`] does.
+    /// `wxpay ARGS` (see [`wxpay_command`]), started as [`Proc::start`] does, waiting for the
+    /// banner off the async runtime. The child is spawned from the calling thread, not from the
+    /// blocking pool: `--pdeathsig` kills it when the thread that spawned it exits, and a pool
+    /// thread exits after a few idle seconds.
     pub async fn spawn(args: &[&str], log: &Path, banner: &'static str) -> (Proc, String) {
-        let (cmd, log) = (wxpay_command(args), log.to_owned());
-        tokio::task::spawn_blocking(move || Proc::start(cmd, &log, banner)).await.unwrap()
+        let (mut proc, banner_line) = Proc::launch(wxpay_command(args), log, banner);
+        let waited = tokio::task::spawn_blocking(move || banner_line.recv_timeout(Duration::from_secs(60)));
+        match waited.await.unwrap() {
+            Ok(url) => (proc, url),
+            Err(_) => proc.did_not_start(args),
+        }
     }
 
     /// Starts `cmd` and waits (up to 60 s, blocking) for the stdout line starting with `banner`;
     /// returns the process and the rest of that line. Panics with the log if it never comes.
-    pub fn start(mut cmd: Command, log: &Path, banner: &'static str) -> (Proc, String) {
+    pub fn start(cmd: Command, log: &Path, banner: &'static str) -> (Proc, String) {
+        let what = format!("{cmd:?}");
+        let (mut proc, banner_line) = Proc::launch(cmd, log, banner);
+        match banner_line.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => (proc, url),
+            Err(_) => proc.did_not_start(&[&what]),
+        }
+    }
+
+    /// Spawns `cmd` (stderr appended to `log`); the receiver gets the rest of the first stdout
+    /// line that starts with `banner`. Stdout is drained to the end so the child never blocks.
+    fn launch(mut cmd: Command, log: &Path, banner: &'static str) -> (Proc, Receiver<String>) {
         let stderr = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
         let mut child = cmd
             .stdin(Stdio::null())
@@ -65,23 +84,22 @@ impl Proc {
             .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        // Reads the banner, then keeps draining stdout so that the child never blocks on it.
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let (Some(rest), Some(tx)) = (line.strip_prefix(banner), tx.take()) {
-                    let _ = tx.send(rest.trim().to_owned());
+                if let Some(rest) = line.strip_prefix(banner) {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(rest.trim().to_owned());
+                    }
                 }
             }
         });
-        let mut proc = Proc { child, log: log.to_owned(), peak_rss_kib: 0 };
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(url) => (proc, url),
-            Err(_) => {
-                proc.kill();
-                panic!("{cmd:?} did not start:\n{}", proc.log_text());
-            }
-        }
+        (Proc { child, log: log.to_owned(), peak_rss_kib: 0 }, rx)
+    }
+
+    fn did_not_start(&mut self, what: &[&str]) -> ! {
+        self.kill();
+        panic!("`{}` did not start:\n{}", what.join(" "), self.log_text());
     }
 
     pub fn sample_rss(&mut self) -> u64 {
