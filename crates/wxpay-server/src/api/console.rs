@@ -33,6 +33,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use chrono::{DateTime, FixedOffset, NaiveDate, TimeZone, Utc};
+use minijinja::value::Serde;
 use minijinja::{context, Environment, Value};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
@@ -306,7 +307,7 @@ pub fn shown_time(t: DateTime<Utc>) -> String {
 }
 
 fn user_ctx(user: &ConsoleUser) -> Value {
-    context! { name => user.name, role => name_of(&user.role), csrf => user.csrf,
+    context! { name => user.name.clone(), role => name_of(&user.role), csrf => user.csrf.clone(),
     may_write => matches!(user.role, Role::Owner | Role::Operator), is_owner => user.role == Role::Owner }
 }
 
@@ -344,7 +345,7 @@ pub async fn switch_language(
 pub async fn login_page(State(state): State<SharedState>, headers: HeaderMap) -> Response {
     let pre = cookie(&headers, PRE_COOKIE).filter(|v| v.len() == 64).map(str::to_owned).unwrap_or_else(random_hex);
     let en = is_en(&headers);
-    let mut resp = page(en, "login.html", context! { en, csrf => pre, message => "" }).into_response();
+    let mut resp = page(en, "login.html", context! { en, csrf => pre.clone(), message => "" }).into_response();
     resp.headers_mut().insert(header::SET_COOKIE, set_cookie(&state, PRE_COOKIE, &pre, None));
     resp
 }
@@ -537,7 +538,7 @@ pub async fn orders(user: ConsoleUser, State(state): State<SharedState>, Query(q
         en,
         "orders.html",
         context! {
-            en, user => user_ctx(&user), q => &q, statuses,
+            en, user => user_ctx(&user), q => Serde(&q), statuses,
             orders => orders.iter().map(order_row).collect::<Vec<_>>(),
             count => totals.count, amount_fen => totals.amount_fen, refunded_fen => totals.refunded_fen,
             page => page_no, pages,
@@ -650,8 +651,8 @@ async fn order_page(user: &ConsoleUser, state: &SharedState, order_no: &str) -> 
         timeline.push((
             q.at,
             context! {
-                what => "query", at => shown_time(q.at), trade_state => q.trade_state, source => name_of(&q.source),
-                transaction_id => q.transaction_id,
+                what => "query", at => shown_time(q.at), trade_state => q.trade_state.clone(), source => name_of(&q.source),
+                transaction_id => q.transaction_id.clone(),
             },
         ));
     }
@@ -664,8 +665,8 @@ async fn order_page(user: &ConsoleUser, state: &SharedState, order_no: &str) -> 
             r.received_at,
             context! {
                 what => "notification", at => shown_time(r.received_at), id => n.id, kind => name_of(&r.kind),
-                verified => r.verified, outcome => name_of(&r.outcome), reason => r.reason,
-                repeats => n.repeats, raw_body => r.raw_body,
+                verified => r.verified, outcome => name_of(&r.outcome), reason => r.reason.clone(),
+                repeats => n.repeats, raw_body => r.raw_body.clone(),
             },
         ));
     }
@@ -674,8 +675,8 @@ async fn order_page(user: &ConsoleUser, state: &SharedState, order_no: &str) -> 
             r.created_at,
             context! {
                 what => "refund", at => shown_time(r.created_at), out_refund_no => r.out_refund_no.as_str(),
-                amount_fen => r.amount.get(), status => name_of(&r.status), reason => r.reason,
-                requested_by => r.requested_by,
+                amount_fen => r.amount.get(), status => name_of(&r.status), reason => r.reason.clone(),
+                requested_by => r.requested_by.clone(),
             },
         ));
     }
@@ -686,9 +687,9 @@ async fn order_page(user: &ConsoleUser, state: &SharedState, order_no: &str) -> 
         timeline.push((
             o.created_at,
             context! {
-                what => "webhook", at => shown_time(o.created_at), id => o.id, kind => o.message.kind(),
+                what => "webhook", at => shown_time(o.created_at), id => o.id, kind => Serde(o.message.kind()),
                 attempts => o.attempts, delivered_at => o.delivered_at.map(shown_time),
-                dead_at => o.dead_at.map(shown_time), last_error => o.last_error,
+                dead_at => o.dead_at.map(shown_time), last_error => o.last_error.clone(),
             },
         ));
     }
@@ -846,7 +847,7 @@ pub async fn resend_webhook(
 
 fn product_row(p: &crate::domain::Product) -> Value {
     context! {
-        id => p.id.as_str(), name => p.name, price_fen => p.price.get(), price => yuan(p.price.get()),
+        id => p.id.as_str(), name => p.name.clone(), price_fen => p.price.get(), price => yuan(p.price.get()),
         active => p.active, retired => p.retired,
     }
 }
@@ -1060,7 +1061,7 @@ pub async fn qr_sheet(user: ConsoleUser, State(state): State<SharedState>, Query
             "sheet.html",
             context! {
                 en, user => user_ctx(&user), cards, label, long => o.link == "long",
-                shop => state.config.console.shop_name,
+                shop => state.config.console.shop_name.clone(),
             },
         )
         .into_response();
@@ -1174,9 +1175,9 @@ fn reconciliation_row(r: &crate::store::ReconciliationRecord) -> Value {
         .map(|o| o.iter().filter_map(|(k, n)| n.as_i64().filter(|n| *n > 0).map(|n| (k.clone(), n))).collect())
         .unwrap_or_default();
     context! {
-        date => r.bill_date.format("%Y-%m-%d").to_string(), status => r.status, bill_rows => r.bill_rows,
+        date => r.bill_date.format("%Y-%m-%d").to_string(), status => r.status.clone(), bill_rows => r.bill_rows,
         settlement_fen => r.settlement_fen, refund_fen => r.refund_fen, fee_fen => r.fee_fen(), net_fen => r.net_income_fen(),
-        completed_at => r.completed_at.map(shown_time), last_error => r.last_error,
+        completed_at => r.completed_at.map(shown_time), last_error => r.last_error.clone(),
         differences => kinds.iter().map(|k| k.1).sum::<i64>(), kinds,
     }
 }
@@ -1253,9 +1254,9 @@ pub async fn reconciliation(user: ConsoleUser, State(state): State<SharedState>,
             .iter()
             .map(|d| {
                 context! {
-                    id => d.id, kind => name_of(&d.difference.kind), order_no => d.difference.order_no,
-                    out_refund_no => d.difference.out_refund_no, detail => d.difference.detail,
-                    resolved_at => d.resolved_at.map(shown_time), resolved_by => d.resolved_by, note => d.note,
+                    id => d.id, kind => name_of(&d.difference.kind), order_no => d.difference.order_no.clone(),
+                    out_refund_no => d.difference.out_refund_no.clone(), detail => d.difference.detail.clone(),
+                    resolved_at => d.resolved_at.map(shown_time), resolved_by => d.resolved_by.clone(), note => d.note.clone(),
                 }
             })
             .collect();
@@ -1348,8 +1349,8 @@ pub async fn webhooks(user: ConsoleUser, State(state): State<SharedState>) -> Pa
         .iter()
         .map(|o| {
             context! {
-                id => o.id, order_no => o.order_no.as_ref().map(|n| n.as_str()), kind => o.message.kind(), attempts => o.attempts,
-                created_at => shown_time(o.created_at), dead_at => o.dead_at.map(shown_time), last_error => o.last_error,
+                id => o.id, order_no => o.order_no.as_ref().map(|n| n.as_str()), kind => Serde(o.message.kind()), attempts => o.attempts,
+                created_at => shown_time(o.created_at), dead_at => o.dead_at.map(shown_time), last_error => o.last_error.clone(),
             }
         })
         .collect();
@@ -1413,9 +1414,9 @@ pub async fn notifications(user: ConsoleUser, State(state): State<SharedState>, 
         .map(|n| {
             let r = &n.record;
             context! {
-                id => n.id, kind => name_of(&r.kind), order_no => r.out_trade_no, verified => r.verified,
-                outcome => name_of(&r.outcome), reason => r.reason, at => shown_time(r.received_at),
-                repeats => n.repeats, raw_body => r.raw_body,
+                id => n.id, kind => name_of(&r.kind), order_no => r.out_trade_no.clone(), verified => r.verified,
+                outcome => name_of(&r.outcome), reason => r.reason.clone(), at => shown_time(r.received_at),
+                repeats => n.repeats, raw_body => r.raw_body.clone(),
                 replayable => r.verified && matches!(r.kind, crate::store::NotificationKind::Pay | crate::store::NotificationKind::Refund),
             }
         })
@@ -1425,7 +1426,7 @@ pub async fn notifications(user: ConsoleUser, State(state): State<SharedState>, 
         en,
         "notifications.html",
         context! {
-            en, user => user_ctx(&user), q => &q, rows, page => page_no,
+            en, user => user_ctx(&user), q => Serde(&q), rows, page => page_no,
             kinds => ["pay", "refund", "scan"],
             outcomes => ["applied", "duplicate", "rejected", "not_paid", "recorded", "prepay"],
             prev => (page_no > 1).then(|| link(page_no - 1)), next => more.then(|| link(page_no + 1)),
