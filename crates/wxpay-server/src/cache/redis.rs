@@ -94,12 +94,12 @@ impl RedisCache {
         let client = Client::open(url).map_err(|e| unavailable("invalid redis url", &e))?;
         // One connection attempt per (re)connect and no back-off sleeps: the manager reconnects on
         // the next call after a failed attempt, so service resumes on the first call after Redis
-        // is back, rather than after a back-off that redis 0.27 makes start at 1 s and grow to
+        // is back, rather than after the redis crate's default back-off, which starts at 1 s and grows to
         // a minute. Each attempt is bounded, so an unreachable host cannot wedge the manager.
         let config = ConnectionManagerConfig::new()
             .set_number_of_retries(0)
-            .set_connection_timeout(timeout)
-            .set_response_timeout(timeout);
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
         let conn = match tokio::time::timeout(timeout, ConnectionManager::new_with_config(client, config)).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => return Err(unavailable("redis connect", &e)),
