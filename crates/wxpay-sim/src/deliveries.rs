@@ -78,3 +78,99 @@ pub struct NotificationAttempt {
     /// What was sent.
     pub request_body: String,
 }
+
+/// How many notification attempts the simulator keeps for inspection (`/sim/notifications`):
+/// the newest ones. Each holds the notification's body, and a long run would otherwise keep every
+/// attempt it ever made.
+pub const ATTEMPT_HISTORY: usize = 2_000;
+
+/// The newest [`ATTEMPT_HISTORY`] notification attempts, oldest first, numbered in the order
+/// they were made (a forgotten attempt keeps its number: `seq` never repeats).
+#[derive(Debug)]
+pub struct AttemptLog {
+    kept: std::collections::VecDeque<NotificationAttempt>,
+    next_seq: u64,
+    capacity: usize,
+}
+
+impl Default for AttemptLog {
+    fn default() -> Self {
+        AttemptLog::with_capacity(ATTEMPT_HISTORY)
+    }
+}
+
+impl AttemptLog {
+    pub fn with_capacity(capacity: usize) -> Self {
+        AttemptLog { kept: std::collections::VecDeque::new(), next_seq: 1, capacity: capacity.max(1) }
+    }
+
+    /// Keeps `attempt` with the next `seq`, forgetting the oldest beyond the capacity.
+    pub fn record(&mut self, mut attempt: NotificationAttempt) {
+        attempt.seq = self.next_seq;
+        self.next_seq += 1;
+        if self.kept.len() >= self.capacity {
+            self.kept.pop_front();
+        }
+        self.kept.push_back(attempt);
+    }
+
+    /// The kept attempts, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = &NotificationAttempt> {
+        self.kept.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.kept.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.kept.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod attempt_log_tests {
+    use super::*;
+
+    fn attempt(out_trade_no: &str) -> NotificationAttempt {
+        NotificationAttempt {
+            seq: 0,
+            kind: NotifyKind::Pay,
+            mch_id: "1900000109".into(),
+            out_trade_no: out_trade_no.into(),
+            out_refund_no: None,
+            attempt: 1,
+            copy: 1,
+            scheduled_at: DateTime::<Utc>::UNIX_EPOCH,
+            time: DateTime::<Utc>::UNIX_EPOCH,
+            url: "http://127.0.0.1/notify".into(),
+            http_status: Some(200),
+            reply: String::new(),
+            outcome: Outcome::Success,
+            error: None,
+            elapsed_ms: 0,
+            request_body: "<xml/>".into(),
+        }
+    }
+
+    #[test]
+    fn keeps_the_newest_attempts_numbered_in_order() {
+        let mut log = AttemptLog::with_capacity(3);
+        for i in 1..=5 {
+            log.record(attempt(&format!("order{i}")));
+        }
+        assert_eq!(log.len(), 3);
+        let kept: Vec<(u64, &str)> = log.iter().map(|a| (a.seq, a.out_trade_no.as_str())).collect();
+        assert_eq!(kept, vec![(3, "order3"), (4, "order4"), (5, "order5")]);
+    }
+
+    #[test]
+    fn the_default_capacity_is_the_documented_history() {
+        let mut log = AttemptLog::default();
+        for _ in 0..ATTEMPT_HISTORY + 10 {
+            log.record(attempt("o"));
+        }
+        assert_eq!(log.len(), ATTEMPT_HISTORY);
+        assert_eq!(log.iter().next().map(|a| a.seq), Some(11));
+    }
+}

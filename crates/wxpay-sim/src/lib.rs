@@ -118,7 +118,7 @@ impl Simulator {
             jobs: Vec::new(),
             in_flight: 0,
             next_job_id: 0,
-            attempts: Vec::new(),
+            attempts: deliveries::AttemptLog::default(),
             rng,
             faults: config.faults.clone(),
             default_balance_fen: config.default_balance_fen,
@@ -269,7 +269,8 @@ impl Simulator {
         st.orders.get(&(mch_id.to_owned(), out_trade_no.to_owned())).map(|o| OrderView::of(o, now))
     }
 
-    /// Every notification attempt so far, oldest first, optionally for one out_trade_no.
+    /// The notification attempts kept (the newest [`deliveries::ATTEMPT_HISTORY`]), oldest first,
+    /// optionally for one out_trade_no.
     pub fn notifications(&self, out_trade_no: Option<&str>) -> Vec<NotificationAttempt> {
         let st = self.lock();
         st.attempts.iter().filter(|a| out_trade_no.is_none_or(|o| a.out_trade_no == o)).cloned().collect()

@@ -256,9 +256,8 @@ async fn attempt(sim: &Simulator, job: Job, started: DateTime<Utc>) {
     st.in_flight = st.in_flight.saturating_sub(1);
     let attempt = job.attempts_made + 1;
     let record = |st: &mut State, copy: u32, r: CopyResult| {
-        let seq = st.attempts.len() as u64 + 1;
-        st.attempts.push(NotificationAttempt {
-            seq,
+        st.attempts.record(NotificationAttempt {
+            seq: 0,
             kind: job.kind,
             mch_id: job.mch_id.clone(),
             out_trade_no: job.out_trade_no.clone(),

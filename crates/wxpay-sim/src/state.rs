@@ -17,7 +17,7 @@ use wxpay_proto::msg::Merchant;
 use wxpay_proto::types::{beijing, BeijingTime};
 use wxpay_proto::{SignType, TradeState, TradeType};
 
-use crate::deliveries::{Job, NotificationAttempt};
+use crate::deliveries::{AttemptLog, Job};
 use crate::faults::FaultConfig;
 
 /// prepay_id and code_url live 2 hours (spec §3.4).
@@ -174,7 +174,7 @@ pub struct State {
     /// Jobs taken off `jobs` whose delivery has not been recorded yet.
     pub in_flight: usize,
     pub next_job_id: u64,
-    pub attempts: Vec<NotificationAttempt>,
+    pub attempts: AttemptLog,
     pub rng: StdRng,
     pub faults: FaultConfig,
     pub default_balance_fen: u64,

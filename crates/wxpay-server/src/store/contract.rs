@@ -39,6 +39,7 @@ macro_rules! store_contract_tests {
             products_upsert_list_get,
             catalogue_changes_are_audited_and_keep_orders,
             orders_create_get_and_list_own,
+            order_items_read_back_exactly,
             create_order_twice_conflicts,
             admin_list_filters_and_pages,
             finds_payable_native_order_for_exactly_that_product,
@@ -248,6 +249,56 @@ pub async fn catalogue_changes_are_audited_and_keep_orders(h: &dyn StoreHarness)
     assert_eq!(log[2].before, None);
     let apple_only = store.audit_events(Some("product:apple"), 10).await.unwrap();
     assert_eq!(apple_only.len(), 1);
+}
+
+/// An order is read with its items in one statement (the items as JSON beside the row): names
+/// with quotes, backslashes, control and non-ASCII characters, and more than ten lines, come back
+/// exactly and in line order, from a plain read and from the locked read of a state change.
+pub async fn order_items_read_back_exactly(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    let names = ["Apple \"Fuji\"", "back\\slash", "苹果汁 🍎", "tab\there\nnewline", "", "[1, \"x\"]"];
+    let mut items = Vec::new();
+    for i in 0..12_u32 {
+        let product = Product {
+            id: pid(&format!("item{i}")),
+            name: names[i as usize % names.len()].to_owned(),
+            price: Fen::new(100 + u64::from(i)),
+            active: true,
+            retired: false,
+        };
+        store.upsert_product(&product).await.unwrap();
+        items.push(crate::domain::OrderItem {
+            product_id: product.id.clone(),
+            name: product.name.clone(),
+            unit_price: product.price,
+            quantity: i + 1,
+        });
+    }
+    let amount = Fen::new(items.iter().map(|i| i.unit_price.get() * u64::from(i.quantity)).sum());
+    let order = Order::new(
+        OutTradeNo::parse("WXITEMS1").unwrap(),
+        openid("user-a"),
+        TradeType::Jsapi,
+        items,
+        amount,
+        t0(),
+        t0() + Duration::minutes(30),
+    );
+    store.create_order(&order).await.unwrap();
+    assert_eq!(must_get(&*store, &order.order_no).await, order);
+    let paying = applied(store.apply_event(&order.order_no, &prepay("wx-prepay-items"), t0()).await.unwrap());
+    assert_eq!(paying.items, order.items);
+    let none = Order::new(
+        OutTradeNo::parse("WXITEMS2").unwrap(),
+        openid("user-a"),
+        TradeType::Jsapi,
+        Vec::new(),
+        Fen::new(1),
+        t0(),
+        t0() + Duration::minutes(30),
+    );
+    store.create_order(&none).await.unwrap();
+    assert_eq!(must_get(&*store, &none.order_no).await.items, Vec::new());
 }
 
 pub async fn orders_create_get_and_list_own(h: &dyn StoreHarness) {

@@ -162,6 +162,12 @@ mod dialect {
     /// Writers of one order queue on its row; other orders are untouched.
     pub(super) const LOCK_ROW: &str = " FOR UPDATE";
 
+    /// An order's items as one JSON array of `[product_id, name, unit_price_fen, quantity]` in
+    /// line order, selected with the order row (one statement instead of two).
+    pub(super) const ITEMS_JSON: &str = "(SELECT COALESCE(json_agg(json_build_array(i.product_id, i.name, \
+        i.unit_price_fen, i.quantity) ORDER BY i.line_no), '[]'::json)::text FROM order_items i \
+        WHERE i.order_no = orders.order_no)";
+
     /// Delivered to every listening instance when the transaction commits (not before, and not
     /// at all on rollback); several in one transaction are delivered once.
     pub(super) const OUTBOX_NOTIFY: Option<&str> = Some("NOTIFY wxpay_outbox");

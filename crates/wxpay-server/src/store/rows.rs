@@ -116,6 +116,28 @@ impl OrderRow {
     }
 }
 
+/// An order row with its items as one JSON array (the dialect's `ITEMS_JSON`): an order read is
+/// one statement.
+#[derive(FromRow)]
+pub(crate) struct OrderWithItemsRow {
+    #[sqlx(flatten)]
+    order: OrderRow,
+    items_json: String,
+}
+
+impl OrderWithItemsRow {
+    pub(crate) fn into_order(self) -> StoreResult<Order> {
+        let lines: Vec<(String, String, i64, i64)> = serde_json::from_str(&self.items_json).map_err(corrupt)?;
+        let items = lines
+            .into_iter()
+            .map(|(product_id, name, unit_price_fen, quantity)| {
+                OrderItem::try_from(ItemRow { product_id, name, unit_price_fen, quantity })
+            })
+            .collect::<StoreResult<Vec<_>>>()?;
+        self.order.into_order(items)
+    }
+}
+
 /// An order claimed by a reconciler, with its query bookkeeping.
 #[derive(FromRow)]
 pub(crate) struct DueRow {

@@ -160,7 +160,7 @@ macro_rules! sql_store {
             use $crate::domain::{name_of, EventKind, Order, OrderEvent, OrderStatus, OutboxMessage, Product, User};
             use $crate::store::rows::{
                 convert, fen_to_db, ms, name as stored_name, AdminTokenRow, AuditRow, DueRefundRow, DueRow, EventRow,
-                InboxRow, ItemRow, OrderRow, OutboxRow, ProductRow, RefundEventRow, RefundRow, StatusCountRow, UserRow,
+                InboxRow, ItemRow, OrderRow, OrderWithItemsRow, OutboxRow, ProductRow, RefundEventRow, RefundRow, StatusCountRow, UserRow,
                 AUDIT_COLS, INBOX_COLS, ORDER_COLS, OUTBOX_COLS, PRODUCT_COLS, REFUND_COLS,
             };
             use $crate::store::sql::{order_filter, storable, AttemptEnd, Bind, SqlConn};
@@ -246,12 +246,14 @@ macro_rules! sql_store {
             impl SqlConn for $conn {
                 async fn load_order(&mut self, order_no: &str, lock: bool) -> StoreResult<Option<Order>> {
                     let lock = if lock { dialect::LOCK_ROW } else { "" };
-                    let row: Option<OrderRow> =
-                        sqlx::query_as(&format!("SELECT {ORDER_COLS} FROM orders WHERE order_no = $1{lock}"))
-                            .bind(order_no)
-                            .fetch_optional(&mut *self)
-                            .await?;
-                    Ok(with_items(self, row.into_iter().collect()).await?.pop())
+                    let items = dialect::ITEMS_JSON;
+                    let row: Option<OrderWithItemsRow> = sqlx::query_as(&format!(
+                        "SELECT {ORDER_COLS}, {items} AS items_json FROM orders WHERE order_no = $1{lock}"
+                    ))
+                    .bind(order_no)
+                    .fetch_optional(&mut *self)
+                    .await?;
+                    row.map(OrderWithItemsRow::into_order).transpose()
                 }
 
                 async fn cas_order(
