@@ -126,3 +126,24 @@ async fn behind_a_proxy_the_configured_header_names_the_client() {
     assert_eq!(get("198.51.100.9").await.unwrap().status(), 200, "another client has its own budget");
     env.shutdown().await;
 }
+
+/// Every admin list takes `limit` from 1 to 1000 (100 when absent) and names the field otherwise;
+/// an unknown query parameter is refused too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_lists_check_their_limit() {
+    let env = TestEnv::start().await;
+    for list in ["/admin/api/audit", "/admin/api/webhooks/dead", "/admin/api/reconciliations"] {
+        for ok in ["", "?limit=1", "?limit=1000"] {
+            let (status, body) = env.get_text(&format!("{list}{ok}"), Some(ADMIN_TOKEN)).await;
+            assert_eq!(status, 200, "{list}{ok}: {body}");
+        }
+        for bad in ["?limit=0", "?limit=1001"] {
+            let (status, body) = env.get_text(&format!("{list}{bad}"), Some(ADMIN_TOKEN)).await;
+            assert_eq!(status, 400, "{list}{bad}: {body}");
+            assert!(body.contains("limit: must be between 1 and 1000"), "{list}{bad}: {body}");
+        }
+        let (status, _) = env.get_text(&format!("{list}?limt=5"), Some(ADMIN_TOKEN)).await;
+        assert_eq!(status, 400, "{list}: a misspelt parameter is refused, not ignored");
+    }
+    env.shutdown().await;
+}

@@ -558,11 +558,7 @@ pub async fn audit_log(
     State(state): State<SharedState>,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<Vec<AuditEventView>>, AppError> {
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(AppError::invalid_input("limit: must be between 1 and 1000"));
-    }
-    let events = state.store.audit_events(q.subject.as_deref(), limit).await?;
+    let events = state.store.audit_events(q.subject.as_deref(), checked_limit(q.limit)?).await?;
     Ok(Json(
         events
             .iter()
@@ -579,13 +575,29 @@ pub async fn audit_log(
     ))
 }
 
+/// The `?limit=` of an admin list.
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct DeadQuery {
+pub struct LimitQuery {
     /// 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+}
+
+impl LimitQuery {
+    pub fn limit(&self) -> Result<u32, AppError> {
+        checked_limit(self.limit)
+    }
+}
+
+/// An admin list's `limit`: 1 to 1000, 100 when absent.
+fn checked_limit(limit: Option<u32>) -> Result<u32, AppError> {
+    let limit = limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(AppError::invalid_input("limit: must be between 1 and 1000"));
+    }
+    Ok(limit)
 }
 
 /// Webhook events that ran out of attempts or age (dead letters), oldest first.
@@ -593,7 +605,7 @@ pub struct DeadQuery {
     get,
     path = "/admin/api/webhooks/dead",
     tag = "webhooks",
-    params(DeadQuery),
+    params(LimitQuery),
     responses(
         (status = 200, description = "Dead letters, oldest first", body = [WebhookEventView]),
         (status = 400, description = "`INVALID_INPUT`: a bad `limit`", body = ErrorBody),
@@ -602,13 +614,9 @@ pub struct DeadQuery {
 pub async fn dead_letters(
     _: Admin,
     State(state): State<SharedState>,
-    Query(q): Query<DeadQuery>,
+    Query(q): Query<LimitQuery>,
 ) -> Result<Json<Vec<WebhookEventView>>, AppError> {
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(AppError::invalid_input("limit: must be between 1 and 1000"));
-    }
-    let dead = state.store.dead_letters(limit).await?;
+    let dead = state.store.dead_letters(q.limit()?).await?;
     Ok(Json(dead.iter().map(outbox_view).collect()))
 }
 

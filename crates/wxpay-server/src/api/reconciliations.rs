@@ -5,6 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::Deserialize;
 
+use super::admin::LimitQuery;
 use super::auth::Admin;
 use super::error::AppError;
 use super::views::{DifferenceView, ReconciliationDayView, ReconciliationDetailView};
@@ -13,14 +14,6 @@ use crate::domain::reconciliation::check_note;
 use crate::state::SharedState;
 use crate::store::{ReconciliationRecord, ResolveOutcome, StoredDifference};
 use axum::http::StatusCode;
-
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ListQuery {
-    /// 1 to 1000 (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<u32>,
-}
 
 /// A day as the admin API shows it. `net_income_fen` is what the bill settles for the day:
 /// payments − refunds − 手续费 (fee rounded to the fen, half away from zero).
@@ -48,7 +41,7 @@ pub fn record_view(r: &ReconciliationRecord) -> ReconciliationDayView {
     path = "/admin/api/reconciliations",
     operation_id = "list_reconciliations",
     tag = "reconciliations",
-    params(ListQuery),
+    params(LimitQuery),
     responses(
         (status = 200, description = "Reconciled days, newest first", body = [super::views::ReconciliationDayView]),
         (status = 400, description = "`INVALID_INPUT`: a bad `limit`", body = super::error::ErrorBody),
@@ -57,13 +50,9 @@ pub fn record_view(r: &ReconciliationRecord) -> ReconciliationDayView {
 pub async fn list(
     _: Admin,
     State(state): State<SharedState>,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<LimitQuery>,
 ) -> Result<Json<Vec<ReconciliationDayView>>, AppError> {
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(AppError::invalid_input("limit: must be between 1 and 1000"));
-    }
-    Ok(Json(state.store.list_reconciliations(limit).await?.iter().map(record_view).collect()))
+    Ok(Json(state.store.list_reconciliations(q.limit()?).await?.iter().map(record_view).collect()))
 }
 
 /// One day with its differences.
