@@ -5,6 +5,10 @@
 //! * [`msg`]: one module per message, each a typed request/response with validation.
 //! * [`bill`]: the trade bill of `downloadbill`, streaming parser and renderer.
 //! * [`client`]: async clients for the pay API and `jscode2session`.
+//!
+//! Two small utilities live here because this is the one crate both sides (the server and the
+//! simulator) depend on: [`clock`] (the time both run on) and [`process`] (this process's CPU and
+//! memory from `/proc`, for their `process_*` metrics and `wxpay bench`). They are not protocol.
 
 #![forbid(unsafe_code)]
 
