@@ -461,6 +461,38 @@ macro_rules! sql_store {
             }
 
             impl $store {
+                /// Runs a claim statement (`sql` binds the owner, the lease's end, now and the
+                /// limit) in the writer: the rows it leased to `owner`.
+                async fn claim_rows<R>(
+                    &self,
+                    sql: String,
+                    owner: &str,
+                    now: chrono::DateTime<chrono::Utc>,
+                    lease: chrono::Duration,
+                    limit: u32,
+                ) -> StoreResult<Vec<R>>
+                where
+                    R: for<'r> sqlx::FromRow<'r, <<$conn as sqlx::Connection>::Database as sqlx::Database>::Row>
+                        + Send
+                        + Unpin
+                        + 'static,
+                {
+                    let owner = owner.to_owned();
+                    self.write_one(move |conn| {
+                        Box::pin(async move {
+                            let rows = sqlx::query_as(&sql)
+                                .bind(owner)
+                                .bind(ms(now + lease))
+                                .bind(ms(now))
+                                .bind(i64::from(limit))
+                                .fetch_all(&mut *conn)
+                                .await?;
+                            Ok(rows)
+                        })
+                    })
+                    .await
+                }
+
                 /// Ends the lease holder's failed delivery attempt: counts it, keeps the error, and
                 /// either schedules the next attempt at `at` or makes the event a dead letter at `at`.
                 async fn end_outbox_attempt(
@@ -1056,21 +1088,8 @@ macro_rules! sql_store {
                     lease: chrono::Duration,
                     limit: u32,
                 ) -> StoreResult<Vec<OutboxEvent>> {
-                    let owner = owner.to_owned();
-                    let rows = self
-                        .write_one(move |conn| {
-                            Box::pin(async move {
-                                let rows: Vec<OutboxRow> = sqlx::query_as(&dialect::claim_outbox_sql())
-                                    .bind(owner)
-                                    .bind(ms(now + lease))
-                                    .bind(ms(now))
-                                    .bind(i64::from(limit))
-                                    .fetch_all(&mut *conn)
-                                    .await?;
-                                Ok(rows)
-                            })
-                        })
-                        .await?;
+                    let rows: Vec<OutboxRow> =
+                        self.claim_rows(dialect::claim_outbox_sql(), owner, now, lease, limit).await?;
                     let mut out: Vec<OutboxEvent> = convert(rows)?;
                     out.sort_by_key(|e| e.id);
                     Ok(out)
@@ -1195,21 +1214,8 @@ macro_rules! sql_store {
                     lease: chrono::Duration,
                     limit: u32,
                 ) -> StoreResult<Vec<$crate::store::DueRefund>> {
-                    let owner = owner.to_owned();
-                    let rows = self
-                        .write_one(move |conn| {
-                            Box::pin(async move {
-                                let rows: Vec<DueRefundRow> = sqlx::query_as(&dialect::claim_due_refunds_sql())
-                                    .bind(owner)
-                                    .bind(ms(now + lease))
-                                    .bind(ms(now))
-                                    .bind(i64::from(limit))
-                                    .fetch_all(&mut *conn)
-                                    .await?;
-                                Ok(rows)
-                            })
-                        })
-                        .await?;
+                    let rows: Vec<DueRefundRow> =
+                        self.claim_rows(dialect::claim_due_refunds_sql(), owner, now, lease, limit).await?;
                     let mut out: Vec<$crate::store::DueRefund> = convert(rows)?;
                     out.sort_by(|a, b| a.refund.created_at.cmp(&b.refund.created_at));
                     Ok(out)
