@@ -11,11 +11,14 @@
 use chrono::{DateTime, Utc};
 use wxpay_proto::{OutRefundNo, OutTradeNo};
 
+use super::batch::WriteBatch;
 use super::sql::SqlConn;
-use super::{ApplyOutcome, InboxCause, InboxOutcome, InboxRecord, RefundOutcome, StoreError, StoreResult};
+use super::{
+    ApplyOutcome, InboxCause, InboxOutcome, InboxRecord, OrderQueryRecord, RefundOutcome, StoreError, StoreResult,
+};
 use crate::domain::{
     new_refund_no, plan, plan_refund_event, plan_refund_request, Order, OrderEvent, Plan, Refund, RefundEvent,
-    RefundPlan, RefundRequest, RefundTransition, Transition,
+    RefundPlan, RefundRequest, RefundTransition, RejectReason, Transition,
 };
 
 /// How many times to re-read after losing a compare-and-set race. Each backend's locking (the
@@ -24,17 +27,22 @@ use crate::domain::{
 const CAS_RETRIES: usize = 3;
 
 /// Plans `event` on the stored order and writes the plan; see [`super::Store::apply_event_with_cause`].
-/// Runs inside a transaction the caller commits.
+/// Runs inside a transaction the caller commits. `answer` (the `orderquery` answer that reported
+/// the event, if one did) is kept for the order's timeline unless the order is unknown.
+///
+/// A change is written as one [`WriteBatch`]: the order's compare-and-set, its log rows, its
+/// outbox event, the callback's inbox row and the answer, in one round trip.
 pub(crate) async fn apply<C: SqlConn + ?Sized>(
     conn: &mut C,
     order_no: &OutTradeNo,
     event: &OrderEvent,
     cause: Option<InboxCause>,
+    answer: Option<&OrderQueryRecord>,
     now: DateTime<Utc>,
 ) -> StoreResult<ApplyOutcome> {
     for _ in 0..CAS_RETRIES {
         let Some(order) = conn.load_order(order_no.as_str(), true).await? else {
-            record_cause(conn, cause, order_no, &ApplyOutcome::NotFound).await?;
+            record_cause(conn, cause.as_ref(), order_no, Verdict::NotFound).await?;
             return Ok(ApplyOutcome::NotFound);
         };
         let mut planned = plan(&order, event, now, None);
@@ -45,75 +53,119 @@ pub(crate) async fn apply<C: SqlConn + ?Sized>(
                 planned = plan(&order, event, now, Some(&owner));
             }
         }
-        let outcome = match planned {
-            Plan::AlreadyDone => ApplyOutcome::AlreadyDone(order),
-            Plan::Reject { reason, flag: None } => ApplyOutcome::Rejected(order, reason),
-            Plan::Reject { reason, flag: Some(flag) } => match write(conn, &order, flag, now).await? {
-                Some(flagged) => ApplyOutcome::Rejected(flagged, reason),
-                None => continue,
-            },
-            Plan::Apply(transition) => match write(conn, &order, transition, now).await? {
-                Some(next) => ApplyOutcome::Applied(next),
-                None => continue,
-            },
+        let (transition, reason) = match planned {
+            Plan::Apply(transition) => (transition, None),
+            Plan::Reject { reason, flag: Some(flag) } => (flag, Some(reason)),
+            // Nothing to write but the inbox row and the answer.
+            Plan::AlreadyDone => {
+                record_cause(conn, cause.as_ref(), order_no, Verdict::Duplicate).await?;
+                record_answer(conn, answer).await?;
+                return Ok(ApplyOutcome::AlreadyDone(order));
+            }
+            Plan::Reject { reason, flag: None } => {
+                record_cause(conn, cause.as_ref(), order_no, Verdict::Rejected(&reason)).await?;
+                record_answer(conn, answer).await?;
+                return Ok(ApplyOutcome::Rejected(order, reason));
+            }
         };
-        record_cause(conn, cause, order_no, &outcome).await?;
-        return Ok(outcome);
+        let verdict = reason.as_ref().map_or(Verdict::Applied, Verdict::Rejected);
+        let inbox = cause.as_ref().map(|cause| inbox_row(cause, order_no, verdict));
+        let Some(written) = write(conn, &order, transition, inbox.as_ref(), answer, now).await? else {
+            continue;
+        };
+        return Ok(match reason {
+            None => ApplyOutcome::Applied(written),
+            Some(reason) => ApplyOutcome::Rejected(written, reason),
+        });
     }
     Err(StoreError::Conflict(format!("order {order_no} kept changing; gave up after {CAS_RETRIES} attempts")))
 }
 
-/// Writes a transition planned on `read`; the order as written, or `None` when someone wrote
-/// first (nothing was written).
+/// Writes a transition planned on `read`, with the inbox row and the `orderquery` answer behind
+/// it, as one batch; the order as written, or `None` when someone wrote first (nothing was
+/// written).
 async fn write<C: SqlConn + ?Sized>(
     conn: &mut C,
     read: &Order,
     transition: Transition,
+    inbox: Option<&InboxRecord>,
+    answer: Option<&OrderQueryRecord>,
     now: DateTime<Utc>,
 ) -> StoreResult<Option<Order>> {
     let Transition { mut order, log, outbox, next_query_at } = transition;
-    if !conn.cas_order(&order, read.version, next_query_at, now).await? {
-        return Ok(None);
-    }
+    let mut batch = WriteBatch::cas_order(&order, read.version, next_query_at, now)?;
     let order_no = order.order_no.as_str();
     for entry in &log {
-        conn.append_event(order_no, entry.kind, &entry.detail, now).await?;
+        batch.event(order_no, entry.kind, &entry.detail, now);
     }
+    if let Some(record) = inbox {
+        batch.inbox(record);
+    }
+    if let Some(answer) = answer {
+        batch.order_query(answer);
+    }
+    // Last: the one insert that may do nothing.
     if let Some(message) = &outbox {
-        conn.insert_outbox(order_no, message, now).await?;
+        batch.outbox(order_no, message, now);
+    }
+    if !conn.write_batch(&batch).await? {
+        return Ok(None);
     }
     order.version = read.version + 1;
     Ok(Some(order))
 }
 
-/// The inbox row of the callback behind the change, with what the change did.
-async fn record_cause<C: SqlConn + ?Sized>(
-    conn: &mut C,
-    cause: Option<InboxCause>,
-    order_no: &OutTradeNo,
-    outcome: &ApplyOutcome,
-) -> StoreResult<()> {
-    let Some(InboxCause { kind, raw_body, received_at }) = cause else { return Ok(()) };
-    // A refused message is recorded as unverified: the amount and the order are part of what
-    // verification checks.
-    let (verified, outcome, reason) = match outcome {
-        ApplyOutcome::Applied(_) => (true, InboxOutcome::Applied, None),
-        ApplyOutcome::AlreadyDone(_) => (true, InboxOutcome::Duplicate, None),
-        ApplyOutcome::Rejected(_, reason) => {
+/// What a change did, as its callback's inbox row records it.
+#[derive(Clone, Copy)]
+enum Verdict<'a> {
+    Applied,
+    Duplicate,
+    Rejected(&'a RejectReason),
+    NotFound,
+}
+
+/// The inbox row of the callback behind a change. A refused message is recorded as unverified:
+/// the amount and the order are part of what verification checks.
+fn inbox_row(cause: &InboxCause, order_no: &OutTradeNo, verdict: Verdict<'_>) -> InboxRecord {
+    let (verified, outcome, reason) = match verdict {
+        Verdict::Applied => (true, InboxOutcome::Applied, None),
+        Verdict::Duplicate => (true, InboxOutcome::Duplicate, None),
+        Verdict::Rejected(reason) => {
             (false, InboxOutcome::Rejected, Some(format!("{}: {reason}", reason.code().to_ascii_lowercase())))
         }
-        ApplyOutcome::NotFound => (false, InboxOutcome::Rejected, Some(format!("unknown_order: {order_no}"))),
+        Verdict::NotFound => (false, InboxOutcome::Rejected, Some(format!("unknown_order: {order_no}"))),
     };
-    let record = InboxRecord {
-        kind,
+    InboxRecord {
+        kind: cause.kind,
         out_trade_no: Some(order_no.to_string()),
-        raw_body,
+        raw_body: cause.raw_body.clone(),
         verified,
         outcome,
         reason,
-        received_at,
-    };
-    conn.insert_inbox(&record).await?;
+        received_at: cause.received_at,
+    }
+}
+
+/// The inbox row of the callback behind a change that wrote nothing else.
+async fn record_cause<C: SqlConn + ?Sized>(
+    conn: &mut C,
+    cause: Option<&InboxCause>,
+    order_no: &OutTradeNo,
+    verdict: Verdict<'_>,
+) -> StoreResult<()> {
+    if let Some(cause) = cause {
+        conn.insert_inbox(&inbox_row(cause, order_no, verdict)).await?;
+    }
+    Ok(())
+}
+
+/// The `orderquery` answer behind a change that wrote nothing else.
+async fn record_answer<C: SqlConn + ?Sized>(conn: &mut C, answer: Option<&OrderQueryRecord>) -> StoreResult<()> {
+    if let Some(answer) = answer {
+        let mut batch = WriteBatch::default();
+        batch.order_query(answer);
+        conn.write_batch(&batch).await?;
+    }
     Ok(())
 }
 
@@ -261,4 +313,106 @@ async fn record_refund_cause<C: SqlConn + ?Sized>(
     };
     conn.insert_inbox(&record).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration;
+    use sqlx::Connection;
+
+    use super::*;
+    use crate::domain::{PaymentSource, Reported};
+    use crate::store::contract::{seed_order, t0};
+    use crate::store::{NotificationFilter, NotificationKind, QuerySource, Store};
+
+    /// The change a payment makes to the seeded order, and the inbox row and `orderquery`
+    /// answer written with it.
+    fn paid(order: &Order) -> (Transition, InboxRecord, OrderQueryRecord) {
+        let event = OrderEvent::PaymentConfirmed {
+            transaction_id: wxpay_proto::TransactionId::parse("4200000000202611290000000001").unwrap(),
+            amount: order.amount,
+            paid_at: t0() + Duration::minutes(1),
+            source: PaymentSource::Query,
+            reported: Reported::default(),
+        };
+        let Plan::Apply(transition) = plan(order, &event, t0() + Duration::minutes(1), None) else {
+            panic!("a payment of a created order is applied")
+        };
+        assert!(transition.outbox.is_some() && !transition.log.is_empty(), "{transition:?}");
+        let cause = InboxCause { kind: NotificationKind::Pay, raw_body: "<xml/>".into(), received_at: t0() };
+        let answer = OrderQueryRecord {
+            order_no: order.order_no.clone(),
+            at: t0(),
+            source: QuerySource::Poll,
+            trade_state: "SUCCESS".into(),
+            transaction_id: None,
+        };
+        (transition, inbox_row(&cause, &order.order_no, Verdict::Applied), answer)
+    }
+
+    /// What the store holds of the change: (version, log rows, inbox rows, answers, outbox events).
+    async fn written(store: &dyn Store, order: &Order) -> (i64, usize, usize, usize, usize) {
+        let no = &order.order_no;
+        let now = t0() + Duration::days(1);
+        (
+            store.get_order(no).await.unwrap().unwrap().version,
+            store.order_events(no).await.unwrap().len(),
+            store.list_notifications(&NotificationFilter::default()).await.unwrap().len(),
+            store.order_queries(no).await.unwrap().len(),
+            store.claim_outbox(now, "test", Duration::seconds(1), 100).await.unwrap().len(),
+        )
+    }
+
+    /// A write that lost its compare-and-set writes nothing at all (not its log rows, its inbox
+    /// row, its answer or its outbox event: they are one batch); the same write on the version
+    /// read writes all of them.
+    async fn a_lost_race_writes_nothing<C: SqlConn>(store: &dyn Store, conn: &mut C) {
+        let order = seed_order(store).await;
+        let before = written(store, &order).await;
+        let (transition, inbox, answer) = paid(&order);
+        let stale = Order { version: order.version + 7, ..order.clone() };
+        let now = t0() + Duration::minutes(1);
+        let lost = write(conn, &stale, transition.clone(), Some(&inbox), Some(&answer), now).await.unwrap();
+        assert!(lost.is_none());
+        assert_eq!(written(store, &order).await, before);
+        let won = write(conn, &order, transition, Some(&inbox), Some(&answer), now).await.unwrap().unwrap();
+        assert_eq!(won.version, order.version + 1);
+        let (version, log, inboxed, answers, outbox) = before;
+        assert_eq!(
+            written(store, &order).await,
+            (version + 1, log + won_log(store, &order).await, inboxed + 1, answers + 1, outbox + 1)
+        );
+    }
+
+    /// The log rows the payment added (its plan may log more than one).
+    async fn won_log(store: &dyn Store, order: &Order) -> usize {
+        let events = store.order_events(&order.order_no).await.unwrap();
+        events.iter().filter(|e| e.at == t0() + Duration::minutes(1)).count()
+    }
+
+    #[tokio::test]
+    async fn sqlite_a_lost_race_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("w.db").display());
+        let store = crate::store::sqlite::SqliteStore::connect(&url).await.unwrap();
+        store.migrate().await.unwrap();
+        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        a_lost_race_writes_nothing(&store, &mut conn).await;
+    }
+
+    #[tokio::test]
+    async fn postgres_a_lost_race_writes_nothing() {
+        let Some(base) = crate::store::postgres::testing::database_url_or_skip("postgres_a_lost_race_writes_nothing")
+        else {
+            return;
+        };
+        let db = crate::store::postgres::testing::FreshDatabase::create(&base).await.unwrap();
+        let store = crate::store::postgres::PostgresStore::connect(&db.url).await.unwrap();
+        store.migrate().await.unwrap();
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        a_lost_race_writes_nothing(&store, &mut conn).await;
+        conn.close().await.unwrap();
+        store.close().await;
+        db.cleanup().await.unwrap();
+    }
 }

@@ -17,6 +17,7 @@ use crate::domain::{
 use wxpay_proto::OutRefundNo;
 
 mod apply;
+mod batch;
 #[cfg(any(test, feature = "testing"))]
 pub mod contract;
 mod group_commit;

@@ -172,6 +172,11 @@ mod dialect {
     /// at all on rollback); several in one transaction are delivered once.
     pub(super) const OUTBOX_NOTIFY: Option<&str> = Some("NOTIFY wxpay_outbox");
 
+    /// A state change's statements as one statement of CTEs: one round trip. Its NOTIFY is the
+    /// same as [`OUTBOX_NOTIFY`].
+    pub(super) const BATCH: crate::store::batch::BatchForm =
+        crate::store::batch::BatchForm::Ctes { notify: "pg_notify('wxpay_outbox', '')" };
+
     /// An inbox row (`n`, its order number kept as BYTEA) of an order (`o`).
     pub(super) const INBOX_OF_ORDER: &str = "n.out_trade_no = convert_to(o.order_no, 'UTF8')";
 

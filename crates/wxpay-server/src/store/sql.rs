@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use wxpay_proto::{OutTradeNo, TransactionId};
 
+use super::batch::WriteBatch;
 use super::{InboxRecord, StoreResult};
 use crate::domain::{EventKind, Order, OutboxMessage, Refund, RefundEventKind};
 
@@ -26,6 +27,11 @@ pub use super::group_commit::BoxFuture;
 pub(crate) enum Bind {
     Text(String),
     Int(i64),
+    OptText(Option<String>),
+    OptInt(Option<i64>),
+    Bool(bool),
+    /// Text a caller sent, stored as each backend's `dialect::caller_text` says.
+    Caller(Option<String>),
 }
 
 /// The `WHERE` condition of an [`super::OrderFilter`] with only the conditions it sets (so that
@@ -88,10 +94,12 @@ pub(crate) fn order_product(order: &Order) -> Option<String> {
 
 /// The backend primitives a state change is written with (see [`super::apply`]).
 #[async_trait]
-pub trait SqlConn: Send {
+pub(crate) trait SqlConn: Send {
     /// The order with its items; with `lock`, its row stays locked until the transaction ends
     /// (where the backend has row locks).
     async fn load_order(&mut self, order_no: &str, lock: bool) -> StoreResult<Option<Order>>;
+    /// Runs `batch` as one unit (one round trip); whether its guard matched (true without one).
+    async fn write_batch(&mut self, batch: &WriteBatch) -> StoreResult<bool>;
     /// Writes the mutable fields of `next` if the row still has `expected_version`, bumping it;
     /// false when someone else wrote first. `next_query_at` replaces the stored one when given.
     async fn cas_order(
@@ -100,16 +108,26 @@ pub trait SqlConn: Send {
         expected_version: i64,
         next_query_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
-    ) -> StoreResult<bool>;
+    ) -> StoreResult<bool> {
+        self.write_batch(&WriteBatch::cas_order(next, expected_version, next_query_at, now)?).await
+    }
     async fn append_event(
         &mut self,
         order_no: &str,
         kind: EventKind,
         detail: &serde_json::Value,
         at: DateTime<Utc>,
-    ) -> StoreResult<()>;
+    ) -> StoreResult<()> {
+        let mut batch = WriteBatch::default();
+        batch.event(order_no, kind, detail, at);
+        self.write_batch(&batch).await.map(drop)
+    }
     /// At most one event per order and kind: a second insert is a no-op.
-    async fn insert_outbox(&mut self, order_no: &str, message: &OutboxMessage, now: DateTime<Utc>) -> StoreResult<()>;
+    async fn insert_outbox(&mut self, order_no: &str, message: &OutboxMessage, now: DateTime<Utc>) -> StoreResult<()> {
+        let mut batch = WriteBatch::default();
+        batch.outbox(order_no, message, now);
+        self.write_batch(&batch).await.map(drop)
+    }
     async fn insert_inbox(&mut self, record: &InboxRecord) -> StoreResult<i64>;
     /// The order a WeChat transaction paid, if any.
     async fn transaction_owner(&mut self, transaction_id: &TransactionId) -> StoreResult<Option<OutTradeNo>>;
@@ -157,7 +175,7 @@ macro_rules! sql_store {
     ($store:ident, $conn:ty) => {
         mod shared_sql {
             use super::{dialect, $store};
-            use $crate::domain::{name_of, EventKind, Order, OrderEvent, OrderStatus, OutboxMessage, Product, User};
+            use $crate::domain::{name_of, Order, OrderEvent, OrderStatus, OutboxMessage, Product, User};
             use $crate::store::rows::{
                 convert, fen_to_db, ms, name as stored_name, AdminTokenRow, AuditRow, DueRefundRow, DueRow, EventRow,
                 InboxRow, ItemRow, OrderRow, OrderWithItemsRow, OutboxRow, ProductRow, RefundEventRow, RefundRow, StatusCountRow, UserRow,
@@ -218,18 +236,50 @@ macro_rules! sql_store {
                 conn: &mut $conn,
                 answer: &$crate::store::OrderQueryRecord,
             ) -> StoreResult<()> {
-                sqlx::query(
-                    "INSERT INTO order_queries (order_no, at, source, trade_state, transaction_id) \
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(answer.order_no.as_str())
-                .bind(ms(answer.at))
-                .bind(name_of(&answer.source))
-                .bind(storable(&answer.trade_state))
-                .bind(answer.transaction_id.as_deref().map(storable))
-                .execute(&mut *conn)
-                .await?;
-                Ok(())
+                let mut batch = $crate::store::batch::WriteBatch::default();
+                batch.order_query(answer);
+                conn.write_batch(&batch).await.map(drop)
+            }
+
+            type Db = <$conn as sqlx::Connection>::Database;
+            type DbArgs<'q> = <Db as sqlx::Database>::Arguments<'q>;
+
+            /// A statement that takes bound values: [`bind_all`] works for both kinds.
+            trait BindValues<'q>: Sized {
+                fn bind_value<T: 'q + sqlx::Encode<'q, Db> + sqlx::Type<Db>>(self, value: T) -> Self;
+            }
+
+            impl<'q> BindValues<'q> for sqlx::query::Query<'q, Db, DbArgs<'q>> {
+                fn bind_value<T: 'q + sqlx::Encode<'q, Db> + sqlx::Type<Db>>(self, value: T) -> Self {
+                    self.bind(value)
+                }
+            }
+
+            impl<'q, O> BindValues<'q> for sqlx::query::QueryAs<'q, Db, O, DbArgs<'q>> {
+                fn bind_value<T: 'q + sqlx::Encode<'q, Db> + sqlx::Type<Db>>(self, value: T) -> Self {
+                    self.bind(value)
+                }
+            }
+
+            /// Binds `binds` in order (see [`Bind`]).
+            fn bind_all<'q, O>(
+                mut query: O,
+                binds: &'q [Bind],
+            ) -> O
+            where
+                O: BindValues<'q>,
+            {
+                for bind in binds {
+                    query = match bind {
+                        Bind::Text(t) => query.bind_value(t.as_str()),
+                        Bind::Int(i) => query.bind_value(*i),
+                        Bind::OptText(t) => query.bind_value(t.as_deref()),
+                        Bind::OptInt(i) => query.bind_value(*i),
+                        Bind::Bool(b) => query.bind_value(*b),
+                        Bind::Caller(t) => query.bind_value(t.as_deref().map(dialect::caller_text)),
+                    };
+                }
+                query
             }
 
             /// Order rows with their items (small lists: one query per order).
@@ -256,79 +306,10 @@ macro_rules! sql_store {
                     row.map(OrderWithItemsRow::into_order).transpose()
                 }
 
-                async fn cas_order(
-                    &mut self,
-                    next: &Order,
-                    expected_version: i64,
-                    next_query_at: Option<chrono::DateTime<chrono::Utc>>,
-                    now: chrono::DateTime<chrono::Utc>,
-                ) -> StoreResult<bool> {
-                    let done = sqlx::query(
-                        "UPDATE orders SET status = $1, fulfilment = $2, prepay_id = $3, prepay_expires_at = $4, \
-                         transaction_id = $5, paid_at = $6, closed_at = $7, needs_review = $8, review_reason = $9, \
-                         version = version + 1, updated_at = $10, next_query_at = COALESCE($11, next_query_at), \
-                         refunded_fen = $14 WHERE order_no = $12 AND version = $13",
-                    )
-                    .bind(name_of(&next.status))
-                    .bind(name_of(&next.fulfilment))
-                    .bind(next.prepay_id.as_ref().map(|p| p.as_str()))
-                    .bind(next.prepay_expires_at.map(ms))
-                    .bind(next.transaction_id.as_ref().map(|t| t.as_str()))
-                    .bind(next.paid_at.map(ms))
-                    .bind(next.closed_at.map(ms))
-                    .bind(next.needs_review)
-                    .bind(next.review_reason.as_deref())
-                    .bind(ms(now))
-                    .bind(next_query_at.map(ms))
-                    .bind(next.order_no.as_str())
-                    .bind(expected_version)
-                    .bind(fen_to_db(next.refunded)?)
-                    .execute(&mut *self)
-                    .await?;
-                    Ok(done.rows_affected() == 1)
-                }
-
-                async fn append_event(
-                    &mut self,
-                    order_no: &str,
-                    kind: EventKind,
-                    detail: &serde_json::Value,
-                    at: chrono::DateTime<chrono::Utc>,
-                ) -> StoreResult<()> {
-                    sqlx::query("INSERT INTO order_events (order_no, kind, detail, at) VALUES ($1, $2, $3, $4)")
-                        .bind(order_no)
-                        .bind(name_of(&kind))
-                        .bind(detail.to_string())
-                        .bind(ms(at))
-                        .execute(&mut *self)
-                        .await?;
-                    Ok(())
-                }
-
-                async fn insert_outbox(
-                    &mut self,
-                    order_no: &str,
-                    message: &OutboxMessage,
-                    now: chrono::DateTime<chrono::Utc>,
-                ) -> StoreResult<()> {
-                    // The unique (order_no, kind, refund_no) makes a second insert a no-op: one
-                    // fulfilment per order, one outcome per refund, even if a bug ever decided twice.
-                    sqlx::query(
-                        "INSERT INTO outbox (order_no, kind, payload, created_at, next_attempt_at, refund_no) \
-                         VALUES ($1, $2, $3, $4, $4, $5) ON CONFLICT (order_no, kind, refund_no) DO NOTHING",
-                    )
-                    .bind(order_no)
-                    .bind(name_of(&message.kind()))
-                    .bind(message.payload().to_string())
-                    .bind(ms(now))
-                    .bind(message.refund_no().unwrap_or(""))
-                    .execute(&mut *self)
-                    .await?;
-                    // Other instances' outbox workers hear of it at commit (where the backend can tell them).
-                    if let Some(notify) = dialect::OUTBOX_NOTIFY {
-                        sqlx::query(notify).execute(&mut *self).await?;
-                    }
-                    Ok(())
+                async fn write_batch(&mut self, batch: &$crate::store::batch::WriteBatch) -> StoreResult<bool> {
+                    let sql = batch.render(dialect::BATCH);
+                    let done = bind_all(sqlx::query(&sql), batch.binds()).execute(&mut *self).await?;
+                    Ok(done.rows_affected() > 0)
                 }
 
                 async fn insert_inbox(&mut self, record: &InboxRecord) -> StoreResult<i64> {
@@ -660,59 +641,16 @@ macro_rules! sql_store {
                 }
 
                 async fn create_order(&self, order: &Order) -> StoreResult<()> {
-                    let order = order.clone();
+                    // The order row, its lines and its `order.created` event in one round trip.
+                    let batch = $crate::store::batch::WriteBatch::create_order(order)?;
+                    let order_no = order.order_no.clone();
                     self.write_tx(move |conn| {
                         Box::pin(async move {
-                            let inserted = sqlx::query(
-                                "INSERT INTO orders (order_no, openid, trade_type, amount_fen, status, fulfilment, \
-                                 created_at, expires_at, prepay_id, prepay_expires_at, transaction_id, paid_at, \
-                                 closed_at, needs_review, review_reason, version, updated_at, product_id) \
-                                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $7, \
-                                 $17) ON CONFLICT (order_no) DO NOTHING",
-                            )
-                            .bind(order.order_no.as_str())
-                            .bind(order.openid.as_str())
-                            .bind(order.trade_type.as_str())
-                            .bind(fen_to_db(order.amount)?)
-                            .bind(name_of(&order.status))
-                            .bind(name_of(&order.fulfilment))
-                            .bind(ms(order.created_at))
-                            .bind(ms(order.expires_at))
-                            .bind(order.prepay_id.as_ref().map(|p| p.as_str()))
-                            .bind(order.prepay_expires_at.map(ms))
-                            .bind(order.transaction_id.as_ref().map(|t| t.as_str()))
-                            .bind(order.paid_at.map(ms))
-                            .bind(order.closed_at.map(ms))
-                            .bind(order.needs_review)
-                            .bind(order.review_reason.as_deref())
-                            .bind(order.version)
-                            .bind($crate::store::sql::order_product(&order))
-                            .execute(&mut *conn)
-                            .await?;
-                            if inserted.rows_affected() == 0 {
-                                return Err(StoreError::Conflict(format!("order {} already exists", order.order_no)));
+                            if conn.write_batch(&batch).await? {
+                                Ok(())
+                            } else {
+                                Err(StoreError::Conflict(format!("order {order_no} already exists")))
                             }
-                            for (line_no, item) in (0_i64..).zip(&order.items) {
-                                sqlx::query(
-                                    "INSERT INTO order_items (order_no, line_no, product_id, name, unit_price_fen, \
-                                     quantity) VALUES ($1, $2, $3, $4, $5, $6)",
-                                )
-                                .bind(order.order_no.as_str())
-                                .bind(line_no)
-                                .bind(item.product_id.as_str())
-                                .bind(&item.name)
-                                .bind(fen_to_db(item.unit_price)?)
-                                .bind(i64::from(item.quantity))
-                                .execute(&mut *conn)
-                                .await?;
-                            }
-                            let detail = serde_json::json!({
-                                "amount_fen": order.amount.get(),
-                                "trade_type": order.trade_type.as_str(),
-                                "lines": order.items.len(),
-                            });
-                            conn.append_event(order.order_no.as_str(), EventKind::OrderCreated, &detail, order.created_at)
-                                .await
                         })
                     })
                     .await
@@ -738,13 +676,7 @@ macro_rules! sql_store {
                         n + 1,
                         n + 2
                     );
-                    let mut query = sqlx::query_as::<_, OrderRow>(&sql);
-                    for bind in binds {
-                        query = match bind {
-                            Bind::Text(t) => query.bind(t),
-                            Bind::Int(i) => query.bind(i),
-                        };
-                    }
+                    let query = bind_all(sqlx::query_as::<_, OrderRow>(&sql), &binds);
                     let rows = query
                         .bind(i64::from(filter.limit))
                         .bind(i64::from(filter.offset))
@@ -760,13 +692,7 @@ macro_rules! sql_store {
                         "SELECT COUNT(*), CAST(COALESCE(SUM(amount_fen), 0) AS BIGINT), \
                          CAST(COALESCE(SUM(refunded_fen), 0) AS BIGINT) FROM orders WHERE {condition}"
                     );
-                    let mut query = sqlx::query_as::<_, (i64, i64, i64)>(&sql);
-                    for bind in binds {
-                        query = match bind {
-                            Bind::Text(t) => query.bind(t),
-                            Bind::Int(i) => query.bind(i),
-                        };
-                    }
+                    let query = bind_all(sqlx::query_as::<_, (i64, i64, i64)>(&sql), &binds);
                     let (count, amount_fen, refunded_fen) = query.fetch_one(&mut *conn).await?;
                     Ok($crate::store::OrderTotals { count, amount_fen, refunded_fen })
                 }
@@ -885,7 +811,7 @@ macro_rules! sql_store {
                 ) -> StoreResult<ApplyOutcome> {
                     let (order_no, event) = (order_no.clone(), event.clone());
                     self.write_tx(move |conn| {
-                        Box::pin(async move { $crate::store::apply::apply(conn, &order_no, &event, cause, now).await })
+                        Box::pin(async move { $crate::store::apply::apply(conn, &order_no, &event, cause, None, now).await })
                     })
                     .await
                 }
@@ -1682,12 +1608,7 @@ macro_rules! sql_store {
                     let (event, answer) = (event.clone(), answer.clone());
                     self.write_tx(move |conn| {
                         Box::pin(async move {
-                            let outcome =
-                                $crate::store::apply::apply(conn, &answer.order_no, &event, None, now).await?;
-                            if !matches!(outcome, ApplyOutcome::NotFound) {
-                                insert_order_query(conn, &answer).await?;
-                            }
-                            Ok(outcome)
+                            $crate::store::apply::apply(conn, &answer.order_no, &event, None, Some(&answer), now).await
                         })
                     })
                     .await

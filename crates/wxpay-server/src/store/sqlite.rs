@@ -144,6 +144,9 @@ mod dialect {
     /// One process writes the file: the in-process signal wakes its outbox worker.
     pub(super) const OUTBOX_NOTIFY: Option<&str> = None;
 
+    /// A state change's statements in one text: one hand-off to the connection's thread.
+    pub(super) const BATCH: crate::store::batch::BatchForm = crate::store::batch::BatchForm::Statements;
+
     /// An inbox row (`n`) of an order (`o`).
     pub(super) const INBOX_OF_ORDER: &str = "n.out_trade_no = o.order_no";
 
