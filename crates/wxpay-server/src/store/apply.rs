@@ -21,17 +21,20 @@ use crate::domain::{
     RefundPlan, RefundRequest, RefundTransition, RejectReason, Transition,
 };
 
-/// How many times to re-read after losing a compare-and-set race. Each backend's locking (the
-/// SQLite writer, PostgreSQL's `SELECT ... FOR UPDATE`) means the race cannot happen; the loop
-/// keeps the code correct regardless.
-const CAS_RETRIES: usize = 3;
+/// How many times to re-read after losing a compare-and-set race. On SQLite the race cannot
+/// happen (one writer). On PostgreSQL an order change takes no row lock (it is one statement,
+/// [`apply`]): concurrent changes of one order each read it, and all but the first to write
+/// re-read; a payment's losers then find it paid and write nothing.
+const CAS_RETRIES: usize = 8;
 
 /// Plans `event` on the stored order and writes the plan; see [`super::Store::apply_event_with_cause`].
-/// Runs inside a transaction the caller commits. `answer` (the `orderquery` answer that reported
+/// `answer` (the `orderquery` answer that reported
 /// the event, if one did) is kept for the order's timeline unless the order is unknown.
 ///
 /// A change is written as one [`WriteBatch`]: the order's compare-and-set, its log rows, its
-/// outbox event, the callback's inbox row and the answer, in one round trip.
+/// outbox event, the callback's inbox row and the answer, in one round trip. Whatever the plan,
+/// exactly one statement or batch is written (a change, or the inbox row or answer alone), so the
+/// caller needs no transaction: the order is read without a lock and the compare-and-set decides.
 pub(crate) async fn apply<C: SqlConn + ?Sized>(
     conn: &mut C,
     order_no: &OutTradeNo,
@@ -41,8 +44,9 @@ pub(crate) async fn apply<C: SqlConn + ?Sized>(
     now: DateTime<Utc>,
 ) -> StoreResult<ApplyOutcome> {
     for _ in 0..CAS_RETRIES {
-        let Some(order) = conn.load_order(order_no.as_str(), true).await? else {
-            record_cause(conn, cause.as_ref(), order_no, Verdict::NotFound).await?;
+        let Some(order) = conn.load_order(order_no.as_str(), false).await? else {
+            // An unknown order's answer is not kept (it has no timeline).
+            record_unchanged(conn, cause.as_ref(), None, order_no, Verdict::NotFound).await?;
             return Ok(ApplyOutcome::NotFound);
         };
         let mut planned = plan(&order, event, now, None);
@@ -58,13 +62,11 @@ pub(crate) async fn apply<C: SqlConn + ?Sized>(
             Plan::Reject { reason, flag: Some(flag) } => (flag, Some(reason)),
             // Nothing to write but the inbox row and the answer.
             Plan::AlreadyDone => {
-                record_cause(conn, cause.as_ref(), order_no, Verdict::Duplicate).await?;
-                record_answer(conn, answer).await?;
+                record_unchanged(conn, cause.as_ref(), answer, order_no, Verdict::Duplicate).await?;
                 return Ok(ApplyOutcome::AlreadyDone(order));
             }
             Plan::Reject { reason, flag: None } => {
-                record_cause(conn, cause.as_ref(), order_no, Verdict::Rejected(&reason)).await?;
-                record_answer(conn, answer).await?;
+                record_unchanged(conn, cause.as_ref(), answer, order_no, Verdict::Rejected(&reason)).await?;
                 return Ok(ApplyOutcome::Rejected(order, reason));
             }
         };
@@ -146,24 +148,23 @@ fn inbox_row(cause: &InboxCause, order_no: &OutTradeNo, verdict: Verdict<'_>) ->
     }
 }
 
-/// The inbox row of the callback behind a change that wrote nothing else.
-async fn record_cause<C: SqlConn + ?Sized>(
+/// The inbox row of the callback and the `orderquery` answer behind a change that wrote nothing
+/// else, as one batch.
+async fn record_unchanged<C: SqlConn + ?Sized>(
     conn: &mut C,
     cause: Option<&InboxCause>,
+    answer: Option<&OrderQueryRecord>,
     order_no: &OutTradeNo,
     verdict: Verdict<'_>,
 ) -> StoreResult<()> {
+    let mut batch = WriteBatch::default();
     if let Some(cause) = cause {
-        conn.insert_inbox(&inbox_row(cause, order_no, verdict)).await?;
+        batch.inbox(&inbox_row(cause, order_no, verdict));
     }
-    Ok(())
-}
-
-/// The `orderquery` answer behind a change that wrote nothing else.
-async fn record_answer<C: SqlConn + ?Sized>(conn: &mut C, answer: Option<&OrderQueryRecord>) -> StoreResult<()> {
     if let Some(answer) = answer {
-        let mut batch = WriteBatch::default();
         batch.order_query(answer);
+    }
+    if !batch.is_empty() {
         conn.write_batch(&batch).await?;
     }
     Ok(())

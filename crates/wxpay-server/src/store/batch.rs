@@ -199,6 +199,11 @@ impl WriteBatch {
         self.notify = true;
     }
 
+    /// Whether there is nothing to write.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.guard.is_none() && self.inserts.is_empty()
+    }
+
     /// The values to bind, in placeholder order.
     pub(crate) fn binds(&self) -> &[Bind] {
         &self.binds

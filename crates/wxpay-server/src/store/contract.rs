@@ -49,6 +49,7 @@ macro_rules! store_contract_tests {
             amount_mismatch_is_rejected_and_changes_nothing,
             second_transaction_is_rejected_and_flagged,
             payment_after_close_is_flagged_for_review,
+            racing_close_and_payment_end_consistently,
             cancel_and_expiry_close,
             apply_event_on_unknown_order_is_not_found,
             leases_keep_two_reconcilers_apart,
@@ -579,6 +580,36 @@ pub async fn payment_after_close_is_flagged_for_review(h: &dyn StoreHarness) {
     let outbox = store.outbox_for_order(no).await.unwrap();
     assert_eq!(outbox.len(), 1);
     assert_eq!(outbox[0].message.payload()["needs_review"], true);
+}
+
+/// A close and a payment of one order at once (an order change takes no row lock: the
+/// compare-and-set decides, the loser re-reads): whichever wins, the order ends PAID, flagged for
+/// review exactly when the close came first, with one fulfilment event.
+pub async fn racing_close_and_payment_end_consistently(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    for p in catalogue() {
+        store.upsert_product(&p).await.expect("upsert product");
+    }
+    for round in 0..12 {
+        let order = make_order(&format!("WXRACE{round:02}"), "user-a", TradeType::Jsapi, &[("apple", 1)], t0());
+        store.create_order(&order).await.expect("create order");
+        let no = order.order_no.clone();
+        let cancel = OrderEvent::CloseRequested { reason: CloseReason::UserCancelled };
+        let pay = payment(&format!("TX-RACE-{round}"), order.amount);
+        let (closing, paying) = (Arc::clone(&store), Arc::clone(&store));
+        let (close_no, pay_no) = (no.clone(), no.clone());
+        let close = tokio::spawn(async move { closing.apply_event(&close_no, &cancel, t0()).await });
+        let paid = tokio::spawn(async move { paying.apply_event(&pay_no, &pay, t0()).await });
+        close.await.expect("close task").expect("close");
+        assert!(matches!(paid.await.expect("pay task").expect("pay"), ApplyOutcome::Applied(_)));
+        let after = must_get(&*store, &no).await;
+        let kinds = event_kinds(&*store, &no).await;
+        let closed_first = kinds.iter().any(|k| k == "order.closed");
+        assert_eq!(after.status, OrderStatus::Paid, "round {round}: {kinds:?}");
+        assert_eq!(after.needs_review, closed_first, "round {round}: {kinds:?}");
+        assert_eq!(after.version, order.version + if closed_first { 2 } else { 1 }, "round {round}");
+        assert_eq!(store.outbox_for_order(&no).await.unwrap().len(), 1, "round {round}");
+    }
 }
 
 pub async fn cancel_and_expiry_close(h: &dyn StoreHarness) {

@@ -6,7 +6,8 @@
 //! * `read_conn()`: a pooled connection for reads;
 //! * `write_tx(op)`: `op` inside one transaction, answered after the commit (SQLite: the
 //!   group-commit writer; PostgreSQL: a pooled transaction);
-//! * `write_one(op)`: a single write statement (SQLite: the writer; PostgreSQL: autocommit);
+//! * `write_one(op)`: `op` whose writes are a single statement or [`super::batch::WriteBatch`],
+//!   atomic by themselves (SQLite: the writer; PostgreSQL: autocommit, no `BEGIN`/`COMMIT`);
 //! * `run_migrations()`.
 //!
 //! [`sql_store!`] expands, in a backend's module, to the [`SqlConn`] primitives for its
@@ -644,7 +645,7 @@ macro_rules! sql_store {
                     // The order row, its lines and its `order.created` event in one round trip.
                     let batch = $crate::store::batch::WriteBatch::create_order(order)?;
                     let order_no = order.order_no.clone();
-                    self.write_tx(move |conn| {
+                    self.write_one(move |conn| {
                         Box::pin(async move {
                             if conn.write_batch(&batch).await? {
                                 Ok(())
@@ -810,7 +811,8 @@ macro_rules! sql_store {
                     now: chrono::DateTime<chrono::Utc>,
                 ) -> StoreResult<ApplyOutcome> {
                     let (order_no, event) = (order_no.clone(), event.clone());
-                    self.write_tx(move |conn| {
+                    // One statement (the change's batch, or one inbox row): no transaction needed.
+                    self.write_one(move |conn| {
                         Box::pin(async move { $crate::store::apply::apply(conn, &order_no, &event, cause, None, now).await })
                     })
                     .await
@@ -1606,7 +1608,8 @@ macro_rules! sql_store {
                     now: chrono::DateTime<chrono::Utc>,
                 ) -> StoreResult<ApplyOutcome> {
                     let (event, answer) = (event.clone(), answer.clone());
-                    self.write_tx(move |conn| {
+                    // One statement (the change's batch, or the answer alone): no transaction needed.
+                    self.write_one(move |conn| {
                         Box::pin(async move {
                             $crate::store::apply::apply(conn, &answer.order_no, &event, None, Some(&answer), now).await
                         })
