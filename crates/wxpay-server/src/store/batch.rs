@@ -13,7 +13,10 @@
 //! * PostgreSQL: one statement; the guard is a data-modifying CTE (`... RETURNING 1`) that every
 //!   insert selects from, and the statement's own rows are the guard's.
 //!
-//! Either way the batch reports whether the guard matched. Without a guard every insert runs.
+//! Either way the guard returns one row when it matched, which is how the batch reports it.
+//! Without a guard every insert runs. On SQLite a batch of several statements runs under a
+//! savepoint of its own and is rolled back to it when one fails ([`WriteBatch::undo`]), so that it
+//! is atomic like PostgreSQL's one statement.
 //! An insert that may do nothing (`ON CONFLICT ... DO NOTHING`) must be the last one: on SQLite
 //! the inserts after it would see `changes() = 0`.
 
@@ -23,6 +26,10 @@ use super::rows::{fen_to_db, ms};
 use super::sql::{order_product, storable, Bind};
 use super::{InboxRecord, OrderQueryRecord, StoreResult};
 use crate::domain::{name_of, EventKind, Order, OutboxMessage};
+
+/// The savepoint of a SQLite batch of several statements, and how a failed one is undone.
+const SAVEPOINT: &str = "batch";
+const UNDO: &str = "ROLLBACK TO batch; RELEASE batch";
 
 /// How a backend runs a [`WriteBatch`] in one round trip.
 #[derive(Debug, Clone, Copy)]
@@ -199,6 +206,11 @@ impl WriteBatch {
         self.notify = true;
     }
 
+    /// Whether the guard matched, from the number of rows the batch's text returned.
+    pub(crate) fn matched(&self, rows: usize) -> bool {
+        self.guard.is_none() || rows > 0
+    }
+
     /// Whether there is nothing to write.
     pub(crate) fn is_empty(&self) -> bool {
         self.guard.is_none() && self.inserts.is_empty()
@@ -217,11 +229,19 @@ impl WriteBatch {
         );
         match form {
             BatchForm::Statements => {
-                let mut sql = self.guard.clone().unwrap_or_default();
+                // More than one statement: under a savepoint of its own, which [`Self::undo`]
+                // rolls back when one of them fails, so that the batch is atomic by itself.
+                let several = self.guard.iter().len() + self.inserts.len() > 1;
+                let mut sql = if several { format!("SAVEPOINT {SAVEPOINT}; ") } else { String::new() };
+                if let Some(guard) = &self.guard {
+                    // Its one row says it matched (the statements' change counts cannot: sqlx
+                    // reports SQLite's last change count for SAVEPOINT and RELEASE too).
+                    sql.push_str(&format!("{guard} RETURNING 1"));
+                }
                 // Without a guard the first insert runs unconditionally, and chains the rest.
                 let mut guarded = self.guard.is_some();
-                for insert in &self.inserts {
-                    if !sql.is_empty() {
+                for (i, insert) in self.inserts.iter().enumerate() {
+                    if i > 0 || self.guard.is_some() {
                         sql.push_str("; ");
                     }
                     let condition = if guarded { "changes() = 1" } else { "1 = 1" };
@@ -232,6 +252,9 @@ impl WriteBatch {
                         insert.on_conflict.unwrap_or("")
                     ));
                     guarded = true;
+                }
+                if several {
+                    sql.push_str(&format!("; RELEASE {SAVEPOINT}"));
                 }
                 sql
             }
@@ -254,6 +277,17 @@ impl WriteBatch {
                 let select = if self.notify { notify } else { "1" };
                 format!("WITH {} SELECT {select}{from}", ctes.join(", "))
             }
+        }
+    }
+
+    /// What undoes a failed run in `form`: on SQLite, the statements before the failing one
+    /// stay written unless rolled back to the batch's savepoint. (A PostgreSQL statement is
+    /// atomic.)
+    pub(crate) fn undo(&self, form: BatchForm) -> Option<&'static str> {
+        let several = self.guard.iter().len() + self.inserts.len() > 1;
+        match form {
+            BatchForm::Statements if several => Some(UNDO),
+            _ => None,
         }
     }
 
@@ -289,9 +323,9 @@ mod tests {
     fn sqlite_chains_every_insert_on_the_one_before() {
         assert_eq!(
             batch_of_two().render(BatchForm::Statements),
-            "UPDATE t SET v = $1 WHERE id = $2; \
+            "SAVEPOINT batch; UPDATE t SET v = $1 WHERE id = $2 RETURNING 1; \
              INSERT INTO a (x) SELECT $3 WHERE changes() = 1; \
-             INSERT INTO o (y) SELECT $4 WHERE changes() = 1 ON CONFLICT (y) DO NOTHING"
+             INSERT INTO o (y) SELECT $4 WHERE changes() = 1 ON CONFLICT (y) DO NOTHING; RELEASE batch"
         );
     }
 

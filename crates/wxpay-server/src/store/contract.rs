@@ -41,6 +41,7 @@ macro_rules! store_contract_tests {
             orders_create_get_and_list_own,
             order_items_read_back_exactly,
             create_order_twice_conflicts,
+            a_failed_order_write_leaves_nothing,
             admin_list_filters_and_pages,
             finds_payable_native_order_for_exactly_that_product,
             apply_event_happy_path,
@@ -333,6 +334,23 @@ pub async fn create_order_twice_conflicts(h: &dyn StoreHarness) {
     // The failed attempt left nothing behind (no duplicate items or events).
     assert_eq!(must_get(&*store, &order.order_no).await.items.len(), 2);
     assert_eq!(event_kinds(&*store, &order.order_no).await.len(), 1);
+}
+
+/// An order whose second line the database refuses (a quantity of 0 breaks its CHECK) is not
+/// stored at all: the order row, its first line and its event are one write, and the refusal
+/// undoes all of it, while writes around it are kept.
+pub async fn a_failed_order_write_leaves_nothing(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    let good = seed_order(&*store).await;
+    let mut bad = make_order("WXBADLINE", "user-a", TradeType::Jsapi, &[("apple", 1), ("pear", 1)], t0());
+    bad.items[1].quantity = 0;
+    assert!(store.create_order(&bad).await.is_err());
+    assert_eq!(store.get_order(&bad.order_no).await.unwrap(), None);
+    assert!(store.order_events(&bad.order_no).await.unwrap().is_empty());
+    let after = make_order("WXAFTER1", "user-a", TradeType::Jsapi, &[("apple", 1)], t0());
+    store.create_order(&after).await.expect("a write after the refused one");
+    assert_eq!(must_get(&*store, &after.order_no).await.items, after.items);
+    assert_eq!(must_get(&*store, &good.order_no).await.items, good.items);
 }
 
 pub async fn admin_list_filters_and_pages(h: &dyn StoreHarness) {

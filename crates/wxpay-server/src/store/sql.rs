@@ -309,8 +309,17 @@ macro_rules! sql_store {
 
                 async fn write_batch(&mut self, batch: &$crate::store::batch::WriteBatch) -> StoreResult<bool> {
                     let sql = batch.render(dialect::BATCH);
-                    let done = bind_all(sqlx::query(&sql), batch.binds()).execute(&mut *self).await?;
-                    Ok(done.rows_affected() > 0)
+                    match bind_all(sqlx::query(&sql), batch.binds()).fetch_all(&mut *self).await {
+                        Ok(rows) => Ok(batch.matched(rows.len())),
+                        Err(error) => {
+                            // Best effort: if even the undo fails, the transaction is gone and
+                            // its owner finds out (the group writer checks after a failure).
+                            if let Some(undo) = batch.undo(dialect::BATCH) {
+                                let _ = sqlx::query(undo).execute(&mut *self).await;
+                            }
+                            Err(error.into())
+                        }
+                    }
                 }
 
                 async fn insert_inbox(&mut self, record: &InboxRecord) -> StoreResult<i64> {

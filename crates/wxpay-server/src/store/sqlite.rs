@@ -111,12 +111,13 @@ impl SqliteStore {
         self.writer.write(op).await
     }
 
+    /// `op` writes one statement or one self-undoing batch: no savepoint needed.
     async fn write_one<T, F>(&self, op: F) -> StoreResult<T>
     where
         T: Send + 'static,
         F: for<'c> FnOnce(&'c mut SqliteConnection) -> BoxFuture<'c, StoreResult<T>> + Send + 'static,
     {
-        self.writer.write(op).await
+        self.writer.write_atomic(op).await
     }
 
     async fn run_migrations(&self) -> StoreResult<()> {
