@@ -442,7 +442,10 @@ pub async fn serve(config: SimConfig, listener: TcpListener, clock: Arc<dyn Cloc
     let addr = listener.local_addr()?;
     let tick = config.notifier_tick_ms;
     let sim = Simulator::new(config, clock)?;
-    let app = sim.router();
+    // Routes turned into services once, here, and the router shared by every connection:
+    // serving a `Router` as is makes each connection rebuild its own copy of the whole route
+    // table (axum's `Router::with_state` per connection), ~20 KiB per connection here.
+    let app = sim.router().with_state(()).into_make_service();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let graceful = async {
