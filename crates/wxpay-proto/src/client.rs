@@ -3,11 +3,15 @@
 //! Base URLs are configurable (defaults: the real WeChat hosts), every call has a timeout and a
 //! cap on the response size, response signatures are verified with the request's algorithm, and
 //! every failure maps to one [`ClientError`] that says whether trying again can help and at which
-//! layer it failed (transport, protocol `return_code`, business `result_code`).
+//! layer it failed (transport, protocol `return_code`, business `result_code`). Each client has
+//! at most `max_concurrent_calls` calls in flight (and as many pooled connections); further
+//! calls wait for a free slot within their timeout.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::fields::Fields;
 use crate::msg::code2session::{Code2Session, Code2SessionError, Code2SessionWire};
@@ -20,6 +24,8 @@ use crate::xml::{self, XmlError, XmlLimits};
 pub const DEFAULT_PAY_BASE_URL: &str = "https://api.mch.weixin.qq.com";
 pub const DEFAULT_SNS_BASE_URL: &str = "https://api.weixin.qq.com";
 const DEFAULT_MAX_RESPONSE: usize = 256 * 1024;
+/// Calls one client has in flight at most unless configured otherwise.
+pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 64;
 
 /// Where a call failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,6 +189,26 @@ fn pem_block(label: &str, der: &[u8]) -> String {
     out
 }
 
+/// At most N calls in flight to one host: a call holds a permit from before its request is sent
+/// until its body is read, so the client never has more than N connections open (its idle pool
+/// is capped to the same N). A call that finds none free waits for one, within its timeout.
+#[derive(Debug, Clone)]
+struct CallLimit(Arc<Semaphore>);
+
+impl CallLimit {
+    fn new(max: usize) -> Self {
+        CallLimit(Arc::new(Semaphore::new(max.max(1))))
+    }
+
+    /// A permit and what is left of `timeout` for the call itself, or `None` when no permit came
+    /// free within `timeout`.
+    async fn enter(&self, timeout: Duration) -> Option<(SemaphorePermit<'_>, Duration)> {
+        let started = tokio::time::Instant::now();
+        let permit = tokio::time::timeout(timeout, self.0.acquire()).await.ok()?.ok()?;
+        Some((permit, timeout.saturating_sub(started.elapsed())))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PayClientConfig {
     pub base_url: String,
@@ -194,6 +220,8 @@ pub struct PayClientConfig {
     /// Send `/secapi` calls over the plain client when no certificate is configured. Only for a
     /// simulator (which does not ask for one); WeChat refuses such calls.
     pub secapi_without_cert: bool,
+    /// Calls in flight at most (at least 1); the rest wait for a free slot within `timeout`.
+    pub max_concurrent_calls: usize,
 }
 
 impl PayClientConfig {
@@ -206,6 +234,7 @@ impl PayClientConfig {
             max_response_bytes: DEFAULT_MAX_RESPONSE,
             client_cert: None,
             secapi_without_cert: false,
+            max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
         }
     }
 }
@@ -217,11 +246,19 @@ pub struct PayClient {
     http: reqwest::Client,
     /// Only built when a certificate is configured: the mutual-TLS client for `/secapi`.
     http_with_cert: Option<reqwest::Client>,
+    /// Shared by both HTTP clients: they call the same host.
+    limit: CallLimit,
 }
 
 impl PayClient {
     pub fn new(config: PayClientConfig) -> Result<Self, ClientError> {
-        let builder = || reqwest::Client::builder().timeout(config.timeout).redirect(reqwest::redirect::Policy::none());
+        let max = config.max_concurrent_calls.max(1);
+        let builder = || {
+            reqwest::Client::builder()
+                .timeout(config.timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .pool_max_idle_per_host(max)
+        };
         let http = builder().build().map_err(|e| ClientError::Network(e.to_string()))?;
         let http_with_cert = match &config.client_cert {
             None => None,
@@ -233,7 +270,7 @@ impl PayClient {
                     .map_err(|e| ClientError::Certificate(e.to_string()))?,
             ),
         };
-        Ok(PayClient { config, http, http_with_cert })
+        Ok(PayClient { config, http, http_with_cert, limit: CallLimit::new(max) })
     }
 
     pub fn merchant(&self) -> &Merchant {
@@ -244,18 +281,25 @@ impl PayClient {
         self.config.sign_type
     }
 
-    /// POSTs `fields`, signed with the merchant key and nonce (`seal_request`), to `path`; the
-    /// response once its status is 2xx.
+    /// A permit to call (see [`CallLimit`]) and the time left for the call, or a timeout.
+    async fn enter(&self) -> Result<(SemaphorePermit<'_>, Duration), ClientError> {
+        self.limit.enter(self.config.timeout).await.ok_or(ClientError::Timeout(self.config.timeout))
+    }
+
+    /// POSTs `fields`, signed with the merchant key and nonce (`seal_request`), to `path` within
+    /// `time_left`; the response once its status is 2xx.
     async fn post_sealed(
         &self,
         http: &reqwest::Client,
         path: &str,
         fields: Fields,
+        time_left: Duration,
     ) -> Result<reqwest::Response, ClientError> {
         let body = xml::to_xml(&self.config.merchant.seal_request(fields, self.config.sign_type));
         let url = format!("{}{path}", self.config.base_url.trim_end_matches('/'));
         let response = http
             .post(url)
+            .timeout(time_left)
             .header(reqwest::header::CONTENT_TYPE, "text/xml; charset=utf-8")
             .body(body)
             .send()
@@ -286,8 +330,10 @@ impl PayClient {
             &self.http
         };
         let sign_type = self.config.sign_type;
-        let response = self.post_sealed(http, R::PATH, request.to_fields()).await?;
+        let (permit, time_left) = self.enter().await?;
+        let response = self.post_sealed(http, R::PATH, request.to_fields(), time_left).await?;
         let bytes = read_capped(response, self.config.max_response_bytes, self.config.timeout).await?;
+        drop(permit);
         let fields = self.check_response(&bytes, sign_type)?;
         R::Response::from_fields(&fields).map_err(ClientError::BadResponse)
     }
@@ -303,7 +349,10 @@ impl PayClient {
         max_bill_bytes: u64,
     ) -> Result<DownloadedBill, ClientError> {
         let timeout = self.config.timeout;
-        let mut response = self.post_sealed(&self.http, DownloadBillRequest::PATH, request.to_fields()).await?;
+        // Held until the whole bill is read: the connection is busy until then.
+        let (_permit, time_left) = self.enter().await?;
+        let mut response =
+            self.post_sealed(&self.http, DownloadBillRequest::PATH, request.to_fields(), time_left).await?;
         // Hold the start until it tells XML (a failure) from a bill: 64 bytes or the whole body.
         let mut head = Vec::new();
         let mut written = 0u64;
@@ -436,6 +485,7 @@ pub struct SnsClient {
     secret: String,
     timeout: Duration,
     http: reqwest::Client,
+    limit: CallLimit,
 }
 
 impl std::fmt::Debug for SnsClient {
@@ -448,22 +498,49 @@ impl std::fmt::Debug for SnsClient {
 }
 
 impl SnsClient {
+    /// A client with at most [`DEFAULT_MAX_CONCURRENT_CALLS`] calls in flight.
     pub fn new(
         base_url: impl Into<String>,
         appid: impl Into<String>,
         secret: impl Into<String>,
         timeout: Duration,
     ) -> Result<Self, SnsError> {
-        let http = reqwest::Client::builder().timeout(timeout).build().map_err(|e| SnsError::Network(e.to_string()))?;
-        Ok(SnsClient { base_url: base_url.into(), appid: appid.into(), secret: secret.into(), timeout, http })
+        Self::with_max_concurrent_calls(base_url, appid, secret, timeout, DEFAULT_MAX_CONCURRENT_CALLS)
+    }
+
+    /// A client with at most `max_concurrent_calls` (at least 1) calls in flight; the rest wait
+    /// for a free slot within `timeout`.
+    pub fn with_max_concurrent_calls(
+        base_url: impl Into<String>,
+        appid: impl Into<String>,
+        secret: impl Into<String>,
+        timeout: Duration,
+        max_concurrent_calls: usize,
+    ) -> Result<Self, SnsError> {
+        let max = max_concurrent_calls.max(1);
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .pool_max_idle_per_host(max)
+            .build()
+            .map_err(|e| SnsError::Network(e.to_string()))?;
+        Ok(SnsClient {
+            base_url: base_url.into(),
+            appid: appid.into(),
+            secret: secret.into(),
+            timeout,
+            http,
+            limit: CallLimit::new(max),
+        })
     }
 
     /// Exchanges a `wx.login` code for the user's openid and session key.
     pub async fn code2session(&self, js_code: &str) -> Result<Code2Session, SnsError> {
         let url = format!("{}/sns/jscode2session", self.base_url.trim_end_matches('/'));
+        let (_permit, time_left) = self.limit.enter(self.timeout).await.ok_or(SnsError::Timeout(self.timeout))?;
         let response = self
             .http
             .get(url)
+            .timeout(time_left)
             .query(&[
                 ("appid", self.appid.as_str()),
                 ("secret", self.secret.as_str()),

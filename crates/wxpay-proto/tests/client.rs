@@ -261,6 +261,106 @@ async fn jscode2session_maps_success_and_errors() {
     assert!(sns.code2session("busy").await.unwrap_err().is_retryable());
 }
 
+/// Counts the requests a fake host is answering at once: each holds its slot for a while, so
+/// calls that are let through together overlap there.
+#[derive(Clone, Default)]
+struct InFlight {
+    now: Arc<std::sync::atomic::AtomicUsize>,
+    peak: Arc<std::sync::atomic::AtomicUsize>,
+    answered: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl InFlight {
+    async fn hold(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.now.fetch_add(1, SeqCst) + 1;
+        self.peak.fetch_max(now, SeqCst);
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        self.now.fetch_sub(1, SeqCst);
+        self.answered.fetch_add(1, SeqCst);
+    }
+
+    fn peak(&self) -> usize {
+        self.peak.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn answered(&self) -> usize {
+        self.answered.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+async fn serve(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    base
+}
+
+#[tokio::test]
+async fn pay_calls_in_flight_are_bounded_by_max_concurrent_calls() {
+    let counter = InFlight::default();
+    let c = counter.clone();
+    let app = Router::new().route(
+        "/pay/orderquery",
+        post(move || {
+            let c = c.clone();
+            async move {
+                c.hold().await;
+                seal_ok(business_fail("ORDERNOTEXIST", "此交易订单号不存在"), SignType::Md5)
+            }
+        }),
+    );
+    let base = serve(app).await;
+    let mut cfg = PayClientConfig::new(merchant());
+    cfg.base_url = base;
+    cfg.timeout = Duration::from_secs(30);
+    cfg.max_concurrent_calls = 2;
+    let client = PayClient::new(cfg).unwrap();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let client = client.clone();
+        calls.spawn(async move {
+            let request = OrderQueryRequest { order: OrderRef::OutTradeNo(OutTradeNo::parse("T1").unwrap()) };
+            client.call(&request).await
+        });
+    }
+    while let Some(r) = calls.join_next().await {
+        let r = r.unwrap();
+        assert_eq!(r.as_ref().unwrap_err().err_code(), Some("ORDERNOTEXIST"), "{r:?}");
+    }
+    assert_eq!(counter.answered(), 10);
+    assert!(counter.peak() <= 2, "{} requests in flight with max_concurrent_calls = 2", counter.peak());
+}
+
+#[tokio::test]
+async fn sns_calls_in_flight_are_bounded_by_max_concurrent_calls() {
+    let counter = InFlight::default();
+    let c = counter.clone();
+    let app = Router::new().route(
+        "/sns/jscode2session",
+        get(move || {
+            let c = c.clone();
+            async move {
+                c.hold().await;
+                r#"{"openid":"oA","session_key":"5tF5KuDigyB6e4m7FigHvw=="}"#
+            }
+        }),
+    );
+    let base = serve(app).await;
+    let sns = SnsClient::with_max_concurrent_calls(&base, "wxd930ea5d5a258f4f", "secret", Duration::from_secs(30), 2)
+        .unwrap();
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..10 {
+        let sns = sns.clone();
+        calls.spawn(async move { sns.code2session("good").await });
+    }
+    while let Some(r) = calls.join_next().await {
+        assert_eq!(r.unwrap().unwrap().openid, "oA");
+    }
+    assert_eq!(counter.answered(), 10);
+    assert!(counter.peak() <= 2, "{} requests in flight with max_concurrent_calls = 2", counter.peak());
+}
+
 mod downloadbill {
     use super::*;
     use wxpay_proto::bill::{parse_bill, render_bill, BillRow};

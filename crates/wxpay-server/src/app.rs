@@ -202,7 +202,9 @@ impl RunningServer {
 pub async fn serve(state: SharedState, listener: TcpListener) -> Result<RunningServer, StartError> {
     let addr = listener.local_addr()?;
     let (tx, rx) = watch::channel(false);
-    let router = hardening::harden(crate::api::router(Arc::clone(&state)));
+    // Handlers turned into services once, here, not for every request (the per-connection
+    // make-service below only clones the shared router).
+    let router = hardening::harden(crate::api::router(Arc::clone(&state))).with_state(());
     let mut server_rx = rx.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())

@@ -212,6 +212,9 @@ pub struct WechatConfig {
     pub pay_base_url: String,
     pub sns_base_url: String,
     pub timeout_ms: u64,
+    /// Calls in flight to each WeChat host at most (pay API, jscode2session), and connections
+    /// kept open to it; further calls wait for a free slot within `timeout_ms`. 1..=1024.
+    pub max_concurrent_calls: usize,
     /// Budget for unifiedorder inside the Native scan callback (WeChat waits only a few seconds).
     pub scan_unifiedorder_timeout_ms: u64,
     /// Merchant client certificate for refunds: a PKCS#12 file (password: mch_id by default)...
@@ -383,6 +386,7 @@ impl Default for WechatConfig {
             pay_base_url: wxpay_proto::client::DEFAULT_PAY_BASE_URL.into(),
             sns_base_url: wxpay_proto::client::DEFAULT_SNS_BASE_URL.into(),
             timeout_ms: 10_000,
+            max_concurrent_calls: wxpay_proto::client::DEFAULT_MAX_CONCURRENT_CALLS,
             scan_unifiedorder_timeout_ms: 3_000,
             client_cert_p12: None,
             client_cert_password: Secret::default(),
@@ -813,6 +817,12 @@ impl Config {
                 return Err(invalid(field, "must be between 100 and 600000 (10 minutes)"));
             }
         }
+        if !(1..=1024).contains(&self.wechat.max_concurrent_calls) {
+            return Err(invalid(
+                "wechat.max_concurrent_calls",
+                "must be between 1 and 1024 (calls in flight to each WeChat host)",
+            ));
+        }
         if self.workers.lease_secs > 24 * 3600 {
             return Err(invalid("workers.lease_secs", "must be at most 86400 (one day)"));
         }
@@ -1089,6 +1099,16 @@ mod tests {
             jail.create_file("zero.toml", "[webhook]\ntimeout_ms = 0\n")?;
             let err = Config::load(Some(Path::new("zero.toml"))).unwrap_err().to_string();
             assert!(err.contains("webhook.timeout_ms"), "{err}");
+            for bad in [0, 1025] {
+                jail.create_file("calls.toml", &format!("[wechat]\nmax_concurrent_calls = {bad}\n"))?;
+                let err = Config::load(Some(Path::new("calls.toml"))).unwrap_err().to_string();
+                assert!(err.contains("wechat.max_concurrent_calls"), "{err}");
+            }
+            jail.create_file("calls.toml", "[wechat]\nmax_concurrent_calls = 1024\n")?;
+            assert_eq!(
+                Config::load(Some(Path::new("calls.toml"))).map_err(|e| e.to_string())?.wechat.max_concurrent_calls,
+                1024
+            );
             jail.create_file("typo.toml", "[server]\n\nlisten_addr = \"1\"\n")?;
             let err = Config::load(Some(Path::new("typo.toml"))).unwrap_err();
             assert_eq!(err.key, "server.listen_addr");

@@ -184,13 +184,15 @@ impl WeChat {
         pay.sign_type = config.wechat.sign_type;
         pay.timeout = Duration::from_millis(config.wechat.timeout_ms);
         pay.client_cert = load_cert(config)?;
+        pay.max_concurrent_calls = config.wechat.max_concurrent_calls;
         // The simulator does not ask for the client certificate; WeChat does.
         pay.secapi_without_cert = config.simulator.enabled;
-        let sns = SnsClient::new(
+        let sns = SnsClient::with_max_concurrent_calls(
             config.wechat.sns_base_url.clone(),
             config.wechat.appid.clone(),
             config.wechat.app_secret.expose(),
             Duration::from_millis(config.wechat.timeout_ms),
+            config.wechat.max_concurrent_calls,
         )?;
         Ok(WeChat { pay: PayClient::new(pay)?, sns, metrics })
     }

@@ -45,6 +45,9 @@ pub struct SimConfig {
     pub refund_error_qps_limit: u32,
     /// How long (real milliseconds) a merchant has to answer a notification (WeChat: 5 s).
     pub notify_reply_timeout_ms: u64,
+    /// Notification deliveries in flight to one merchant host at most (and connections kept to
+    /// it); more wait their turn, and the reply budget starts when a delivery is sent.
+    pub notify_max_in_flight_per_host: usize,
     /// Seed of the random source (ids, codes, fault dice); absent = from entropy.
     pub seed: Option<u64>,
     /// How often (real milliseconds) the background notifier runs; 0 = only on `run_notifier_once`.
@@ -77,6 +80,7 @@ impl Default for SimConfig {
             refund_qps_limit: 150,
             refund_error_qps_limit: 6,
             notify_reply_timeout_ms: 5000,
+            notify_max_in_flight_per_host: 64,
             seed: None,
             notifier_tick_ms: 20,
             faults: FaultConfig::default(),
@@ -157,6 +161,9 @@ impl SimConfig {
         }
         if !(self.time_scale.is_finite() && self.time_scale >= 0.0) {
             return Err("time_scale must be a finite number >= 0".into());
+        }
+        if !(1..=1024).contains(&self.notify_max_in_flight_per_host) {
+            return Err("notify_max_in_flight_per_host must be between 1 and 1024".into());
         }
         Ok(())
     }

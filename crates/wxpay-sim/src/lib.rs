@@ -64,6 +64,8 @@ pub struct Simulator {
     clock: Arc<dyn Clock>,
     config: SimConfig,
     http: reqwest::Client,
+    /// Per merchant host (`host:port` of the notify_url): the deliveries allowed in flight.
+    delivery_slots: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     /// Itself, for the notifier's delivery tasks.
     me: std::sync::Weak<Simulator>,
     /// Seconds added to `clock` (`POST /sim/clock`), so that a standalone simulator can be
@@ -138,6 +140,7 @@ impl Simulator {
         let http = reqwest::Client::builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
+            .pool_max_idle_per_host(config.notify_max_in_flight_per_host)
             .build()
             .map_err(|e| SimError::Config(format!("HTTP client: {e}")))?;
         Ok(Arc::new_cyclic(|me| Simulator {
@@ -145,6 +148,7 @@ impl Simulator {
             clock,
             config,
             http,
+            delivery_slots: Mutex::new(HashMap::new()),
             me: me.clone(),
             clock_offset_secs: std::sync::atomic::AtomicI64::new(0),
         }))
@@ -217,6 +221,17 @@ impl Simulator {
 
     pub fn config(&self) -> &SimConfig {
         &self.config
+    }
+
+    /// The delivery slots of the host `url` points at (`notify_max_in_flight_per_host` of them).
+    pub(crate) fn delivery_slots(&self, url: &str) -> Arc<tokio::sync::Semaphore> {
+        let host = url::Url::parse(url)
+            .ok()
+            .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?)))
+            .unwrap_or_else(|| url.to_owned());
+        let mut slots = self.delivery_slots.lock().unwrap_or_else(|p| p.into_inner());
+        let max = self.config.notify_max_in_flight_per_host.max(1);
+        Arc::clone(slots.entry(host).or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(max))))
     }
 
     /// The state lock; a panic elsewhere never makes the simulator unusable.
@@ -427,7 +442,10 @@ pub async fn serve(config: SimConfig, listener: TcpListener, clock: Arc<dyn Cloc
     let addr = listener.local_addr()?;
     let tick = config.notifier_tick_ms;
     let sim = Simulator::new(config, clock)?;
-    let app = sim.router();
+    // Routes turned into services once, here, and the router shared by every connection:
+    // serving a `Router` as is makes each connection rebuild its own copy of the whole route
+    // table (axum's `Router::with_state` per connection), ~20 KiB per connection here.
+    let app = sim.router().with_state(()).into_make_service();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let graceful = async {

@@ -4,7 +4,9 @@
 //! Notifications are queued as [`Job`]s with a due time on the injected clock. Every few ms of
 //! real time a background task takes the due jobs off the queue and starts each delivery on its
 //! own task, with its own reply budget (5 s); each attempt is recorded when it ends and its retry
-//! is scheduled from that moment, so one slow merchant never delays another's notifications.
+//! is scheduled from that moment, so one slow merchant never delays another's notifications. At
+//! most `notify_max_in_flight_per_host` deliveries to one merchant host are in flight; the rest
+//! wait for a slot (and their budget starts when they are sent).
 //! Tests call [`run_once`] after moving a `ManualClock`: it starts what is due and returns when
 //! those deliveries are recorded.
 
@@ -172,7 +174,17 @@ struct CopyResult {
     elapsed_ms: u64,
 }
 
-async fn deliver(http: reqwest::Client, url: String, body: String, budget: std::time::Duration) -> CopyResult {
+/// One copy sent to `url`, once one of its host's delivery slots is free (so a merchant host has
+/// at most `notify_max_in_flight_per_host` notifications, and connections, open at once); the
+/// reply budget starts when it is sent.
+async fn deliver(
+    http: reqwest::Client,
+    slots: Arc<tokio::sync::Semaphore>,
+    url: String,
+    body: String,
+    budget: std::time::Duration,
+) -> CopyResult {
+    let _slot = slots.acquire_owned().await;
     let started = std::time::Instant::now();
     let send = async {
         let resp = http.post(&url).header(reqwest::header::CONTENT_TYPE, "text/xml").body(body).send().await?;
@@ -240,7 +252,8 @@ async fn attempt(sim: &Simulator, job: Job, started: DateTime<Utc>) {
         let budget = std::time::Duration::from_millis(sim.config.notify_reply_timeout_ms);
         let mut set = JoinSet::new();
         for copy in 1..=job.copies {
-            let fut = deliver(sim.http.clone(), job.url.clone(), job.body.clone(), budget);
+            let fut =
+                deliver(sim.http.clone(), sim.delivery_slots(&job.url), job.url.clone(), job.body.clone(), budget);
             set.spawn(async move { (copy, fut.await) });
         }
         while let Some(joined) = set.join_next().await {

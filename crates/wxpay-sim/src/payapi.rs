@@ -320,10 +320,12 @@ impl Ctx<'_> {
 
 /// The business fields a re-entry must repeat exactly (everything signed but nonce and sign),
 /// plus the signing algorithm: a re-entry with another `sign_type` is a changed request (the
-/// order's paySign and notification use one algorithm).
-fn fingerprint(fields: &Fields, sign_type: SignType) -> String {
+/// order's paySign and notification use one algorithm). Kept as the SHA-256 of that text: the
+/// order only ever compares it, and the text is a few hundred bytes per order.
+fn fingerprint(fields: &Fields, sign_type: SignType) -> [u8; 32] {
+    use sha2::Digest;
     let business = canonical_string(fields.iter().filter(|(k, _)| !matches!(*k, "nonce_str" | "sign" | "sign_type")));
-    format!("{business}#{}", sign_type.as_str())
+    sha2::Sha256::digest(format!("{business}#{}", sign_type.as_str())).into()
 }
 
 /// product_id as WeChat documents it: String(32), "商户定义的商品id 或者订单号", no character
@@ -442,7 +444,7 @@ fn unifiedorder(st: &mut State, c: &Ctx<'_>) -> Result<Fields, ApiFail> {
     if let Some(u) = &code_url {
         st.code_urls.insert(u.clone(), key.clone());
     }
-    st.orders.insert(key, order);
+    st.orders.insert(key, Box::new(order));
     reply.set("prepay_id", prepay_id);
     reply.set_opt("code_url", code_url);
     Ok(reply)

@@ -66,8 +66,8 @@ pub struct Order {
     pub notify_url: String,
     /// The unifiedorder request's algorithm: the notification is signed with it.
     pub sign_type: SignType,
-    /// The signed business fields of the first unifiedorder, for the re-entry rule.
-    pub fingerprint: String,
+    /// SHA-256 of the signed business fields of the first unifiedorder, for the re-entry rule.
+    pub fingerprint: [u8; 32],
     pub created_at: DateTime<Utc>,
     pub time_expire: Option<DateTime<Utc>>,
     pub prepay_id: String,
@@ -156,7 +156,9 @@ pub struct State {
     pub users: HashMap<String, User>,
     /// openid -> (user, appid).
     pub openids: HashMap<String, (String, String)>,
-    pub orders: HashMap<OrderKey, Order>,
+    /// Boxed: an `Order` is ~0.5 KiB, and a table of them inline would hold up to twice that
+    /// per order in spare capacity (and a second, old copy while it grows).
+    pub orders: HashMap<OrderKey, Box<Order>>,
     pub prepays: HashMap<String, OrderKey>,
     pub code_urls: HashMap<String, OrderKey>,
     pub transactions: HashMap<String, OrderKey>,

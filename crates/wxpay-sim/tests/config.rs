@@ -65,3 +65,14 @@ notify_drop = true
     .unwrap();
     assert!(load_config(Some(&path)).is_err(), "one appid bound to two merchants");
 }
+
+#[test]
+fn delivery_slots_must_be_1_to_1024() {
+    for bad in [0, 1025] {
+        let c = wxpay_sim::SimConfig { notify_max_in_flight_per_host: bad, ..wxpay_sim::SimConfig::default() };
+        let err = c.validate().unwrap_err();
+        assert!(err.contains("notify_max_in_flight_per_host"), "{err}");
+    }
+    let c = wxpay_sim::SimConfig { notify_max_in_flight_per_host: 1024, ..wxpay_sim::SimConfig::default() };
+    assert!(c.validate().is_ok());
+}

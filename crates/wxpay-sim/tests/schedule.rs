@@ -119,3 +119,35 @@ async fn non_xml_wrong_status_and_unreachable_are_failures() {
     assert_eq!(o("F3").outcome, Outcome::Error);
     assert_eq!(sim.handle.simulator().pending_notifications(), 3, "each retries");
 }
+
+/// With `notify_max_in_flight_per_host = 2`, six notifications due at once reach the merchant
+/// at most two at a time, and all six are delivered.
+#[tokio::test]
+async fn deliveries_in_flight_per_host_are_bounded() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let sim = start(SimConfig { notifier_tick_ms: 0, notify_max_in_flight_per_host: 2, ..config() }).await;
+    let now = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (n, p) = (now.clone(), peak.clone());
+    let rx = Receiver::start(Arc::new(move |_| {
+        let (n, p) = (n.clone(), p.clone());
+        Box::pin(async move {
+            p.fetch_max(n.fetch_add(1, SeqCst) + 1, SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+            n.fetch_sub(1, SeqCst);
+            (200, wxpay_proto::msg::notify::reply_success())
+        })
+    }))
+    .await;
+    for i in 0..6 {
+        paid_order(&sim, &format!("B{i}"), &rx.url).await;
+    }
+    assert_eq!(sim.handle.run_notifier_once().await, 6);
+    assert_eq!(rx.count(), 6);
+    assert!(peak.load(SeqCst) <= 2, "{} deliveries in flight with a limit of 2", peak.load(SeqCst));
+    for i in 0..6 {
+        let attempts = sim.handle.notifications(Some(&format!("B{i}")));
+        assert_eq!(attempts.len(), 1);
+        assert_eq!(attempts[0].outcome, Outcome::Success);
+    }
+}
