@@ -330,6 +330,13 @@ mod tests {
         }
     }
 
+    /// The rows of `t`, read on another connection: what is committed.
+    async fn committed_rows(options: &SqliteConnectOptions) -> Vec<i64> {
+        let mut reader = options.connect().await.unwrap();
+        let rows = sqlx::query("SELECT n FROM t ORDER BY n").fetch_all(&mut reader).await.unwrap();
+        rows.iter().map(|r| r.get(0)).collect()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_writes_share_commits_and_a_failed_one_leaves_nothing() {
         let (_dir, options, w) = writer().await;
@@ -347,14 +354,7 @@ mod tests {
             }
         }
         // Read back on another connection: exactly the successful writes are committed.
-        let mut reader = options.connect().await.unwrap();
-        let rows: Vec<i64> = sqlx::query("SELECT n FROM t ORDER BY n")
-            .fetch_all(&mut reader)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let rows = committed_rows(&options).await;
         assert_eq!(rows, (0..300).filter(|n| n % 7 != 0).collect::<Vec<_>>());
         let (writes, commits) = w.counts();
         assert_eq!(writes, 301, "the CREATE TABLE and the 300 inserts ran");
@@ -551,14 +551,7 @@ mod tests {
                 (n, Err(e)) => assert!(n % 2 == 0 && e.to_string().contains("UNIQUE"), "{n}: {e}"),
             }
         }
-        let mut reader = options.connect().await.unwrap();
-        let rows: Vec<i64> = sqlx::query("SELECT n FROM t ORDER BY n")
-            .fetch_all(&mut reader)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
+        let rows = committed_rows(&options).await;
         let expected: Vec<i64> = (0..300).filter(|n| n % 5 != 1).chain((300..400).filter(|n| n % 2 == 1)).collect();
         assert_eq!(rows, expected);
     }
