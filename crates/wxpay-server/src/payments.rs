@@ -63,13 +63,15 @@ const PAID_BEFORE_CLOSE: PayError = PayError::AlreadyPaid("this order was paid b
 
 /// Applies an event and returns the outcome. Rejections are logged (they change nothing, except
 /// a review flag where money may be wrong).
+/// `read` is the order as the caller read it, if it did (see [`crate::store::Store::apply_event_with_cause`]).
 pub async fn apply(
     state: &AppState,
     order_no: &OutTradeNo,
     event: &OrderEvent,
     cause: Option<InboxCause>,
+    read: Option<&Order>,
 ) -> Result<ApplyOutcome, PayError> {
-    let outcome = state.store.apply_event_with_cause(order_no, event, cause, state.clock.now()).await?;
+    let outcome = state.store.apply_event_with_cause(order_no, event, cause, read, state.clock.now()).await?;
     if let ApplyOutcome::Rejected(order, reason) = &outcome {
         tracing::warn!(order_no = %order.order_no, event = event.name(), reason = %reason, "event rejected");
     }
@@ -93,7 +95,7 @@ pub async fn confirm_payment(
     cause: Option<InboxCause>,
 ) -> Result<ApplyOutcome, PayError> {
     let transaction_id = payment.transaction_id.clone();
-    let outcome = apply(state, order_no, &OrderEvent::paid(payment, source), cause).await?;
+    let outcome = apply(state, order_no, &OrderEvent::paid(payment, source), cause, None).await?;
     if let ApplyOutcome::Applied(order) = &outcome {
         tracing::info!(%order_no, %transaction_id, source = ?source, review = order.needs_review, "order paid");
         // Its `order.paid` event is committed: deliver it now rather than at the next tick.
@@ -185,7 +187,7 @@ pub async fn ensure_prepay(
         PrepayOutcome::Issued(prepay_id) => {
             let event =
                 OrderEvent::PrepayIssued { prepay_id: prepay_id.clone(), prepay_expires_at: now + PREPAY_REUSE_WINDOW };
-            let order = outcome_order(apply(state, &order.order_no, &event, None).await?)?;
+            let order = outcome_order(apply(state, &order.order_no, &event, None, Some(order)).await?)?;
             // A concurrent payment may have won the race; never hand out a prepay for it.
             ensure_payable(&order, state.clock.now())?;
             Ok(prepay_id)
@@ -237,7 +239,7 @@ pub async fn sync_with_wechat(state: &AppState, order: &Order, source: QuerySour
     match outcome {
         QueryOutcome::Paid(payment) => {
             let answer = answer("SUCCESS", Some(payment.transaction_id.as_str().to_owned()));
-            outcome_order(confirm_queried_payment(state, payment, PaymentSource::Query, &answer).await?)
+            outcome_order(confirm_queried_payment(state, payment, PaymentSource::Query, &answer, Some(order)).await?)
         }
         QueryOutcome::NotPaid { trade_state } => {
             state.store.record_order_query(&answer(&trade_state, None)).await?;
@@ -251,17 +253,19 @@ pub async fn sync_with_wechat(state: &AppState, order: &Order, source: QuerySour
     }
 }
 
-/// [`confirm_payment`] of a payment an `orderquery` answered, the answer recorded with it.
+/// [`confirm_payment`] of a payment an `orderquery` answered, the answer recorded with it;
+/// `read` is the order as the caller read it, if it did.
 pub async fn confirm_queried_payment(
     state: &AppState,
     payment: Payment,
     source: PaymentSource,
     answer: &OrderQueryRecord,
+    read: Option<&Order>,
 ) -> Result<ApplyOutcome, PayError> {
     let order_no = &answer.order_no;
     let transaction_id = payment.transaction_id.clone();
     let event = OrderEvent::paid(payment, source);
-    let outcome = state.store.apply_queried_event(&event, answer, state.clock.now()).await?;
+    let outcome = state.store.apply_queried_event(&event, answer, read, state.clock.now()).await?;
     match &outcome {
         ApplyOutcome::Applied(order) => {
             tracing::info!(%order_no, %transaction_id, source = ?source, review = order.needs_review, "order paid");
@@ -332,7 +336,7 @@ pub async fn close(state: &AppState, order: &Order, reason: CloseReason) -> Resu
             }
         }
     }
-    let outcome = apply(state, &order.order_no, &OrderEvent::CloseRequested { reason }, None).await?;
+    let outcome = apply(state, &order.order_no, &OrderEvent::CloseRequested { reason }, None, Some(order)).await?;
     let order = outcome_order(outcome)?;
     if order.status.is_paid() {
         return Err(PAID_BEFORE_CLOSE);
@@ -342,7 +346,7 @@ pub async fn close(state: &AppState, order: &Order, reason: CloseReason) -> Resu
 
 /// Marks a paid order shipped (发货).
 pub async fn ship(state: &AppState, order_no: &OutTradeNo) -> Result<Order, PayError> {
-    match apply(state, order_no, &OrderEvent::Shipped, None).await? {
+    match apply(state, order_no, &OrderEvent::Shipped, None, None).await? {
         ApplyOutcome::Applied(o) | ApplyOutcome::AlreadyDone(o) => Ok(o),
         ApplyOutcome::Rejected(_, reason) => Err(PayError::NotShippable(reason)),
         ApplyOutcome::NotFound => Err(PayError::OrderNotFound),

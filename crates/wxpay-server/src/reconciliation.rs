@@ -127,8 +127,14 @@ pub async fn reconcile_day(state: &AppState, day: NaiveDate) -> Result<Reconcile
         match state.wechat.order_query(&order.order_no).await {
             QueryOutcome::Paid(payment) => {
                 let answer = answer("SUCCESS", Some(payment.transaction_id.as_str().to_owned()));
-                match crate::payments::confirm_queried_payment(state, payment, PaymentSource::Reconciliation, &answer)
-                    .await
+                match crate::payments::confirm_queried_payment(
+                    state,
+                    payment,
+                    PaymentSource::Reconciliation,
+                    &answer,
+                    None,
+                )
+                .await
                 {
                     Ok(outcome) => {
                         d.detail.push_str(&format!("; settled through orderquery: {}", outcome_name(&outcome)))

@@ -316,9 +316,10 @@ impl Store for RiggedStore {
         order_no: &OutTradeNo,
         event: &OrderEvent,
         cause: Option<InboxCause>,
+        read: Option<&Order>,
         now: DateTime<Utc>,
     ) -> StoreResult<ApplyOutcome> {
-        self.inner.apply_event_with_cause(order_no, event, cause, now).await
+        self.inner.apply_event_with_cause(order_no, event, cause, read, now).await
     }
 
     async fn order_events(&self, order_no: &OutTradeNo) -> StoreResult<Vec<OrderEventRecord>> {
@@ -505,9 +506,10 @@ impl Store for RiggedStore {
         &self,
         event: &OrderEvent,
         answer: &wxpay_server::store::OrderQueryRecord,
+        read: Option<&Order>,
         now: DateTime<Utc>,
     ) -> StoreResult<ApplyOutcome> {
-        self.inner.apply_queried_event(event, answer, now).await
+        self.inner.apply_queried_event(event, answer, read, now).await
     }
 
     async fn record_order_query(&self, answer: &wxpay_server::store::OrderQueryRecord) -> StoreResult<()> {

@@ -1,7 +1,8 @@
-//! The one place that carries out a state change: read and lock the order, let the domain plan
-//! the event ([`plan`]), then write the plan (compare-and-set of the row, its event-log rows, its
-//! outbox event) and the inbox row of the callback that caused it, all on one connection inside
-//! the caller's transaction. Backends only supply the primitives ([`SqlConn`]).
+//! The one place that carries out a state change: read the order, let the domain plan the event
+//! ([`plan`]), then write the plan (compare-and-set of the row, its event-log rows, its outbox
+//! event) with the inbox row of the callback and the `orderquery` answer that caused it, as one
+//! [`WriteBatch`]: all or nothing, no transaction needed. Backends only supply the primitives
+//! ([`SqlConn`]).
 //!
 //! Refunds go the same way ([`request_refund`], [`apply_refund_event`]): the order row is locked
 //! first, the domain plans ([`plan_refund_request`], [`plan_refund_event`]) on what was read under
@@ -41,13 +42,23 @@ pub(crate) async fn apply<C: SqlConn + ?Sized>(
     event: &OrderEvent,
     cause: Option<InboxCause>,
     answer: Option<&OrderQueryRecord>,
+    read: Option<Order>,
     now: DateTime<Utc>,
 ) -> StoreResult<ApplyOutcome> {
+    let mut caller_read = read.filter(|order| &order.order_no == order_no);
     for _ in 0..CAS_RETRIES {
-        let Some(order) = conn.load_order(order_no.as_str(), false).await? else {
-            // An unknown order's answer is not kept (it has no timeline).
-            record_unchanged(conn, cause.as_ref(), None, order_no, Verdict::NotFound).await?;
-            return Ok(ApplyOutcome::NotFound);
+        // The caller's read first: a write planned on it is checked by the compare-and-set,
+        // anything else is decided again on a fresh read.
+        let (order, fresh) = match caller_read.take() {
+            Some(order) => (order, false),
+            None => match conn.load_order(order_no.as_str(), false).await? {
+                Some(order) => (order, true),
+                None => {
+                    // An unknown order's answer is not kept (it has no timeline).
+                    record_unchanged(conn, cause.as_ref(), None, order_no, Verdict::NotFound).await?;
+                    return Ok(ApplyOutcome::NotFound);
+                }
+            },
         };
         let mut planned = plan(&order, event, now, None);
         // One WeChat payment pays one order only. Only a payment about to be recorded needs to
@@ -60,6 +71,8 @@ pub(crate) async fn apply<C: SqlConn + ?Sized>(
         let (transition, reason) = match planned {
             Plan::Apply(transition) => (transition, None),
             Plan::Reject { reason, flag: Some(flag) } => (flag, Some(reason)),
+            // Nothing to write, so nothing checks the caller's read: decide on a fresh one.
+            Plan::AlreadyDone | Plan::Reject { flag: None, .. } if !fresh => continue,
             // Nothing to write but the inbox row and the answer.
             Plan::AlreadyDone => {
                 record_unchanged(conn, cause.as_ref(), answer, order_no, Verdict::Duplicate).await?;
@@ -72,8 +85,13 @@ pub(crate) async fn apply<C: SqlConn + ?Sized>(
         };
         let verdict = reason.as_ref().map_or(Verdict::Applied, Verdict::Rejected);
         let inbox = cause.as_ref().map(|cause| inbox_row(cause, order_no, verdict));
-        let Some(written) = write(conn, &order, transition, inbox.as_ref(), answer, now).await? else {
-            continue;
+        let written = match write(conn, &order, transition, inbox.as_ref(), answer, now).await {
+            Ok(Some(written)) => written,
+            Ok(None) => continue,
+            // A unique key taken meanwhile (nothing was written): another order recorded this
+            // WeChat transaction at the same moment. Read again, and the plan refuses and flags.
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(e),
         };
         return Ok(match reason {
             None => ApplyOutcome::Applied(written),

@@ -223,10 +223,6 @@ impl WriteBatch {
 
     /// The SQL text in `form`.
     pub(crate) fn render(&self, form: BatchForm) -> String {
-        debug_assert!(
-            self.inserts.iter().rev().skip(1).all(|i| i.on_conflict.is_none()),
-            "only the last insert of a batch may do nothing"
-        );
         match form {
             BatchForm::Statements => {
                 // More than one statement: under a savepoint of its own, which [`Self::undo`]
@@ -301,6 +297,13 @@ impl WriteBatch {
     }
 
     fn insert(&mut self, into: &'static str, values: String, on_conflict: Option<&'static str>) {
+        // After an insert that may do nothing, SQLite's chain would skip the rest: a bug in the
+        // batch's construction, never data.
+        assert!(
+            self.inserts.last().is_none_or(|last| last.on_conflict.is_none()),
+            "an insert after one that may do nothing ({}): the outbox event must come last",
+            into
+        );
         self.inserts.push(Insert { into, values, on_conflict });
     }
 }
@@ -340,6 +343,13 @@ mod tests {
              w1 AS (INSERT INTO o (y) SELECT $4 FROM guard ON CONFLICT (y) DO NOTHING RETURNING 1) \
              SELECT pg_notify('q', '') FROM guard"
         );
+    }
+
+    #[test]
+    #[should_panic(expected = "the outbox event must come last")]
+    fn nothing_may_follow_an_insert_that_may_do_nothing() {
+        let mut b = batch_of_two();
+        b.insert("a (x)", "$9".into(), None);
     }
 
     #[test]

@@ -51,6 +51,7 @@ macro_rules! store_contract_tests {
             second_transaction_is_rejected_and_flagged,
             payment_after_close_is_flagged_for_review,
             racing_close_and_payment_end_consistently,
+            a_callers_read_is_only_a_starting_point,
             cancel_and_expiry_close,
             apply_event_on_unknown_order_is_not_found,
             leases_keep_two_reconcilers_apart,
@@ -59,6 +60,7 @@ macro_rules! store_contract_tests {
             notification_inbox_keeps_everything,
             a_notification_is_recorded_with_the_change_it_caused,
             one_transaction_pays_one_order_only,
+            one_transaction_racing_for_two_orders_pays_one,
             refused_callbacks_are_bounded_and_old_rows_purged,
             inbox_rows_without_an_order_are_kept,
             counts_orders_by_status,
@@ -630,6 +632,36 @@ pub async fn racing_close_and_payment_end_consistently(h: &dyn StoreHarness) {
     }
 }
 
+/// The order a caller read and passes along is where the plan starts, not what decides it: a
+/// stale read (the order was paid since) loses its compare-and-set and is decided again on a fresh
+/// one, and a read that would write nothing (it claims the payment is already recorded) is checked
+/// against a fresh one too. A read of another order is ignored.
+pub async fn a_callers_read_is_only_a_starting_point(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    let order = seed_order(&*store).await;
+    let no = &order.order_no;
+    let cancel = OrderEvent::CloseRequested { reason: CloseReason::UserCancelled };
+    // Claims TX-1 is recorded: planned on it, the payment would be a duplicate.
+    let mut claims_paid = order.clone();
+    claims_paid.status = OrderStatus::Paid;
+    claims_paid.transaction_id = Some(txid("TX-1"));
+    let paid = applied(
+        store.apply_event_with_cause(no, &payment("TX-1", order.amount), None, Some(&claims_paid), t0()).await.unwrap(),
+    );
+    assert_eq!((paid.status, paid.version), (OrderStatus::Paid, order.version + 1));
+    // `order` is now stale: a close planned on it is refused on the fresh read, writing nothing.
+    let refused = store.apply_event_with_cause(no, &cancel, None, Some(&order), t0()).await.unwrap();
+    assert!(matches!(&refused, ApplyOutcome::Rejected(o, _) if o.status == OrderStatus::Paid), "{refused:?}");
+    let again = store.apply_event_with_cause(no, &payment("TX-1", order.amount), None, Some(&order), t0()).await;
+    assert!(matches!(again.unwrap(), ApplyOutcome::AlreadyDone(_)));
+    let other = make_order("WXOTHER1", "user-a", TradeType::Jsapi, &[("apple", 1)], t0());
+    let ignored = store.apply_event_with_cause(no, &cancel, None, Some(&other), t0()).await.unwrap();
+    assert!(matches!(ignored, ApplyOutcome::Rejected(..)));
+    assert_eq!(must_get(&*store, no).await, paid);
+    assert_eq!(event_kinds(&*store, no).await.iter().filter(|k| *k == "order.paid").count(), 1);
+    assert_eq!(store.outbox_for_order(no).await.unwrap().len(), 1);
+}
+
 pub async fn cancel_and_expiry_close(h: &dyn StoreHarness) {
     let store = h.open().await;
     let order = seed_order(&*store).await;
@@ -852,7 +884,7 @@ pub async fn a_notification_is_recorded_with_the_change_it_caused(h: &dyn StoreH
     let apply = |event, body: &'static str| {
         let store = Arc::clone(&store);
         let no = no.clone();
-        async move { store.apply_event_with_cause(&no, &event, Some(cause(body)), t0()).await.unwrap() }
+        async move { store.apply_event_with_cause(&no, &event, Some(cause(body)), None, t0()).await.unwrap() }
     };
     applied(apply(payment("TX-1", order.amount), "<xml>first</xml>").await);
     assert!(matches!(apply(payment("TX-1", order.amount), "<xml>again</xml>").await, ApplyOutcome::AlreadyDone(_)));
@@ -873,7 +905,8 @@ pub async fn a_notification_is_recorded_with_the_change_it_caused(h: &dyn StoreH
     // An unknown order: nothing to change, but the message is still kept.
     let ghost = OutTradeNo::parse("WXGHOST").unwrap();
     let ghost_payment = payment("TX-9", Fen::new(5));
-    let outcome = store.apply_event_with_cause(&ghost, &ghost_payment, Some(cause("<xml>ghost</xml>")), t0()).await;
+    let outcome =
+        store.apply_event_with_cause(&ghost, &ghost_payment, Some(cause("<xml>ghost</xml>")), None, t0()).await;
     assert!(matches!(outcome.unwrap(), ApplyOutcome::NotFound));
     let ghost_rows = store.notifications_for_order(&ghost).await.unwrap();
     assert_eq!(ghost_rows.len(), 1);
@@ -907,6 +940,33 @@ pub async fn one_transaction_pays_one_order_only(h: &dyn StoreHarness) {
     assert_eq!(event_kinds(&*store, &second.order_no).await.len(), 2);
 }
 
+/// Two orders reported paid by one WeChat transaction at the same moment: one is paid, the other
+/// refused and flagged, never an error (the loser of the unique key reads again).
+pub async fn one_transaction_racing_for_two_orders_pays_one(h: &dyn StoreHarness) {
+    let store = h.open().await;
+    for p in catalogue() {
+        store.upsert_product(&p).await.expect("upsert product");
+    }
+    for round in 0..10 {
+        let tx = format!("TX-TWICE-{round}");
+        let mut tasks = Vec::new();
+        for side in ["A", "B"] {
+            let order =
+                make_order(&format!("WXTWICE{round:02}{side}"), "user-a", TradeType::Jsapi, &[("apple", 1)], t0());
+            store.create_order(&order).await.expect("create order");
+            let (store, event) = (Arc::clone(&store), payment(&tx, order.amount));
+            tasks.push(tokio::spawn(async move { store.apply_event(&order.order_no, &event, t0()).await }));
+        }
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.expect("task").expect("no error, whoever wins"));
+        }
+        let paid = outcomes.iter().filter(|o| matches!(o, ApplyOutcome::Applied(p) if !p.needs_review)).count();
+        let flagged = outcomes.iter().filter(|o| matches!(o, ApplyOutcome::Rejected(f, _) if f.needs_review)).count();
+        assert_eq!((paid, flagged), (1, 1), "round {round}: {outcomes:?}");
+    }
+}
+
 /// A refused body is one row however often it comes (repeats counted); the retention purge
 /// removes old inbox rows and delivered outbox rows, and nothing else.
 pub async fn refused_callbacks_are_bounded_and_old_rows_purged(h: &dyn StoreHarness) {
@@ -936,7 +996,7 @@ pub async fn refused_callbacks_are_bounded_and_old_rows_purged(h: &dyn StoreHarn
 
     // A paid order: its verified notification and delivered event are old, its log is not purged.
     let cause = InboxCause { kind: NotificationKind::Pay, raw_body: "<xml>paid</xml>".into(), received_at: t0() };
-    applied(store.apply_event_with_cause(no, &payment("TX-1", order.amount), Some(cause), t0()).await.unwrap());
+    applied(store.apply_event_with_cause(no, &payment("TX-1", order.amount), Some(cause), None, t0()).await.unwrap());
     let event = store.outbox_for_order(no).await.unwrap()[0].id;
     store.outbox_delivered(event, t0() + Duration::seconds(1)).await.unwrap();
     let newer = make_order("WXNEWER", "user-a", TradeType::Jsapi, &[("apple", 1)], t0());
@@ -1428,18 +1488,21 @@ pub async fn orderquery_answers_are_kept_with_what_they_changed(h: &dyn StoreHar
     store.record_order_query(&not_yet).await.unwrap();
     let paid = answer(3, QuerySource::Reconciler, "SUCCESS", Some("TX-Q1"));
     let event = payment("TX-Q1", order.amount);
-    let outcome = store.apply_queried_event(&event, &paid, paid.at).await.unwrap();
+    let outcome = store.apply_queried_event(&event, &paid, None, paid.at).await.unwrap();
     assert_eq!(applied(outcome).status, OrderStatus::Paid);
     // The same answer again: a duplicate, still kept (it was asked and answered).
     let again = answer(4, QuerySource::Reconciliation, "SUCCESS", Some("TX-Q1"));
-    assert!(matches!(store.apply_queried_event(&event, &again, again.at).await.unwrap(), ApplyOutcome::AlreadyDone(_)));
+    assert!(matches!(
+        store.apply_queried_event(&event, &again, None, again.at).await.unwrap(),
+        ApplyOutcome::AlreadyDone(_)
+    ));
     assert_eq!(store.order_queries(&no).await.unwrap(), vec![not_yet, paid, again]);
     // An answer about an order we do not have is not kept (nothing to show it on).
     let ghost = OrderQueryRecord {
         order_no: OutTradeNo::parse("WXGHOST9").unwrap(),
         ..answer(5, QuerySource::Poll, "SUCCESS", Some("TX-Q2"))
     };
-    let outcome = store.apply_queried_event(&payment("TX-Q2", Fen::new(1)), &ghost, ghost.at).await.unwrap();
+    let outcome = store.apply_queried_event(&payment("TX-Q2", Fen::new(1)), &ghost, None, ghost.at).await.unwrap();
     assert_eq!(outcome, ApplyOutcome::NotFound);
     assert!(store.order_queries(&ghost.order_no).await.unwrap().is_empty());
     assert_eq!(store.order_queries(&no).await.unwrap().len(), 3);

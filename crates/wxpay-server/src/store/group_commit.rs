@@ -1,5 +1,6 @@
 //! Group commit for the SQLite store: every write goes to one writer task, which runs the writes
-//! that are waiting together in one transaction, each under its own savepoint, and commits them
+//! that are waiting together in one transaction, each under its own savepoint unless it is atomic
+//! by itself (below), and commits them
 //! with one fsync. A caller gets its result only after the commit that holds its write is durable,
 //! so durability is unchanged (`synchronous=FULL` still means on disk) while one fsync serves many
 //! writes. SQLite allows one writer at a time anyway: queueing writes in-process costs no

@@ -489,12 +489,15 @@ pub trait Store: Send + Sync {
     /// Plans the event on the stored order ([`crate::domain::plan`]) and carries the plan out
     /// atomically ([`apply`]): compare-and-set on `version`, its event-log rows, its outbox event
     /// (unique per order and kind), its next query time, and the inbox row of `cause` when given.
-    /// Safe under concurrent calls.
+    /// Safe under concurrent calls. `read` is the order as the caller last read it, if it did: the
+    /// plan starts from it and reads the order only when it turns out to be stale (the
+    /// compare-and-set fails) or when it decides to write nothing.
     async fn apply_event_with_cause(
         &self,
         order_no: &OutTradeNo,
         event: &OrderEvent,
         cause: Option<InboxCause>,
+        read: Option<&Order>,
         now: DateTime<Utc>,
     ) -> StoreResult<ApplyOutcome>;
 
@@ -505,7 +508,7 @@ pub trait Store: Send + Sync {
         event: &OrderEvent,
         now: DateTime<Utc>,
     ) -> StoreResult<ApplyOutcome> {
-        self.apply_event_with_cause(order_no, event, None, now).await
+        self.apply_event_with_cause(order_no, event, None, None, now).await
     }
     /// The order's event log, oldest first.
     async fn order_events(&self, order_no: &OutTradeNo) -> StoreResult<Vec<OrderEventRecord>>;
@@ -700,6 +703,7 @@ pub trait Store: Send + Sync {
         &self,
         event: &OrderEvent,
         answer: &OrderQueryRecord,
+        read: Option<&Order>,
         now: DateTime<Utc>,
     ) -> StoreResult<ApplyOutcome>;
     /// Records an `orderquery` answer that changes nothing (one insert).

@@ -3,8 +3,10 @@
 //! Same schema and behaviour as [`super::SqliteStore`] (money in BIGINT fen, times in BIGINT unix
 //! milliseconds), with PostgreSQL's row locks where SQLite has its single writer lock:
 //!
-//! * A state change ([`super::apply`]) is one transaction that starts with `SELECT ... FOR UPDATE`
-//!   on the order row: writers of one order queue there; other orders are untouched.
+//! * An order change ([`super::apply`]) reads the order without a lock and writes its plan as one
+//!   statement in autocommit ([`super::batch`]): the compare-and-set on `version` decides between
+//!   concurrent writers, a loser re-reads. A refund locks its order row (`SELECT ... FOR UPDATE`)
+//!   for its transaction: writers of one order's refunds queue there.
 //! * [`super::Store::claim_due_orders`] and [`super::Store::claim_outbox`] pick rows with
 //!   `FOR UPDATE SKIP LOCKED` and write a lease (`lease_owner`, `lease_until`) in the same
 //!   statement: two instances claiming at the same moment get disjoint rows, and a row stays
@@ -105,7 +107,8 @@ impl PostgresStore {
         Ok(out)
     }
 
-    /// A single statement: its own transaction, one round trip.
+    /// `op` whose writes are one statement (or one batch statement): autocommit, no
+    /// `BEGIN`/`COMMIT` round trips. Reads before the write are separate round trips.
     async fn write_one<T, F>(&self, op: F) -> StoreResult<T>
     where
         T: Send + 'static,

@@ -817,12 +817,15 @@ macro_rules! sql_store {
                     order_no: &wxpay_proto::OutTradeNo,
                     event: &OrderEvent,
                     cause: Option<InboxCause>,
+                    read: Option<&Order>,
                     now: chrono::DateTime<chrono::Utc>,
                 ) -> StoreResult<ApplyOutcome> {
-                    let (order_no, event) = (order_no.clone(), event.clone());
+                    let (order_no, event, read) = (order_no.clone(), event.clone(), read.cloned());
                     // One statement (the change's batch, or one inbox row): no transaction needed.
                     self.write_one(move |conn| {
-                        Box::pin(async move { $crate::store::apply::apply(conn, &order_no, &event, cause, None, now).await })
+                        Box::pin(async move {
+                            $crate::store::apply::apply(conn, &order_no, &event, cause, None, read, now).await
+                        })
                     })
                     .await
                 }
@@ -1614,13 +1617,14 @@ macro_rules! sql_store {
                     &self,
                     event: &OrderEvent,
                     answer: &$crate::store::OrderQueryRecord,
+                    read: Option<&Order>,
                     now: chrono::DateTime<chrono::Utc>,
                 ) -> StoreResult<ApplyOutcome> {
-                    let (event, answer) = (event.clone(), answer.clone());
+                    let (event, answer, read) = (event.clone(), answer.clone(), read.cloned());
                     // One statement (the change's batch, or the answer alone): no transaction needed.
                     self.write_one(move |conn| {
                         Box::pin(async move {
-                            $crate::store::apply::apply(conn, &answer.order_no, &event, None, Some(&answer), now).await
+                            $crate::store::apply::apply(conn, &answer.order_no, &event, None, Some(&answer), read, now).await
                         })
                     })
                     .await

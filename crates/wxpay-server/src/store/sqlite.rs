@@ -111,7 +111,10 @@ impl SqliteStore {
         self.writer.write(op).await
     }
 
-    /// `op` writes one statement or one self-undoing batch: no savepoint needed.
+    /// `op` writes one statement or one self-undoing batch: no savepoint needed. An `op` that
+    /// fails after its statement ran (a row that does not decode after an upsert or a lease claim)
+    /// leaves that statement committed, as PostgreSQL's autocommit does: only idempotent upserts
+    /// and leases that run out by themselves are written this way.
     async fn write_one<T, F>(&self, op: F) -> StoreResult<T>
     where
         T: Send + 'static,

@@ -46,7 +46,7 @@ pub async fn reconcile_once(state: &AppState) -> Result<ReconcileReport, StoreEr
         let result = if expired && order.prepay_id.is_none() {
             // WeChat never heard of this order: nothing can have been paid.
             let close = OrderEvent::CloseRequested { reason: CloseReason::Expired };
-            payments::apply(state, &order.order_no, &close, None).await.map(|_| OrderStatus::Closed)
+            payments::apply(state, &order.order_no, &close, None, Some(&order)).await.map(|_| OrderStatus::Closed)
         } else if expired {
             match payments::close(state, &order, CloseReason::Expired).await {
                 Ok(o) => Ok(o.status),
