@@ -29,8 +29,9 @@ use crate::domain::{
 const CAS_RETRIES: usize = 8;
 
 /// Plans `event` on the stored order and writes the plan; see [`super::Store::apply_event_with_cause`].
-/// `answer` (the `orderquery` answer that reported
-/// the event, if one did) is kept for the order's timeline unless the order is unknown.
+/// `answer` (the `orderquery` answer that reported the event, if one did) is kept for the order's
+/// timeline unless the order is unknown; `read` (the order as the caller read it) is where the
+/// plan starts.
 ///
 /// A change is written as one [`WriteBatch`]: the order's compare-and-set, its log rows, its
 /// outbox event, the callback's inbox row and the answer, in one round trip. Whatever the plan,
