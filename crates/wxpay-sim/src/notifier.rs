@@ -250,10 +250,10 @@ async fn attempt(sim: &Simulator, job: Job, started: DateTime<Utc>) {
     let mut copies: Vec<(u32, CopyResult)> = Vec::new();
     if !job.drop {
         let budget = std::time::Duration::from_millis(sim.config.notify_reply_timeout_ms);
+        let slots = sim.delivery_slots(&job.url);
         let mut set = JoinSet::new();
         for copy in 1..=job.copies {
-            let fut =
-                deliver(sim.http.clone(), sim.delivery_slots(&job.url), job.url.clone(), job.body.clone(), budget);
+            let fut = deliver(sim.http.clone(), Arc::clone(&slots), job.url.clone(), job.body.clone(), budget);
             set.spawn(async move { (copy, fut.await) });
         }
         while let Some(joined) = set.join_next().await {

@@ -27,6 +27,24 @@ use super::sql::{order_product, storable, Bind};
 use super::{InboxRecord, OrderQueryRecord, StoreResult};
 use crate::domain::{name_of, EventKind, Order, OutboxMessage};
 
+/// The inbox table and its columns, which [`inbox_values`] gives in order (also used alone, by
+/// `SqlConn::insert_inbox`, which needs the new row's id).
+pub(crate) const INBOX_INTO: &str =
+    "notification_inbox (kind, out_trade_no, raw_body, verified, outcome, reason, received_at)";
+
+/// An inbox record's values in [`INBOX_INTO`]'s column order.
+pub(crate) fn inbox_values(record: &InboxRecord) -> Vec<Bind> {
+    vec![
+        Bind::Text(name_of(&record.kind)),
+        Bind::Caller(record.out_trade_no.clone()),
+        Bind::Caller(Some(record.raw_body.clone())),
+        Bind::Bool(record.verified),
+        Bind::Text(name_of(&record.outcome)),
+        Bind::Caller(record.reason.clone()),
+        Bind::Int(ms(record.received_at)),
+    ]
+}
+
 /// The savepoint of a SQLite batch of several statements, and how a failed one is undone.
 const SAVEPOINT: &str = "batch";
 const UNDO: &str = "ROLLBACK TO batch; RELEASE batch";
@@ -161,20 +179,8 @@ impl WriteBatch {
 
     /// The inbox row of a callback.
     pub(crate) fn inbox(&mut self, record: &InboxRecord) {
-        let values = self.binds_of(vec![
-            Bind::Text(name_of(&record.kind)),
-            Bind::Caller(record.out_trade_no.clone()),
-            Bind::Caller(Some(record.raw_body.clone())),
-            Bind::Bool(record.verified),
-            Bind::Text(name_of(&record.outcome)),
-            Bind::Caller(record.reason.clone()),
-            Bind::Int(ms(record.received_at)),
-        ]);
-        self.insert(
-            "notification_inbox (kind, out_trade_no, raw_body, verified, outcome, reason, received_at)",
-            values,
-            None,
-        );
+        let values = self.binds_of(inbox_values(record));
+        self.insert(INBOX_INTO, values, None);
     }
 
     /// An `orderquery` answer, kept for the order's timeline.
@@ -227,7 +233,7 @@ impl WriteBatch {
             BatchForm::Statements => {
                 // More than one statement: under a savepoint of its own, which [`Self::undo`]
                 // rolls back when one of them fails, so that the batch is atomic by itself.
-                let several = self.guard.iter().len() + self.inserts.len() > 1;
+                let several = self.several();
                 let mut sql = if several { format!("SAVEPOINT {SAVEPOINT}; ") } else { String::new() };
                 if let Some(guard) = &self.guard {
                     // Its one row says it matched (the statements' change counts cannot: sqlx
@@ -280,11 +286,15 @@ impl WriteBatch {
     /// stay written unless rolled back to the batch's savepoint. (A PostgreSQL statement is
     /// atomic.)
     pub(crate) fn undo(&self, form: BatchForm) -> Option<&'static str> {
-        let several = self.guard.iter().len() + self.inserts.len() > 1;
         match form {
-            BatchForm::Statements if several => Some(UNDO),
+            BatchForm::Statements if self.several() => Some(UNDO),
             _ => None,
         }
+    }
+
+    /// Whether the batch is more than one statement.
+    fn several(&self) -> bool {
+        usize::from(self.guard.is_some()) + self.inserts.len() > 1
     }
 
     fn bind(&mut self, value: Bind) -> String {

@@ -323,19 +323,10 @@ macro_rules! sql_store {
                 }
 
                 async fn insert_inbox(&mut self, record: &InboxRecord) -> StoreResult<i64> {
-                    let id: i64 = sqlx::query_scalar(
-                        "INSERT INTO notification_inbox (kind, out_trade_no, raw_body, verified, outcome, reason, \
-                         received_at) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-                    )
-                    .bind(name_of(&record.kind))
-                    .bind(record.out_trade_no.as_deref().map(dialect::caller_text))
-                    .bind(dialect::caller_text(&record.raw_body))
-                    .bind(record.verified)
-                    .bind(name_of(&record.outcome))
-                    .bind(record.reason.as_deref().map(dialect::caller_text))
-                    .bind(ms(record.received_at))
-                    .fetch_one(&mut *self)
-                    .await?;
+                    use $crate::store::batch::{inbox_values, INBOX_INTO};
+                    let sql = format!("INSERT INTO {INBOX_INTO} VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id");
+                    let values = inbox_values(record);
+                    let (id,): (i64,) = bind_all(sqlx::query_as(&sql), &values).fetch_one(&mut *self).await?;
                     Ok(id)
                 }
 
